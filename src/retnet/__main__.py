@@ -1,0 +1,5 @@
+import sys
+
+from retnet.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``retnet`` command line. Each ``cmd_*.py`` module in this package adds one subcommand."""

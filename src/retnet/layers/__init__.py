@@ -1,0 +1,1 @@
+"""Neural-network modules built on retnet.ops (retention layers, norms, FFN)."""

@@ -1,0 +1,27 @@
+"""Recurrent form: ``S_n = gamma_n S_{n-1} + k_n^T v_n``, ``o_n = q_n S_n``. O(1) time and memory per step."""
+
+from __future__ import annotations
+
+import torch
+
+
+def recurrent_retention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    state = initial_state
+    if state is None:
+        state = q.new_zeros(B, H, Dk, Dv)
+    decay = torch.exp(g)  # [H] or [B, T, H]
+    outputs = []
+    for t in range(T):
+        a = decay if decay.dim() == 1 else decay[:, t]
+        state = a[..., None, None] * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], state))
+    return torch.stack(outputs, dim=1), (state if output_final_state else None)
