@@ -1,0 +1,125 @@
+"""Writing benchmark results: JSON, a Markdown table and a PNG chart, with the machine and command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_OUT_DIR = Path("docs/benchmarks")
+
+
+def machine_info() -> dict[str, Any]:
+    """What produced the numbers: CPU/GPU, core count, library versions."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "device": "cpu",
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["processor"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["device"] = "cuda"
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    for name in ("transformers", "triton"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def command_line() -> str:
+    """The command as the user typed it (``retnet bench ...``)."""
+    argv = list(sys.argv)
+    prog = Path(argv[0]).name if argv else "retnet"
+    if prog in ("__main__.py", "-m", "-c") or prog.startswith("python"):
+        prog = "retnet"
+    return " ".join([prog, *argv[1:]])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table; floats get 4 significant digits."""
+    if not rows:
+        return "_no rows_\n"
+    columns = list(columns or rows[0].keys())
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    name: str,
+    *,
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | Path = DEFAULT_OUT_DIR,
+    columns: Sequence[str] | None = None,
+    summary: dict[str, Any] | None = None,
+    notes: str = "",
+    chart: Any = None,
+) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` and (if ``chart`` is a matplotlib Figure) ``<name>.png``.
+
+    ``summary`` holds the headline figures (ratios, goals met); ``notes`` is Markdown shown under the table.
+    """
+    out = Path(out_dir)
+    meta = {"command": command_line(), "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    payload = {"name": name, "title": title, **meta, "summary": summary or {}, "rows": list(rows)}
+    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
+    _atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
+    m = meta["machine"]
+    md = [f"# {title}", "", f"Command: `{meta['command']}`", ""]
+    md.append(
+        f"Machine: {m.get('processor')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads)"
+        + (f", GPU {m['gpu']}" if "gpu" in m else "")
+        + f"; torch {m['torch']}"
+        + (f", transformers {m['transformers']}" if "transformers" in m else "")
+        + f"; {meta['date']}"
+    )
+    md.append("")
+    if summary:
+        md += ["## Summary", "", markdown_table([{"metric": k, "value": v} for k, v in summary.items()]), ""]
+    md += ["## Results", "", markdown_table(rows, columns)]
+    if chart is not None:
+        paths["png"] = out / f"{name}.png"
+        out.mkdir(parents=True, exist_ok=True)
+        chart.savefig(paths["png"], dpi=120, bbox_inches="tight")
+        md += ["", f"![{title}]({name}.png)"]
+    if notes:
+        md += ["", notes.strip()]
+    _atomic_write_text(paths["md"], "\n".join(md) + "\n")
+    return paths
