@@ -43,9 +43,9 @@ def load_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
         tok = Tokenizer.byte()
     else:
         raise CLIError(f"model directory {str(path)!r} has no {TOKENIZER_FILE}")
-    if tok.vocab_size > vocab_size:
+    if tok.vocab_size != vocab_size:
         raise CLIError(
-            f"{str(path / TOKENIZER_FILE)!r} has {tok.vocab_size} tokens but the model only {vocab_size}: "
+            f"{str(path / TOKENIZER_FILE)!r} has {tok.vocab_size} tokens but the model {vocab_size}: "
             "they belong to different models"
         )
     return tok

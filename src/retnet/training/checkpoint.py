@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from retnet.data.atomic import atomic_write
 from retnet.training.errors import TrainError
@@ -62,6 +61,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Full model and optimizer state dicts on the CPU (gathers FSDP shards; works for DDP and plain modules)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -135,6 +136,8 @@ def restore(
     scaler: torch.amp.GradScaler | None,
 ) -> None:
     """Load model, optimizer, scheduler, scaler and RNG states from a checkpoint (every rank reads the file)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
     set_state_dict(
         model,
         optimizer,

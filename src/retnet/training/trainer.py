@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,14 +51,18 @@ class TrainResult:
 
 
 def check_writable(out: Path) -> None:
-    """Fail early, writing nothing else, when the output folder cannot be created or written."""
+    """Fail early, creating nothing, when the output folder cannot be created or written."""
     if out.exists() and not out.is_dir():
         raise TrainError(f"output folder {str(out)!r} exists and is not a folder")
+    probe_dir = out
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise TrainError(f"output folder {str(out)!r} cannot be created: {str(probe_dir)!r} is not a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".retnet-write-test-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise TrainError(f"output folder {str(out)!r} is not writable: {exc.strerror or exc}") from None
 
@@ -193,6 +198,10 @@ def train(
 
     # 3. Files of the run (rank 0): tokenizer and settings first, so a checkpoint is always usable.
     if info.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainError(f"output folder {str(out)!r} cannot be created: {exc.strerror or exc}") from None
         if payload is None:
             for _, old in ckpt.list_checkpoints(out):
                 old.unlink()
