@@ -2,7 +2,7 @@ import io
 
 import torch
 
-from retnet.cli.chat_session import ChatSession, sample_next
+from retnet.cli.chat_session import ChatSession
 from retnet.cli.model_dir import load_model_dir
 
 from .helpers import run_cli
@@ -37,16 +37,22 @@ def test_state_after_two_turns_equals_one_pass(trained_dir):
         _probe_logits(model, session.state, probe), _probe_logits(model, one_pass, probe), rtol=1e-9, atol=1e-9
     )
     assert int(session.state.offset[0]) == len(session.history)
+    for a, b in zip(session.state.layers, one_pass.layers):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def test_sampling_rules():
-    logits = torch.tensor([[0.0, 5.0, 1.0, 4.9]])
-    g = torch.Generator().manual_seed(0)
-    assert int(sample_next(logits, temperature=0, top_k=None, top_p=None, generator=g)[0]) == 1
-    seen = {int(sample_next(logits, temperature=1.0, top_k=2, top_p=None, generator=g)[0]) for _ in range(50)}
-    assert seen == {1, 3}
-    seen = {int(sample_next(logits, temperature=1.0, top_k=None, top_p=0.01, generator=g)[0]) for _ in range(20)}
-    assert seen == {1}
+def test_stop_string_ends_the_reply_and_the_state_stays_complete(trained_dir):
+    model, tok = load_model_dir(trained_dir)
+    model = model.double()
+    session = ChatSession(model, tok, seed=0, max_new_tokens=40, stop="e", temperature=1.0)
+    reply = session.reply("Hark")
+    assert "e" not in reply
+    assert len(session.history) < len(tok.encode("Hark\n\n")) + 40  # stopped before max_new_tokens
+    with torch.no_grad():
+        one_pass = model(torch.tensor([session.history]), use_cache=True).state
+    assert int(session.state.offset[0]) == len(session.history)
+    for a, b in zip(session.state.layers, one_pass.layers):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_chat_command_answers_each_line(capsys, monkeypatch, trained_dir):

@@ -89,19 +89,21 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     before = ckpt.latest_checkpoint(tmp_path).read_bytes()
     script = textwrap.dedent(
         f"""
-        import sys, time, torch
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_checkpoint import _save
-        real_save = torch.save
+        import time, torch
+        from retnet.training.checkpoint import save_checkpoint
+        from retnet.training.schedule import warmup_cosine
+        model = torch.nn.Linear(8, 8)
+        opt = torch.optim.AdamW(model.parameters())
+        sched = warmup_cosine(opt, warmup_steps=1, total_steps=10)
         def slow_save(obj, path):
             with open(path, "wb") as fh:
                 fh.write(b"x" * 1000)
                 fh.flush()
                 print("writing", flush=True)
                 time.sleep(60)
-            real_save(obj, path)
         torch.save = slow_save
-        _save({str(tmp_path)!r}, 2, seed=2)
+        save_checkpoint({str(tmp_path)!r}, step=2, model_state=model.state_dict(), optimizer_state=opt.state_dict(),
+                        scheduler=sched, scaler=None, data_position={{}}, model_config={{}}, train_config={{}})
         """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}

@@ -1,8 +1,9 @@
 """A chat that keeps the model's recurrent state between turns, so each turn costs only its new tokens.
 
 Every token of the conversation (user text and replies) is fed to the model exactly once: a turn prefills
-the user's tokens chunkwise from the kept state, then samples the reply one recurrent step per token. After
-a turn the state equals that of one pass over the whole conversation so far.
+the user's tokens from the kept state, then decodes the reply one recurrent step per token
+(:func:`retnet.generation.stream_generate`). After a turn the state equals that of one pass over the whole
+conversation so far.
 """
 
 from __future__ import annotations
@@ -13,31 +14,7 @@ import torch
 
 from retnet.cli.streaming import TextStream
 from retnet.data.tokenizers import Tokenizer
-
-
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """One token id per row of ``logits`` ``[B, V]``: greedy at temperature 0, else top-k / top-p sampling."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+from retnet.generation import stream_generate
 
 
 class ChatSession:
@@ -60,7 +37,7 @@ class ChatSession:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         self.max_new_tokens = max_new_tokens
         self.stop = stop
         self.user_prefix, self.user_suffix = user_prefix, user_suffix
@@ -70,31 +47,42 @@ class ChatSession:
         self.history: list[int] = []  # every token fed, in order
         self.tokens_processed_last_turn = 0
 
-    @torch.inference_mode()
-    def feed(self, ids: list[int]) -> torch.Tensor:
-        """Advance the state over ``ids``; return the logits after the last one ``[1, V]``."""
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out = self.model(x, state=self.state, use_cache=True, mode="auto")
-        self.state = out.state
-        self.history.extend(ids)
-        self.tokens_processed_last_turn += len(ids)
-        return out.logits[:, -1]
+    def _ids(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def feed(self, ids: list[int]) -> None:
+        """Advance the state over ``ids`` without generating (e.g. a system text)."""
+        if ids:
+            self.state = self.model(self._ids(ids), state=self.state, use_cache=True).state
+            self.history.extend(ids)
 
     def turn(self, user_text: str) -> Iterator[str]:
-        """Feed the user's text, then yield the reply's text as it is generated (up to the stop string)."""
-        self.tokens_processed_last_turn = 0
+        """Feed the user's text, then yield the reply's text as it is generated (up to the stop string).
+
+        Consume the iterator to the end: the state is complete only then.
+        """
         ids = self.tokenizer.encode(self.user_prefix + user_text + self.user_suffix)
         if not ids:
             return
-        logits = self.feed(ids)
-        stream = TextStream(self.tokenizer)
+        stream = stream_generate(
+            self.model,
+            self._ids(ids),
+            max_new_tokens=self.max_new_tokens,
+            generator=self.generator,
+            state=self.state,
+            **self.sampling,
+        )
+        self.history.extend(ids)
+        generated = 0
+        text = TextStream(self.tokenizer)
         reply = ""
-        for _ in range(self.max_new_tokens):
-            token = sample_next(
-                logits, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, generator=self.generator
-            )
-            logits = self.feed([int(token[0])])
-            piece = stream.push(int(token[0]))
+        last: int | None = None
+        for token in stream:
+            last = int(token[0])
+            self.history.append(last)
+            generated += 1
+            piece = text.push(last)
             if not piece:
                 continue
             before = len(reply)
@@ -103,11 +91,18 @@ class ChatSession:
                 cut = reply.index(self.stop)
                 if cut > before:
                     yield reply[before:cut]
-                return
+                break
             yield piece
-        tail = stream.flush()
-        if tail:
-            yield tail
+        else:
+            last = None  # the stream ran to its end: its state covers every token
+            tail = text.flush()
+            if tail:
+                yield tail
+        self.state = stream.state
+        if last is not None:  # stopped early: the last token is not in the stream's state yet
+            with torch.no_grad():
+                self.state = self.model(self._ids([last]), state=self.state, use_cache=True, mode="recurrent").state
+        self.tokens_processed_last_turn = len(ids) + generated
 
     def reply(self, user_text: str) -> str:
         """The whole reply to one turn."""

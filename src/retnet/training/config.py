@@ -116,12 +116,9 @@ DEFAULT_PRESET = "shakespeare"
 
 
 def model_preset_names() -> list[str]:
-    from retnet.models import RetNetConfig
+    from retnet.models import PRESETS
 
-    names = getattr(RetNetConfig, "PRESETS", None) or getattr(RetNetConfig, "presets", None)
-    if callable(names):
-        names = names()
-    return sorted(names) if names else []
+    return list(PRESETS)
 
 
 def preset_settings(name: str) -> dict[str, Any]:

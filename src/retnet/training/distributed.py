@@ -73,7 +73,8 @@ def wrap(model: nn.Module, info: DistInfo, *, fsdp: bool) -> nn.Module:
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        for layer in getattr(model, "layers", []):
+        inner = getattr(model, "model", model)
+        for layer in getattr(inner, "layers", []):
             fully_shard(layer)
         fully_shard(model)
         return model
