@@ -84,16 +84,17 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "shakespeare": {
         "model": "tiny",
-        "model_overrides": {},
+        "model_overrides": {"hidden_size": 128, "num_layers": 4, "num_heads": 2, "value_dim": 256, "ffn_dim": 256},
         "tokenizer": "bpe",
         "vocab_size": 2048,
         "seq_len": 256,
         "batch_size": 16,
-        "steps": 600,
-        "lr": 2e-3,
-        "warmup_steps": 50,
-        "eval_interval": 200,
-        "checkpoint_interval": 200,
+        "steps": 400,
+        "lr": 3e-3,
+        "warmup_steps": 30,
+        "eval_interval": 100,
+        "eval_batches": 4,
+        "checkpoint_interval": 100,
     },
     # A seconds-long smoke run (tests, trying the pipeline).
     "smoke": {

@@ -171,7 +171,14 @@ def train(
     torch.manual_seed(cfg.seed)
     model = RetNetForCausalLM(model_config).to(info.device)
     n_params = sum(p.numel() for p in model.parameters())
-    _log(info, f"model: {cfg.model} {model_config.to_dict()} ({n_params:,} parameters)", quiet)
+    shape = ", ".join(
+        f"{k}={getattr(model_config, k)}" for k in ("hidden_size", "num_layers", "num_heads", "value_dim", "ffn_dim")
+    )
+    _log(
+        info,
+        f"model: {cfg.model} preset with {shape}, vocab {model_config.vocab_size} ({n_params:,} parameters)",
+        quiet,
+    )
     model = dist_utils.wrap(model, info, fsdp=cfg.fsdp)
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay),
