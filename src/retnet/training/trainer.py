@@ -315,8 +315,14 @@ def train(
                 row.update(val_loss=res.loss, val_bpb=res.bits_per_byte)
                 if done == cfg.steps:
                     final_eval = res
+                msg = (
+                    f"step {done}: train loss {step_loss:.4f}, val loss {res.loss:.4f} nats/token, "
+                    f"{res.bits_per_byte:.4f} bits/byte, {tokens_seen / max(1e-9, row['elapsed_s']):.0f} tokens/s"
+                )
                 if bar is not None:
-                    bar.write(f"step {done}: val loss {res.loss:.4f} nats/token, {res.bits_per_byte:.4f} bits/byte")
+                    bar.write(msg)
+                else:
+                    _log(info, msg, quiet)
             if metrics is not None:
                 metrics.log(row)
             if bar is not None:
