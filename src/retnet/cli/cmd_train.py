@@ -35,7 +35,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--retention-mode", "retention_mode", str, "auto (chunkwise for long sequences), parallel or chunkwise"),
     ("--seed", "seed", int, "random seed (init, data order)"),
     ("--device", "device", str, "auto, cpu or cuda"),
-    ("--threads", "threads", int, "CPU threads (0: all cores)"),
+    ("--threads", "threads", int, "CPU threads (0: the cores not already busy, by load average)"),
 ]
 
 

@@ -43,7 +43,7 @@ class TrainConfig:
     retention_mode: str = "auto"  # auto (chunkwise for long sequences), parallel, chunkwise
     seed: int = 1234
     device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 = all cores
+    threads: int = 0  # torch CPU threads; 0 = the cores not already busy
     fsdp: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +89,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 2048,
         "seq_len": 256,
         "batch_size": 16,
-        "steps": 400,
+        "steps": 300,
         "lr": 3e-3,
         "warmup_steps": 30,
         "eval_interval": 100,
