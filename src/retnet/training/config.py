@@ -89,7 +89,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 2048,
         "seq_len": 256,
         "batch_size": 16,
-        "steps": 300,
+        "steps": 200,
         "lr": 3e-3,
         "warmup_steps": 30,
         "eval_interval": 100,
