@@ -83,6 +83,7 @@ def test_failure_mid_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
     ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
 
 
+@pytest.mark.slow  # a subprocess importing torch: ~25 s on a busy 2-core machine
 def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     """A process killed (SIGKILL) in the middle of writing a checkpoint leaves the previous one intact."""
     _save(tmp_path, 1, seed=1)
