@@ -16,6 +16,7 @@ from retnet.training.trainer import train
 from .helpers import small_corpus, tiny_config
 
 STEPS = 6
+BPE = {"tokenizer": "bpe", "vocab_size": 300}  # trained by rank 0 and broadcast
 
 
 def _free_port() -> int:
@@ -34,7 +35,7 @@ def _worker(rank: int, world: int, port: int, out: str, corpus: str, fsdp: bool)
 
     torch.set_num_threads(1)
     try:
-        run(tiny_config(out, corpus, steps=STEPS, batch_size=2, grad_accum=1, fsdp=fsdp), quiet=True)
+        run(tiny_config(out, corpus, steps=STEPS, batch_size=2, grad_accum=1, fsdp=fsdp, **BPE), quiet=True)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -48,7 +49,7 @@ def _losses(run_dir) -> list[float]:
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     corpus = small_corpus(root / "data")
-    result = train(tiny_config(root / "single", corpus, steps=STEPS, batch_size=2, grad_accum=2), quiet=True)
+    result = train(tiny_config(root / "single", corpus, steps=STEPS, batch_size=2, grad_accum=2, **BPE), quiet=True)
     return root, corpus, result
 
 

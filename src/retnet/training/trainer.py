@@ -163,7 +163,13 @@ def train(
     except CorpusError as exc:
         raise TrainError(str(exc)) from None
     train_text, val_text = split_corpus(corpus, cfg.val_fraction)
-    tokenizer = prepare_tokenizer(cfg, train_text, resume_path.parent.parent if resume_path else None)
+    if info.is_main or resume_path is not None or cfg.tokenizer == "byte":
+        tokenizer = prepare_tokenizer(cfg, train_text, resume_path.parent.parent if resume_path else None)
+    if info.enabled and resume_path is None and cfg.tokenizer == "bpe":  # every rank uses rank 0's BPE
+        from tokenizers import Tokenizer as HFTokenizer
+
+        text = dist_utils.broadcast_object(tokenizer.hf.to_str() if info.is_main else None, info)
+        tokenizer = Tokenizer(HFTokenizer.from_str(text), "bpe")
     train_tokens = encode_tensor(tokenizer, train_text)
     val_tokens = encode_tensor(tokenizer, val_text)
     for split, toks in (("training", train_tokens), ("validation", val_tokens)):
