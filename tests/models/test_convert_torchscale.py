@@ -88,6 +88,19 @@ def test_nested_prefixed_pt_checkpoint(tmp_path):
     assert cli_main([*argv, "--force"]) == 0
 
 
+def test_cli_dtype_and_recorded_fields(tmp_path):
+    argv = ["convert", "--from", "torchscale", str(FIXTURES / "torchscale_tiny.safetensors"), str(tmp_path / "m")]
+    argv += ["--embed-scale", "sqrt", "--dtype", "bfloat16", "--chunk-size", "4", "--eos-token-id", "2"]
+    assert cli_main(argv) == 0
+    tensors = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["chunk_size"], config["eos_token_id"], config["normalize_decay"]) == (4, 2, True)
+    ref = load_file(str(FIXTURES / "torchscale_tiny_logits.safetensors"))
+    model = RetNetForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    assert rel_err(model(ref["input_ids"]).logits, ref["logits_parallel"]) < 5e-2  # bf16-rounded weights
+
+
 # ------------------------------------------------------------------------------------------ errors
 def _convert_error(sd, **kw) -> str:
     with pytest.raises(ConversionError) as info:
@@ -258,13 +271,13 @@ def test_matches_live_torchscale(case):
 
 
 @torch.no_grad()
-def test_live_torchscale_fixture_script_round_trip(tmp_path):
+def test_live_torchscale_fixture_script_round_trip(tmp_path, monkeypatch):
     """The stored fixture is what the script produces (same torchscale code, same seeds)."""
     pytest.importorskip("fairscale")
     pytest.importorskip("torchscale")
     from tests.fixtures import make_torchscale_fixture as maker
 
-    maker.HERE = tmp_path
+    monkeypatch.setattr(maker, "HERE", tmp_path)
     maker.main()
     for name in ("torchscale_tiny.safetensors", "torchscale_tiny_logits.safetensors"):
         fresh, stored = load_file(str(tmp_path / name)), load_file(str(FIXTURES / name))
