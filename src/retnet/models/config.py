@@ -43,12 +43,14 @@ class RetNetConfig:
     head_norm: str = "rms"
     norm_eps: float = 1e-6
     decay: str = "official"
+    # torchscale compatibility: scale each head's output by 1/sqrt(sum of its decay weights) before the head norm
+    # (a no-op up to the norm's eps; set by ``retnet convert --from torchscale``).
     normalize_decay: bool = False
     gated: bool = False
     gate_temperature: float = 16.0
     tie_word_embeddings: bool = False
     embed_scale: float = 1.0
-    layernorm_embedding: bool = False
+    layernorm_embedding: bool = False  # RMSNorm on the scaled embeddings (torchscale's option of that name)
     rotary_base: float = 10000.0
     chunk_size: int = 64
     dropout: float = 0.0
