@@ -1,0 +1,154 @@
+"""``chunk_retention``: the fused chunkwise Triton kernels behind a ``torch.autograd.Function``.
+
+Same contract as :func:`retnet.ops.retention` (``[B, T, H, D]`` layout, ``scale`` on ``q``, float32
+state in and out, left padding through ``attention_mask``). Gradients flow to ``q``, ``k``, ``v``, the
+log decay (gated ``[B, T, H]`` or fixed ``[H]``) and the initial state.
+
+The log-decay gradient uses the identity ``dL/dB_t = q_t . dq_t - k_t . dk_t`` for the cumulative log decay
+``B_t`` (plus ``<dS_T, S_T>`` at the last step, through the final state), then a reverse cumulative sum
+over time; it runs in PyTorch after the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from retnet.ops.kernels.chunk_kernels import CONFIGS, chunk_bwd_kernel, chunk_fwd_kernel
+from retnet.ops.kernels.config import GPU_CHUNK, INTERPRET, chunk_block_v, fixed_launch_options, pow2
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """Exact float32 products for float32 inputs (no TF32); bf16/fp16 tiles ignore the setting."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _chunk_len(T: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if chunk_size < 16 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"chunk_size must be a power of two >= 16 for the fused kernels, got {chunk_size}")
+        return chunk_size
+    return GPU_CHUNK if not INTERPRET else 16
+
+
+class ChunkRetentionFunction(torch.autograd.Function):
+    """Forward and backward of chunkwise retention with the fused kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, s0, mask, scale: float, chunk: int, block_v: int | None):
+        B, T, H, Dk = q.shape
+        Dv = v.shape[-1]
+        BK, BV = pow2(Dk), chunk_block_v(Dk, Dv, block_v)
+        o = torch.empty_like(v)
+        sT = torch.empty(B, H, Dk, Dv, device=q.device, dtype=torch.float32)
+        grid = (triton_cdiv(Dv, BV), B * H)
+        chunk_fwd_kernel[grid](
+            q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, o, sT, scale, T,
+            H=H, DK=Dk, DV=Dv, BK=BK, BV=BV, C=chunk,
+            GATED=g.dim() == 3, HAS_MASK=mask is not None, HAS_S0=s0 is not None, PREC=_precision(q.dtype),
+            **fixed_launch_options(CONFIGS),
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, g, s0, mask, sT)
+        ctx.scale, ctx.chunk, ctx.BK, ctx.BV = scale, chunk, BK, BV
+        return o, sT
+
+    @staticmethod
+    def backward(ctx, do, dsT):
+        q, k, v, g, s0, mask, sT = ctx.saved_tensors
+        B, T, H, Dk = q.shape
+        Dv = v.shape[-1]
+        BK, BV = ctx.BK, ctx.BV
+        NV = triton_cdiv(Dv, BV)
+        do = do.contiguous()
+        part_dtype = q.dtype if NV == 1 else torch.float32
+        dq = torch.empty((NV, *q.shape), device=q.device, dtype=part_dtype)
+        dk = torch.empty((NV, *k.shape), device=q.device, dtype=part_dtype)
+        dv = torch.empty_like(v)
+        need_ds0 = s0 is not None and ctx.needs_input_grad[4]
+        ds0 = torch.empty(B, H, Dk, Dv, device=q.device, dtype=torch.float32) if need_ds0 else None
+        if dsT is not None:
+            dsT = dsT.float().contiguous()
+        chunk_bwd_kernel[(NV, B * H)](
+            q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, do,
+            dsT if dsT is not None else sT, dq, dk, dv, ds0 if ds0 is not None else sT, ctx.scale, T,
+            H=H, DK=Dk, DV=Dv, BK=BK, BV=BV, C=ctx.chunk,
+            GATED=g.dim() == 3, HAS_MASK=mask is not None, HAS_S0=s0 is not None, HAS_DST=dsT is not None,
+            STORE_DS0=need_ds0, PREC=_precision(q.dtype),
+            **fixed_launch_options(CONFIGS),
+        )  # fmt: skip
+        dq = dq[0] if NV == 1 else dq.sum(0)
+        dk = dk[0] if NV == 1 else dk.sum(0)
+        dg = None
+        if ctx.needs_input_grad[3]:
+            dg = _log_decay_grad(q, k, dq, dk, g, mask, sT, dsT)
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, (ds0.to(s0.dtype) if need_ds0 else None), None, None, None, None
+
+
+def _log_decay_grad(q, k, dq, dk, g, mask, sT, dsT) -> torch.Tensor:
+    """Gradient of the log decay from ``dL/dB_t = q_t . dq_t - k_t . dk_t`` (+ final-state term)."""
+    dB = (q.float() * dq.float()).sum(-1) - (k.float() * dk.float()).sum(-1)  # [B, T, H]
+    if dsT is not None:
+        dB[:, -1] += (dsT * sT).sum((-1, -2))
+    dg = dB.flip(1).cumsum(1).flip(1)  # dL/dg_s = sum_{t >= s} dL/dB_t
+    if mask is not None:
+        dg = dg * mask[:, :, None]
+    if g.dim() == 1:
+        dg = dg.sum((0, 1))
+    return dg.to(g.dtype)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def chunk_retention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    block_v: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunkwise retention with the fused Triton kernels (any T, Dk and Dv <= 256).
+
+    Arguments as in :func:`retnet.ops.retention`; ``q``, ``k``, ``v`` share one dtype (float32, float16 or
+    bfloat16). ``chunk_size`` is the kernel's chunk (power of two >= 16; default 64 on a GPU, 16 under the
+    interpreter) and ``block_v`` the value slice per program (default from the head sizes).
+    Returns ``(o, final_state)`` with ``o`` in the dtype of ``v`` and a float32 final state (or ``None``).
+    """
+    _check_kernel_args(q, k, v, log_decay, initial_state, attention_mask)
+    chunk = _chunk_len(q.shape[1], chunk_size)
+    mask = None
+    if attention_mask is not None:
+        mask = attention_mask.to(torch.float32).contiguous()
+    s0 = None if initial_state is None else initial_state.contiguous()
+    o, sT = ChunkRetentionFunction.apply(
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        log_decay.float().contiguous(),
+        s0,
+        mask,
+        float(1.0 if scale is None else scale),
+        chunk,
+        block_v,
+    )
+    return o, (sT if output_final_state else None)
+
+
+def _check_kernel_args(q, k, v, log_decay, initial_state, attention_mask) -> None:
+    """What the kernels support beyond :func:`retnet.ops.validation.validate_retention_args`."""
+    from retnet.ops.validation import validate_retention_args
+
+    validate_retention_args(q, k, v, log_decay, "auto", 64, None, initial_state, attention_mask)
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"q, k and v must share one dtype among float32, float16, bfloat16 for the fused kernels, "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if q.shape[-1] > 256 or v.shape[-1] > 256:
+        raise ValueError(f"the fused kernels support Dk and Dv up to 256, got Dk={q.shape[-1]}, Dv={v.shape[-1]}")

@@ -1,0 +1,233 @@
+"""Triton kernels for chunkwise retention: one fused forward pass and one fused backward pass.
+
+Each program owns one (batch, head, value slice) and walks the chunks of its sequence in order, keeping the
+float32 state ``S [Dk, BV]`` in registers, so per-chunk states are never written to memory (the chunkwise
+math of ``retnet/ops/chunkwise.py``; spec section 1). Per chunk of ``C`` rows, with ``b`` the inclusive
+cumulative log decay inside the chunk, ``bC`` its total and ``D[i, j] = exp(b_i - b_j) [i >= j]``:
+
+    O      = (Q K^T * D) V + exp(b) * (Q S)
+    S_next = exp(bC) S + (K * exp(bC - b))^T V
+
+The backward pass runs two loops in one program: forward over chunks (rebuilding ``S``) for ``dQ``, then
+backward over chunks carrying ``dS`` (the gradient of the state after the chunk) for ``dK`` and ``dV``:
+
+    dQ  = scale ((dO V^T * D) K + exp(b) * (dO S^T))
+    dK  = scale (dO V^T * D)^T Q + exp(bC - b) * (V dS^T)
+    dV  = scale (Q K^T * D)^T dO + exp(bC - b) * (K dS)
+    dS <- exp(bC) dS + scale (Q * exp(b))^T dO
+
+Matrix products run on the tensor cores in the input dtype with float32 accumulation; decays and states
+stay float32. ``dQ`` and ``dK`` sum over value slices, so with several slices they are written as float32
+partials (one per slice) and summed by the caller. Fixed decay without a mask uses the exact in-chunk
+decay ``(i - j) g``, computed once per program; gated decay or a padding mask use a cumulative sum.
+The padding mask zeroes ``k``, the decay and ``o`` at padded steps, so the state stays frozen there.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from retnet.ops.kernels.config import tuned
+
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 1), (8, 1), (4, 2), (8, 2), (8, 3), (4, 3))]
+_KEY = ["DK", "DV", "BV", "C", "GATED", "HAS_MASK"]
+
+
+@triton.jit
+def _chunk_decay(
+    g,
+    m,
+    i_b,
+    i_h,
+    t,
+    mt,
+    T,
+    H: tl.constexpr,
+    g_h,
+    fixed_b,
+    fixed_D,
+    causal,
+    GATED: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    """Cumulative log decay ``b``, its total ``bC``, the decay matrix ``D`` and the mask row of one chunk."""
+    if HAS_MASK:
+        mm = tl.load(m + i_b.to(tl.int64) * T + t, mask=mt, other=0).to(tl.float32)
+    else:
+        mm = tl.where(mt, 1.0, 0.0)
+    if GATED:
+        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=mt, other=0.0).to(tl.float32)
+    else:
+        gv = tl.where(mt, g_h, 0.0)
+    gv = gv * mm
+    if EXACT:
+        b = fixed_b
+        D = fixed_D
+    else:
+        b = tl.cumsum(gv, 0)
+        D = tl.where(causal, tl.exp(b[:, None] - b[None, :]), 0.0)
+    bC = tl.sum(gv, 0)
+    # exp(bC - b) on valid rows only: past the end, b can exceed bC (fixed decay) and the exp could overflow.
+    w = tl.where(mt, tl.exp(bC - b), 0.0)
+    return b, bC, D, w, mm
+
+
+@triton.jit
+def _chunk_fwd_kernel(
+    q, k, v, g, m, s0, o, sT, scale, T,
+    H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+    GATED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_S0: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    EXACT: tl.constexpr = not GATED and not HAS_MASK
+    offs_c = tl.arange(0, C)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    base_k = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    base_v = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    causal = offs_c[:, None] >= offs_c[None, :]
+    p_state = i_bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    m_state = mk[:, None] & mv[None, :]
+    if HAS_S0:
+        S = tl.load(s0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    g_h = 0.0
+    if not GATED:
+        g_h = tl.load(g + i_h).to(tl.float32)
+    fixed_b = (offs_c + 1).to(tl.float32) * g_h
+    fixed_D = tl.where(causal, tl.exp((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
+
+    for c in range(0, tl.cdiv(T, C)):
+        t = c * C + offs_c
+        mt = t < T
+        p_k = base_k + t[:, None] * (H * DK) + offs_k[None, :]
+        p_v = base_v + t[:, None] * (H * DV) + offs_v[None, :]
+        m_k = mt[:, None] & mk[None, :]
+        m_v = mt[:, None] & mv[None, :]
+        bq = tl.load(q + p_k, mask=m_k, other=0.0)
+        bk = tl.load(k + p_k, mask=m_k, other=0.0)
+        bv = tl.load(v + p_v, mask=m_v, other=0.0)
+        b, bC, D, w, mm = _chunk_decay(
+            g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
+        )
+        if HAS_MASK:
+            bk = (bk * mm[:, None]).to(bq.dtype)
+        s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * (D * scale)
+        bo = tl.dot(s.to(bv.dtype), bv, input_precision=PREC)
+        bo += tl.dot(bq, S.to(bq.dtype), input_precision=PREC) * (tl.exp(b) * scale)[:, None]
+        if HAS_MASK:
+            bo = bo * mm[:, None]
+        tl.store(o + p_v, bo.to(o.dtype.element_ty), mask=m_v)
+        S = S * tl.exp(bC) + tl.dot(tl.trans((bk * w[:, None]).to(bq.dtype)), bv, input_precision=PREC)
+    tl.store(sT + p_state, S, mask=m_state)
+
+
+@triton.jit
+def _chunk_bwd_kernel(
+    q, k, v, g, m, s0, do, dsT, dq, dk, dv, ds0, scale, T,
+    H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+    GATED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_S0: tl.constexpr, HAS_DST: tl.constexpr,
+    STORE_DS0: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    EXACT: tl.constexpr = not GATED and not HAS_MASK
+    offs_c = tl.arange(0, C)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mk = offs_k < DK
+    mv = offs_v < DV
+    base_k = i_b.to(tl.int64) * T * H * DK + i_h * DK
+    base_v = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    # dq / dk partials: one [B, T, H, DK] slab per value slice.
+    base_dk = i_v.to(tl.int64) * tl.num_programs(1) * T * DK + base_k
+    causal = offs_c[:, None] >= offs_c[None, :]
+    p_state = i_bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    m_state = mk[:, None] & mv[None, :]
+    g_h = 0.0
+    if not GATED:
+        g_h = tl.load(g + i_h).to(tl.float32)
+    fixed_b = (offs_c + 1).to(tl.float32) * g_h
+    fixed_D = tl.where(causal, tl.exp((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
+    NC = tl.cdiv(T, C)
+
+    # Loop 1, forward over chunks: rebuild the state entering each chunk and form dq.
+    if HAS_S0:
+        S = tl.load(s0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    for c in range(0, NC):
+        t = c * C + offs_c
+        mt = t < T
+        p_k = base_k + t[:, None] * (H * DK) + offs_k[None, :]
+        p_v = base_v + t[:, None] * (H * DV) + offs_v[None, :]
+        m_k = mt[:, None] & mk[None, :]
+        m_v = mt[:, None] & mv[None, :]
+        bk = tl.load(k + p_k, mask=m_k, other=0.0)
+        bv = tl.load(v + p_v, mask=m_v, other=0.0)
+        bdo = tl.load(do + p_v, mask=m_v, other=0.0)
+        b, bC, D, w, mm = _chunk_decay(
+            g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
+        )
+        if HAS_MASK:
+            bk = (bk * mm[:, None]).to(bv.dtype)
+            bdo = (bdo * mm[:, None]).to(bv.dtype)
+        dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * (D * scale)
+        bdq = tl.dot(dp.to(bk.dtype), bk, input_precision=PREC)
+        bdq += tl.dot(bdo, tl.trans(S.to(bdo.dtype)), input_precision=PREC) * (tl.exp(b) * scale)[:, None]
+        tl.store(dq + base_dk - base_k + p_k, bdq.to(dq.dtype.element_ty), mask=m_k)
+        S = S * tl.exp(bC) + tl.dot(tl.trans((bk * w[:, None]).to(bv.dtype)), bv, input_precision=PREC)
+
+    # Loop 2, backward over chunks: carry dS, the gradient of the state after the chunk; form dk and dv.
+    if HAS_DST:
+        dS = tl.load(dsT + p_state, mask=m_state, other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(0, NC):
+        c = NC - 1 - i
+        t = c * C + offs_c
+        mt = t < T
+        p_k = base_k + t[:, None] * (H * DK) + offs_k[None, :]
+        p_v = base_v + t[:, None] * (H * DV) + offs_v[None, :]
+        m_k = mt[:, None] & mk[None, :]
+        m_v = mt[:, None] & mv[None, :]
+        bq = tl.load(q + p_k, mask=m_k, other=0.0)
+        bk = tl.load(k + p_k, mask=m_k, other=0.0)
+        bv = tl.load(v + p_v, mask=m_v, other=0.0)
+        bdo = tl.load(do + p_v, mask=m_v, other=0.0)
+        b, bC, D, w, mm = _chunk_decay(
+            g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
+        )
+        if HAS_MASK:
+            bk = (bk * mm[:, None]).to(bq.dtype)
+            bdo = (bdo * mm[:, None]).to(bq.dtype)
+        Ds = D * scale
+        dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * Ds
+        bdk = tl.dot(tl.trans(dp.to(bq.dtype)), bq, input_precision=PREC)
+        bdk += tl.dot(bv, tl.trans(dS.to(bv.dtype)), input_precision=PREC) * w[:, None]
+        if HAS_MASK:
+            bdk = bdk * mm[:, None]
+        tl.store(dk + base_dk - base_k + p_k, bdk.to(dk.dtype.element_ty), mask=m_k)
+        s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * Ds
+        bdv = tl.dot(tl.trans(s.to(bdo.dtype)), bdo, input_precision=PREC)
+        bdv += tl.dot(bk, dS.to(bk.dtype), input_precision=PREC) * w[:, None]
+        tl.store(dv + p_v, bdv.to(dv.dtype.element_ty), mask=m_v)
+        qe = (bq * (tl.exp(b) * scale)[:, None]).to(bq.dtype)
+        dS = dS * tl.exp(bC) + tl.dot(tl.trans(qe), bdo, input_precision=PREC)
+    if STORE_DS0:
+        tl.store(ds0 + p_state, dS, mask=m_state)
+
+
+chunk_fwd_kernel = tuned(_chunk_fwd_kernel, _CONFIGS, _KEY)
+chunk_bwd_kernel = tuned(_chunk_bwd_kernel, _CONFIGS, _KEY)
+CONFIGS = _CONFIGS
