@@ -21,6 +21,10 @@ stay float32. ``dQ`` and ``dK`` sum over value slices, so with several slices th
 partials (one per slice) and summed by the caller. Fixed decay without a mask uses the exact in-chunk
 decay ``(i - j) g``, computed once per program; gated decay or a padding mask use a cumulative sum.
 The padding mask zeroes ``k``, the decay and ``o`` at padded steps, so the state stays frozen there.
+
+Register budget (what decides speed on Hopper): ``q`` and ``k`` tiles are only ever operands of ``tl.dot``
+(masks and decays scale ``v``, ``dO`` or the small ``C x C`` matrices instead), so the software pipeliner
+can stage them in shared memory; accumulations use ``acc=``; decays use ``exp2`` in log2 units.
 """
 
 from __future__ import annotations
@@ -35,43 +39,34 @@ _KEY = ["DK", "DV", "BV", "C", "GATED", "HAS_MASK"]
 
 
 @triton.jit
-def _chunk_decay(
-    g,
-    m,
-    i_b,
-    i_h,
-    t,
-    mt,
-    T,
-    H: tl.constexpr,
-    g_h,
-    fixed_b,
-    fixed_D,
-    causal,
-    GATED: tl.constexpr,
-    HAS_MASK: tl.constexpr,
-    EXACT: tl.constexpr,
-):
-    """Cumulative log decay ``b``, its total ``bC``, the decay matrix ``D`` and the mask row of one chunk."""
+def _chunk_decay(g, m, i_b, i_h, t, mt, T, H: tl.constexpr, g_h, fixed_b, fixed_D, causal, GATED: tl.constexpr,
+                 HAS_MASK: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
+    """Per-chunk decay factors in log2 units, padding mask folded in.
+
+    Returns ``eb = exp(b) m`` (rows), ``w = exp(bC - b) m`` (rows), ``D[i, j] = exp(b_i - b_j) [i >= j] m_i m_j``
+    and ``exp(bC)``, where ``m`` is the mask row (1 on valid steps, 0 on padding and past ``T``).
+    """
     if HAS_MASK:
         mm = tl.load(m + i_b.to(tl.int64) * T + t, mask=mt, other=0).to(tl.float32)
     else:
         mm = tl.where(mt, 1.0, 0.0)
     if GATED:
-        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=mt, other=0.0).to(tl.float32)
+        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=mt, other=0.0).to(tl.float32) * 1.4426950408889634
     else:
         gv = tl.where(mt, g_h, 0.0)
-    gv = gv * mm
+    if HAS_MASK:
+        gv = gv * mm
     if EXACT:
         b = fixed_b
         D = fixed_D
     else:
         b = tl.cumsum(gv, 0)
-        D = tl.where(causal, tl.exp(b[:, None] - b[None, :]), 0.0)
+        D = tl.where(causal, tl.exp2(b[:, None] - b[None, :]), 0.0) * (mm[:, None] * mm[None, :])
     bC = tl.sum(gv, 0)
     # exp(bC - b) on valid rows only: past the end, b can exceed bC (fixed decay) and the exp could overflow.
-    w = tl.where(mt, tl.exp(bC - b), 0.0)
-    return b, bC, D, w, mm
+    w = tl.where(mt, tl.exp2(bC - b), 0.0) * mm
+    eb = tl.exp2(b) * mm
+    return eb, tl.exp2(bC), D, w
 
 
 @triton.jit
@@ -101,32 +96,25 @@ def _chunk_fwd_kernel(
         S = tl.zeros([BK, BV], dtype=tl.float32)
     g_h = 0.0
     if not GATED:
-        g_h = tl.load(g + i_h).to(tl.float32)
+        g_h = tl.load(g + i_h).to(tl.float32) * 1.4426950408889634
     fixed_b = (offs_c + 1).to(tl.float32) * g_h
-    fixed_D = tl.where(causal, tl.exp((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
+    fixed_D = tl.where(causal, tl.exp2((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
 
     for c in range(0, tl.cdiv(T, C)):
         t = c * C + offs_c
         mt = t < T
         p_k = base_k + t[:, None] * (H * DK) + offs_k[None, :]
         p_v = base_v + t[:, None] * (H * DV) + offs_v[None, :]
-        m_k = mt[:, None] & mk[None, :]
         m_v = mt[:, None] & mv[None, :]
-        bq = tl.load(q + p_k, mask=m_k, other=0.0)
-        bk = tl.load(k + p_k, mask=m_k, other=0.0)
+        bq = tl.load(q + p_k, mask=mt[:, None] & mk[None, :], other=0.0)
+        bk = tl.load(k + p_k, mask=mt[:, None] & mk[None, :], other=0.0)
         bv = tl.load(v + p_v, mask=m_v, other=0.0)
-        b, bC, D, w, mm = _chunk_decay(
-            g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
-        )
-        if HAS_MASK:
-            bk = (bk * mm[:, None]).to(bq.dtype)
+        eb, eC, D, w = _chunk_decay(g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT)
+        bo = tl.dot(bq, S.to(bq.dtype), input_precision=PREC) * (eb * scale)[:, None]
         s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * (D * scale)
-        bo = tl.dot(s.to(bv.dtype), bv, input_precision=PREC)
-        bo += tl.dot(bq, S.to(bq.dtype), input_precision=PREC) * (tl.exp(b) * scale)[:, None]
-        if HAS_MASK:
-            bo = bo * mm[:, None]
+        bo = tl.dot(s.to(bv.dtype), bv, acc=bo, input_precision=PREC)
         tl.store(o + p_v, bo.to(o.dtype.element_ty), mask=m_v)
-        S = S * tl.exp(bC) + tl.dot(tl.trans((bk * w[:, None]).to(bq.dtype)), bv, input_precision=PREC)
+        S = tl.dot(tl.trans(bk), (bv * w[:, None]).to(bv.dtype), acc=S * eC, input_precision=PREC)
     tl.store(sT + p_state, S, mask=m_state)
 
 
@@ -150,15 +138,15 @@ def _chunk_bwd_kernel(
     base_k = i_b.to(tl.int64) * T * H * DK + i_h * DK
     base_v = i_b.to(tl.int64) * T * H * DV + i_h * DV
     # dq / dk partials: one [B, T, H, DK] slab per value slice.
-    base_dk = i_v.to(tl.int64) * tl.num_programs(1) * T * DK + base_k
+    off_part = i_v.to(tl.int64) * tl.num_programs(1) * T * DK
     causal = offs_c[:, None] >= offs_c[None, :]
     p_state = i_bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
     m_state = mk[:, None] & mv[None, :]
     g_h = 0.0
     if not GATED:
-        g_h = tl.load(g + i_h).to(tl.float32)
+        g_h = tl.load(g + i_h).to(tl.float32) * 1.4426950408889634
     fixed_b = (offs_c + 1).to(tl.float32) * g_h
-    fixed_D = tl.where(causal, tl.exp((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
+    fixed_D = tl.where(causal, tl.exp2((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
     NC = tl.cdiv(T, C)
 
     # Loop 1, forward over chunks: rebuild the state entering each chunk and form dq.
@@ -176,17 +164,12 @@ def _chunk_bwd_kernel(
         bk = tl.load(k + p_k, mask=m_k, other=0.0)
         bv = tl.load(v + p_v, mask=m_v, other=0.0)
         bdo = tl.load(do + p_v, mask=m_v, other=0.0)
-        b, bC, D, w, mm = _chunk_decay(
-            g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
-        )
-        if HAS_MASK:
-            bk = (bk * mm[:, None]).to(bv.dtype)
-            bdo = (bdo * mm[:, None]).to(bv.dtype)
+        eb, eC, D, w = _chunk_decay(g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT)
+        bdq = tl.dot(bdo, tl.trans(S.to(bdo.dtype)), input_precision=PREC) * (eb * scale)[:, None]
         dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * (D * scale)
-        bdq = tl.dot(dp.to(bk.dtype), bk, input_precision=PREC)
-        bdq += tl.dot(bdo, tl.trans(S.to(bdo.dtype)), input_precision=PREC) * (tl.exp(b) * scale)[:, None]
-        tl.store(dq + base_dk - base_k + p_k, bdq.to(dq.dtype.element_ty), mask=m_k)
-        S = S * tl.exp(bC) + tl.dot(tl.trans((bk * w[:, None]).to(bv.dtype)), bv, input_precision=PREC)
+        bdq = tl.dot(dp.to(bk.dtype), bk, acc=bdq, input_precision=PREC)
+        tl.store(dq + off_part + p_k, bdq.to(dq.dtype.element_ty), mask=m_k)
+        S = tl.dot(tl.trans(bk), (bv * w[:, None]).to(bv.dtype), acc=S * eC, input_precision=PREC)
 
     # Loop 2, backward over chunks: carry dS, the gradient of the state after the chunk; form dk and dv.
     if HAS_DST:
@@ -205,25 +188,21 @@ def _chunk_bwd_kernel(
         bk = tl.load(k + p_k, mask=m_k, other=0.0)
         bv = tl.load(v + p_v, mask=m_v, other=0.0)
         bdo = tl.load(do + p_v, mask=m_v, other=0.0)
-        b, bC, D, w, mm = _chunk_decay(
-            g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
-        )
-        if HAS_MASK:
-            bk = (bk * mm[:, None]).to(bq.dtype)
-            bdo = (bdo * mm[:, None]).to(bq.dtype)
+        eb, eC, D, w = _chunk_decay(g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT)
         Ds = D * scale
+        dSc = dS.to(bv.dtype)
+        # dk = (dO V^T * D)^T Q + w (V dS^T)
+        bdk = tl.dot(bv, tl.trans(dSc), input_precision=PREC) * w[:, None]
         dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * Ds
-        bdk = tl.dot(tl.trans(dp.to(bq.dtype)), bq, input_precision=PREC)
-        bdk += tl.dot(bv, tl.trans(dS.to(bv.dtype)), input_precision=PREC) * w[:, None]
-        if HAS_MASK:
-            bdk = bdk * mm[:, None]
-        tl.store(dk + base_dk - base_k + p_k, bdk.to(dk.dtype.element_ty), mask=m_k)
+        bdk = tl.dot(tl.trans(dp.to(bq.dtype)), bq, acc=bdk, input_precision=PREC)
+        tl.store(dk + off_part + p_k, bdk.to(dk.dtype.element_ty), mask=m_k)
+        # dv = (Q K^T * D)^T dO + w (K dS)
+        bdv = tl.dot(bk, dSc, input_precision=PREC) * w[:, None]
         s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * Ds
-        bdv = tl.dot(tl.trans(s.to(bdo.dtype)), bdo, input_precision=PREC)
-        bdv += tl.dot(bk, dS.to(bk.dtype), input_precision=PREC) * w[:, None]
+        bdv = tl.dot(tl.trans(s.to(bdo.dtype)), bdo, acc=bdv, input_precision=PREC)
         tl.store(dv + p_v, bdv.to(dv.dtype.element_ty), mask=m_v)
-        qe = (bq * (tl.exp(b) * scale)[:, None]).to(bq.dtype)
-        dS = dS * tl.exp(bC) + tl.dot(tl.trans(qe), bdo, input_precision=PREC)
+        # dS <- exp(bC) dS + Q^T (dO * exp(b) * scale)
+        dS = tl.dot(tl.trans(bq), (bdo * (eb * scale)[:, None]).to(bdo.dtype), acc=dS * eC, input_precision=PREC)
     if STORE_DS0:
         tl.store(ds0 + p_state, dS, mask=m_state)
 
