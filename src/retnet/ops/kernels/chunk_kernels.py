@@ -85,10 +85,18 @@ def _chunk_fwd_kernel(
     offs_v = i_v * BV + tl.arange(0, BV)
     mk = offs_k < DK
     mv = offs_v < DV
+    # 64-bit offsets stay scalar (added to the base pointers); per-element offsets are int32.
     base_k = i_b.to(tl.int64) * T * H * DK + i_h * DK
     base_v = i_b.to(tl.int64) * T * H * DV + i_h * DV
+    q += base_k
+    k += base_k
+    v += base_v
+    o += base_v
     causal = offs_c[:, None] >= offs_c[None, :]
-    p_state = i_bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    off_state = i_bh.to(tl.int64) * DK * DV
+    s0 += off_state
+    sT += off_state
+    p_state = offs_k[:, None] * DV + offs_v[None, :]
     m_state = mk[:, None] & mv[None, :]
     if HAS_S0:
         S = tl.load(s0 + p_state, mask=m_state, other=0.0).to(tl.float32)
@@ -103,8 +111,8 @@ def _chunk_fwd_kernel(
     for c in range(0, tl.cdiv(T, C)):
         t = c * C + offs_c
         mt = t < T
-        p_k = base_k + t[:, None] * (H * DK) + offs_k[None, :]
-        p_v = base_v + t[:, None] * (H * DV) + offs_v[None, :]
+        p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
+        p_v = t[:, None] * (H * DV) + offs_v[None, :]
         m_v = mt[:, None] & mv[None, :]
         bq = tl.load(q + p_k, mask=mt[:, None] & mk[None, :], other=0.0)
         bk = tl.load(k + p_k, mask=mt[:, None] & mk[None, :], other=0.0)
@@ -135,12 +143,24 @@ def _chunk_bwd_kernel(
     offs_v = i_v * BV + tl.arange(0, BV)
     mk = offs_k < DK
     mv = offs_v < DV
+    # 64-bit offsets stay scalar (added to the base pointers); per-element offsets are int32.
     base_k = i_b.to(tl.int64) * T * H * DK + i_h * DK
     base_v = i_b.to(tl.int64) * T * H * DV + i_h * DV
     # dq / dk partials: one [B, T, H, DK] slab per value slice.
     off_part = i_v.to(tl.int64) * tl.num_programs(1) * T * DK
+    q += base_k
+    k += base_k
+    v += base_v
+    do += base_v
+    dv += base_v
+    dq += off_part + base_k
+    dk += off_part + base_k
+    off_state = i_bh.to(tl.int64) * DK * DV
+    s0 += off_state
+    dsT += off_state
+    ds0 += off_state
     causal = offs_c[:, None] >= offs_c[None, :]
-    p_state = i_bh.to(tl.int64) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    p_state = offs_k[:, None] * DV + offs_v[None, :]
     m_state = mk[:, None] & mv[None, :]
     g_h = 0.0
     if not GATED:
@@ -157,8 +177,8 @@ def _chunk_bwd_kernel(
     for c in range(0, NC):
         t = c * C + offs_c
         mt = t < T
-        p_k = base_k + t[:, None] * (H * DK) + offs_k[None, :]
-        p_v = base_v + t[:, None] * (H * DV) + offs_v[None, :]
+        p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
+        p_v = t[:, None] * (H * DV) + offs_v[None, :]
         m_k = mt[:, None] & mk[None, :]
         m_v = mt[:, None] & mv[None, :]
         bk = tl.load(k + p_k, mask=m_k, other=0.0)
@@ -168,7 +188,7 @@ def _chunk_bwd_kernel(
         bdq = tl.dot(bdo, tl.trans(S.to(bdo.dtype)), input_precision=PREC) * (eb * scale)[:, None]
         dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * (D * scale)
         bdq = tl.dot(dp.to(bk.dtype), bk, acc=bdq, input_precision=PREC)
-        tl.store(dq + off_part + p_k, bdq.to(dq.dtype.element_ty), mask=m_k)
+        tl.store(dq + p_k, bdq.to(dq.dtype.element_ty), mask=m_k)
         S = tl.dot(tl.trans(bk), (bv * w[:, None]).to(bv.dtype), acc=S * eC, input_precision=PREC)
 
     # Loop 2, backward over chunks: carry dS, the gradient of the state after the chunk; form dk and dv.
@@ -180,8 +200,8 @@ def _chunk_bwd_kernel(
         c = NC - 1 - i
         t = c * C + offs_c
         mt = t < T
-        p_k = base_k + t[:, None] * (H * DK) + offs_k[None, :]
-        p_v = base_v + t[:, None] * (H * DV) + offs_v[None, :]
+        p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
+        p_v = t[:, None] * (H * DV) + offs_v[None, :]
         m_k = mt[:, None] & mk[None, :]
         m_v = mt[:, None] & mv[None, :]
         bq = tl.load(q + p_k, mask=m_k, other=0.0)
@@ -195,7 +215,7 @@ def _chunk_bwd_kernel(
         bdk = tl.dot(bv, tl.trans(dSc), input_precision=PREC) * w[:, None]
         dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * Ds
         bdk = tl.dot(tl.trans(dp.to(bq.dtype)), bq, acc=bdk, input_precision=PREC)
-        tl.store(dk + off_part + p_k, bdk.to(dk.dtype.element_ty), mask=m_k)
+        tl.store(dk + p_k, bdk.to(dk.dtype.element_ty), mask=m_k)
         # dv = (Q K^T * D)^T dO + w (K dS)
         bdv = tl.dot(bk, dSc, input_precision=PREC) * w[:, None]
         s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * Ds
