@@ -67,14 +67,15 @@ class ChunkRetentionFunction(torch.autograd.Function):
         ds0 = torch.empty(B, H, Dk, Dv, device=q.device, dtype=torch.float32) if need_ds0 else None
         if dsT is not None:
             dsT = dsT.float().contiguous()
-        chunk_bwd_kernel[(NV, B * H)](
-            q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, do,
-            dsT if dsT is not None else sT, dq, dk, dv, ds0 if ds0 is not None else sT, ctx.scale, T,
-            H=H, DK=Dk, DV=Dv, BK=BK, BV=BV, C=ctx.chunk,
-            GATED=g.dim() == 3, HAS_MASK=mask is not None, HAS_S0=s0 is not None, HAS_DST=dsT is not None,
-            STORE_DS0=need_ds0, PREC=_precision(q.dtype),
-            **fixed_launch_options(CONFIGS),
-        )  # fmt: skip
+        for part in (0, 1, 2):  # dq, dk, dv
+            chunk_bwd_kernel[(NV, B * H)](
+                q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, do,
+                dsT if dsT is not None else sT, dq, dk, dv, ds0 if ds0 is not None else sT, ctx.scale, T,
+                H=H, DK=Dk, DV=Dv, BK=BK, BV=BV, C=ctx.chunk,
+                GATED=g.dim() == 3, HAS_MASK=mask is not None, HAS_S0=s0 is not None, HAS_DST=dsT is not None,
+                STORE_DS0=need_ds0, PREC=_precision(q.dtype), PART=part,
+                **fixed_launch_options(CONFIGS),
+            )  # fmt: skip
         dq = dq[0] if NV == 1 else dq.sum(0)
         dk = dk[0] if NV == 1 else dk.sum(0)
         dg = None

@@ -8,8 +8,11 @@ cumulative log decay inside the chunk, ``bC`` its total and ``D[i, j] = exp(b_i 
     O      = (Q K^T * D) V + exp(b) * (Q S)
     S_next = exp(bC) S + (K * exp(bC - b))^T V
 
-The backward pass runs two loops in one program: forward over chunks (rebuilding ``S``) for ``dQ``, then
-backward over chunks carrying ``dS`` (the gradient of the state after the chunk) for ``dK`` and ``dV``:
+The backward kernel is compiled in three parts (``PART``, three launches): one walks forward over chunks
+(rebuilding ``S``) for ``dQ``; two walk backward carrying ``dS`` (the gradient of the state after the
+chunk), one for ``dK`` and one for ``dV``. Each rebuilds ``dS`` (one extra product per chunk) so that far
+fewer tiles are live at once: with everything in one program the compiler spilled registers heavily
+(ptxas for sm_90: ~1 KB of stack per thread at Dk = 128, against < 100 B for the split parts):
 
     dQ  = scale ((dO V^T * D) K + exp(b) * (dO S^T))
     dK  = scale (dO V^T * D)^T Q + exp(bC - b) * (V dS^T)
@@ -131,7 +134,7 @@ def _chunk_bwd_kernel(
     q, k, v, g, m, s0, do, dsT, dq, dk, dv, ds0, scale, T,
     H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
     GATED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_S0: tl.constexpr, HAS_DST: tl.constexpr,
-    STORE_DS0: tl.constexpr, PREC: tl.constexpr,
+    STORE_DS0: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
 ):  # fmt: skip
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -169,64 +172,72 @@ def _chunk_bwd_kernel(
     fixed_D = tl.where(causal, tl.exp2((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
     NC = tl.cdiv(T, C)
 
-    # Loop 1, forward over chunks: rebuild the state entering each chunk and form dq.
-    if HAS_S0:
-        S = tl.load(s0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+    if PART == 0:
+        # dq: forward over chunks, rebuilding the state entering each chunk.
+        if HAS_S0:
+            S = tl.load(s0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+        else:
+            S = tl.zeros([BK, BV], dtype=tl.float32)
+        for c in range(0, NC):
+            t = c * C + offs_c
+            mt = t < T
+            p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
+            p_v = t[:, None] * (H * DV) + offs_v[None, :]
+            m_k = mt[:, None] & mk[None, :]
+            m_v = mt[:, None] & mv[None, :]
+            bk = tl.load(k + p_k, mask=m_k, other=0.0)
+            bv = tl.load(v + p_v, mask=m_v, other=0.0)
+            bdo = tl.load(do + p_v, mask=m_v, other=0.0)
+            eb, eC, D, w = _chunk_decay(
+                g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
+            )
+            # dq = (dO V^T * D) K + exp(b) (dO S^T)
+            bdq = tl.dot(bdo, tl.trans(S.to(bdo.dtype)), input_precision=PREC) * (eb * scale)[:, None]
+            dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * (D * scale)
+            bdq = tl.dot(dp.to(bk.dtype), bk, acc=bdq, input_precision=PREC)
+            tl.store(dq + p_k, bdq.to(dq.dtype.element_ty), mask=m_k)
+            S = tl.dot(tl.trans(bk), (bv * w[:, None]).to(bv.dtype), acc=S * eC, input_precision=PREC)
     else:
-        S = tl.zeros([BK, BV], dtype=tl.float32)
-    for c in range(0, NC):
-        t = c * C + offs_c
-        mt = t < T
-        p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
-        p_v = t[:, None] * (H * DV) + offs_v[None, :]
-        m_k = mt[:, None] & mk[None, :]
-        m_v = mt[:, None] & mv[None, :]
-        bk = tl.load(k + p_k, mask=m_k, other=0.0)
-        bv = tl.load(v + p_v, mask=m_v, other=0.0)
-        bdo = tl.load(do + p_v, mask=m_v, other=0.0)
-        eb, eC, D, w = _chunk_decay(g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT)
-        bdq = tl.dot(bdo, tl.trans(S.to(bdo.dtype)), input_precision=PREC) * (eb * scale)[:, None]
-        dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * (D * scale)
-        bdq = tl.dot(dp.to(bk.dtype), bk, acc=bdq, input_precision=PREC)
-        tl.store(dq + p_k, bdq.to(dq.dtype.element_ty), mask=m_k)
-        S = tl.dot(tl.trans(bk), (bv * w[:, None]).to(bv.dtype), acc=S * eC, input_precision=PREC)
-
-    # Loop 2, backward over chunks: carry dS, the gradient of the state after the chunk; form dk and dv.
-    if HAS_DST:
-        dS = tl.load(dsT + p_state, mask=m_state, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros([BK, BV], dtype=tl.float32)
-    for i in range(0, NC):
-        c = NC - 1 - i
-        t = c * C + offs_c
-        mt = t < T
-        p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
-        p_v = t[:, None] * (H * DV) + offs_v[None, :]
-        m_k = mt[:, None] & mk[None, :]
-        m_v = mt[:, None] & mv[None, :]
-        bq = tl.load(q + p_k, mask=m_k, other=0.0)
-        bk = tl.load(k + p_k, mask=m_k, other=0.0)
-        bv = tl.load(v + p_v, mask=m_v, other=0.0)
-        bdo = tl.load(do + p_v, mask=m_v, other=0.0)
-        eb, eC, D, w = _chunk_decay(g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT)
-        Ds = D * scale
-        dSc = dS.to(bv.dtype)
-        # dk = (dO V^T * D)^T Q + w (V dS^T)
-        bdk = tl.dot(bv, tl.trans(dSc), input_precision=PREC) * w[:, None]
-        dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * Ds
-        bdk = tl.dot(tl.trans(dp.to(bq.dtype)), bq, acc=bdk, input_precision=PREC)
-        tl.store(dk + p_k, bdk.to(dk.dtype.element_ty), mask=m_k)
-        # dv = (Q K^T * D)^T dO + w (K dS)
-        bdv = tl.dot(bk, dSc, input_precision=PREC) * w[:, None]
-        s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * Ds
-        bdv = tl.dot(tl.trans(s.to(bdo.dtype)), bdo, acc=bdv, input_precision=PREC)
-        tl.store(dv + p_v, bdv.to(dv.dtype.element_ty), mask=m_v)
-        # dS <- exp(bC) dS + Q^T (dO * exp(b) * scale)
-        dS = tl.dot(tl.trans(bq), (bdo * (eb * scale)[:, None]).to(bdo.dtype), acc=dS * eC, input_precision=PREC)
-    if STORE_DS0:
-        tl.store(ds0 + p_state, dS, mask=m_state)
+        # dk (part 1) or dv (part 2): backward over chunks carrying dS, the gradient of the state after the
+        # chunk. Each part rebuilds dS itself (one extra product per chunk) to halve the live tiles.
+        if HAS_DST:
+            dS = tl.load(dsT + p_state, mask=m_state, other=0.0).to(tl.float32)
+        else:
+            dS = tl.zeros([BK, BV], dtype=tl.float32)
+        for i in range(0, NC):
+            c = NC - 1 - i
+            t = c * C + offs_c
+            mt = t < T
+            p_k = t[:, None] * (H * DK) + offs_k[None, :]
+            p_v = t[:, None] * (H * DV) + offs_v[None, :]
+            m_k = mt[:, None] & mk[None, :]
+            m_v = mt[:, None] & mv[None, :]
+            bq = tl.load(q + p_k, mask=m_k, other=0.0)
+            bdo = tl.load(do + p_v, mask=m_v, other=0.0)
+            eb, eC, D, w = _chunk_decay(
+                g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT
+            )
+            if PART == 1:
+                # dk = (dO V^T * D)^T Q + exp(bC - b) (V dS^T)
+                bv = tl.load(v + p_v, mask=m_v, other=0.0)
+                bdk = tl.dot(bv, tl.trans(dS.to(bv.dtype)), input_precision=PREC) * w[:, None]
+                dp = tl.dot(bdo, tl.trans(bv), input_precision=PREC) * (D * scale)
+                bdk = tl.dot(tl.trans(dp.to(bq.dtype)), bq, acc=bdk, input_precision=PREC)
+                tl.store(dk + p_k, bdk.to(dk.dtype.element_ty), mask=m_k)
+            else:
+                # dv = (Q K^T * D)^T dO + exp(bC - b) (K dS)
+                bk = tl.load(k + p_k, mask=m_k, other=0.0)
+                bdv = tl.dot(bk, dS.to(bk.dtype), input_precision=PREC) * w[:, None]
+                s = tl.dot(bq, tl.trans(bk), input_precision=PREC) * (D * scale)
+                bdv = tl.dot(tl.trans(s.to(bdo.dtype)), bdo, acc=bdv, input_precision=PREC)
+                tl.store(dv + p_v, bdv.to(dv.dtype.element_ty), mask=m_v)
+            # dS <- exp(bC) dS + Q^T (dO * exp(b) * scale)
+            dS = tl.dot(tl.trans(bq), (bdo * (eb * scale)[:, None]).to(bdo.dtype), acc=dS * eC, input_precision=PREC)
+        if STORE_DS0:
+            if PART == 2:
+                tl.store(ds0 + p_state, dS, mask=m_state)
 
 
 chunk_fwd_kernel = tuned(_chunk_fwd_kernel, _CONFIGS, _KEY)
-chunk_bwd_kernel = tuned(_chunk_bwd_kernel, _CONFIGS, _KEY)
+chunk_bwd_kernel = tuned(_chunk_bwd_kernel, _CONFIGS, [*_KEY, "PART"])
 CONFIGS = _CONFIGS
