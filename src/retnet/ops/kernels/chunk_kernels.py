@@ -42,6 +42,15 @@ _KEY = ["DK", "DV", "BV", "C", "GATED", "HAS_MASK"]
 
 
 @triton.jit
+def _tile_mask(mt, mcol, FULL_COLS: tl.constexpr):
+    """Load/store mask of a ``[C, BD]`` tile: rows in range, and columns only when the tile overhangs ``D``."""
+    if FULL_COLS:
+        return mt[:, None]
+    else:
+        return mt[:, None] & mcol[None, :]
+
+
+@triton.jit
 def _chunk_decay(g, m, i_b, i_h, t, mt, T, H: tl.constexpr, g_h, fixed_b, fixed_D, causal, GATED: tl.constexpr,
                  HAS_MASK: tl.constexpr, EXACT: tl.constexpr):  # fmt: skip
     """Per-chunk decay factors in log2 units, padding mask folded in.
@@ -116,9 +125,9 @@ def _chunk_fwd_kernel(
         mt = t < T
         p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
         p_v = t[:, None] * (H * DV) + offs_v[None, :]
-        m_v = mt[:, None] & mv[None, :]
-        bq = tl.load(q + p_k, mask=mt[:, None] & mk[None, :], other=0.0)
-        bk = tl.load(k + p_k, mask=mt[:, None] & mk[None, :], other=0.0)
+        m_v = _tile_mask(mt, mv, DV % BV == 0)
+        bq = tl.load(q + p_k, mask=_tile_mask(mt, mk, BK == DK), other=0.0)
+        bk = tl.load(k + p_k, mask=_tile_mask(mt, mk, BK == DK), other=0.0)
         bv = tl.load(v + p_v, mask=m_v, other=0.0)
         eb, eC, D, w = _chunk_decay(g, m, i_b, i_h, t, mt, T, H, g_h, fixed_b, fixed_D, causal, GATED, HAS_MASK, EXACT)
         bo = tl.dot(bq, S.to(bq.dtype), input_precision=PREC) * (eb * scale)[:, None]
@@ -183,8 +192,8 @@ def _chunk_bwd_kernel(
             mt = t < T
             p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
             p_v = t[:, None] * (H * DV) + offs_v[None, :]
-            m_k = mt[:, None] & mk[None, :]
-            m_v = mt[:, None] & mv[None, :]
+            m_k = _tile_mask(mt, mk, BK == DK)
+            m_v = _tile_mask(mt, mv, DV % BV == 0)
             bk = tl.load(k + p_k, mask=m_k, other=0.0)
             bv = tl.load(v + p_v, mask=m_v, other=0.0)
             bdo = tl.load(do + p_v, mask=m_v, other=0.0)
@@ -210,8 +219,8 @@ def _chunk_bwd_kernel(
             mt = t < T
             p_k = t[:, None] * (H * DK) + offs_k[None, :]
             p_v = t[:, None] * (H * DV) + offs_v[None, :]
-            m_k = mt[:, None] & mk[None, :]
-            m_v = mt[:, None] & mv[None, :]
+            m_k = _tile_mask(mt, mk, BK == DK)
+            m_v = _tile_mask(mt, mv, DV % BV == 0)
             bq = tl.load(q + p_k, mask=m_k, other=0.0)
             bdo = tl.load(do + p_v, mask=m_v, other=0.0)
             eb, eC, D, w = _chunk_decay(

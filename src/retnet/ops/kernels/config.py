@@ -14,8 +14,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # Chunk length of the chunkwise kernels on a GPU: 64 rows fill a Hopper wgmma tile (M = 64).
 GPU_CHUNK = 64
-# Largest fp32 state tile ([BK, BV]) one program keeps in registers: 128 x 128 (64 KiB over 8 warps).
-MAX_STATE_TILE = 128 * 128
+# Largest fp32 state tile ([BK, BV]) one program keeps in registers: 128 x 64. Larger tiles made ptxas spill
+# (sm_90, bf16: e.g. the forward at Dk = Dv = 128 with BV = 128 spilled ~600 B/thread, BV = 64 ~56 B).
+MAX_STATE_TILE = 128 * 64
 
 
 def pow2(n: int, lo: int = 16) -> int:
@@ -26,8 +27,8 @@ def pow2(n: int, lo: int = 16) -> int:
 def chunk_block_v(dk: int, dv: int, block_v: int | None = None) -> int:
     """Width of the value slice one chunkwise program owns (it always owns the whole key dimension).
 
-    The full ``Dk x BV`` float32 state stays in registers, so ``BV`` shrinks as ``Dk`` grows: 128 for
-    Dk <= 128, 64 for Dk = 256. An explicit ``block_v`` (a power of two >= 16) overrides it, for tuning.
+    The full ``Dk x BV`` float32 state stays in registers, so ``BV`` shrinks as ``Dk`` grows: 64 for
+    Dk = 128, 32 for Dk = 256. An explicit ``block_v`` (a power of two >= 16) overrides it, for tuning.
     """
     bk = pow2(dk)
     if block_v is not None:
