@@ -29,10 +29,10 @@ PEAK_BANDWIDTH = (
 
 def require_cuda() -> None:
     """Refuse clearly when there is no GPU (the kernels are CPU-tested through the Triton interpreter)."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise CLIError("TRITON_INTERPRET=1 is set: unset it, timings through the Triton interpreter are meaningless")
     if not torch.cuda.is_available():
         raise CLIError("this benchmark needs a CUDA GPU and none is available (torch.cuda.is_available() is False)")
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise CLIError("TRITON_INTERPRET=1 is set: unset it, timings through the Triton interpreter are meaningless")
     try:
         import triton  # noqa: F401
     except ImportError as exc:
