@@ -73,10 +73,10 @@ def _chunk_decay(g, m, i_b, i_h, t, mt, T, H: tl.constexpr, g_h, fixed_b, fixed_
         D = fixed_D
     else:
         b = tl.cumsum(gv, 0)
-        D = tl.where(causal, tl.exp2(b[:, None] - b[None, :]), 0.0) * (mm[:, None] * mm[None, :])
+        D = tl.exp2(tl.where(causal, b[:, None] - b[None, :], float("-inf"))) * (mm[:, None] * mm[None, :])
     bC = tl.sum(gv, 0)
     # exp(bC - b) on valid rows only: past the end, b can exceed bC (fixed decay) and the exp could overflow.
-    w = tl.where(mt, tl.exp2(bC - b), 0.0) * mm
+    w = tl.exp2(tl.where(mt, bC - b, float("-inf"))) * mm
     eb = tl.exp2(b) * mm
     return eb, tl.exp2(bC), D, w
 
@@ -118,7 +118,7 @@ def _chunk_fwd_kernel(
     if not GATED:
         g_h = tl.load(g + i_h).to(tl.float32) * 1.4426950408889634
     fixed_b = (offs_c + 1).to(tl.float32) * g_h
-    fixed_D = tl.where(causal, tl.exp2((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
+    fixed_D = tl.exp2(tl.where(causal, (offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h, float("-inf")))
 
     for c in range(0, tl.cdiv(T, C)):
         t = c * C + offs_c
@@ -178,7 +178,7 @@ def _chunk_bwd_kernel(
     if not GATED:
         g_h = tl.load(g + i_h).to(tl.float32) * 1.4426950408889634
     fixed_b = (offs_c + 1).to(tl.float32) * g_h
-    fixed_D = tl.where(causal, tl.exp2((offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h), 0.0)
+    fixed_D = tl.exp2(tl.where(causal, (offs_c[:, None] - offs_c[None, :]).to(tl.float32) * g_h, float("-inf")))
     NC = tl.cdiv(T, C)
 
     if PART == 0:
