@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("TRITON_INTERPRET=1 is set: unset it to compile for a GPU target")
     try:
         from retnet.ops.kernels.chunk_kernels import _chunk_bwd_kernel, _chunk_fwd_kernel
-        from retnet.ops.kernels.config import chunk_block_v, recurrent_block_v
+        from retnet.ops.kernels.config import chunk_slice, pow2, recurrent_block_v
         from retnet.ops.kernels.recurrent_kernels import recurrent_fwd_kernel
     except ImportError as exc:
         raise CLIError("this command needs Triton: pip install 'retnet[kernels]'") from exc
@@ -69,20 +69,24 @@ def run(args: argparse.Namespace) -> int:
     bwd_types = dict(fwd_types, do=bf, dsT=f32, dq=bf, dk=bf, dv=bf, ds0=f32)
     rows = []
     for D in args.dims:
-        bv = chunk_block_v(D, D)
-        base = dict(H=32, DK=D, DV=D, BK=D, BV=bv, C=64, GATED=False, HAS_MASK=False, HAS_S0=True, PREC="tf32")
+        sl = chunk_slice(D, D)
+        base = dict(H=32, DK=D, DV=D, BK=pow2(D), BV=sl, C=64, GATED=False, HAS_MASK=False, HAS_S0=True, PREC="tf32")
         variants = [("chunk_fwd", _chunk_fwd_kernel, fwd_types, base)]
         for part, name in enumerate(("chunk_bwd_dq", "chunk_bwd_dk", "chunk_bwd_dv")):
-            variants.append((name, _chunk_bwd_kernel, bwd_types, dict(base, HAS_DST=True, STORE_DS0=True, PART=part)))
+            tiles = dict(BK=sl, BV=pow2(D)) if part < 2 else {}
+            const = dict(base, HAS_DST=True, STORE_DS0=True, PART=part, **tiles)
+            variants.append((name, _chunk_bwd_kernel, bwd_types, const))
         for name, fn, types, const in variants:
             for w in args.warps:
                 k = _compile(fn, types, const, args.arch, w, 1)
-                rows.append({"kernel": name, "D": D, "BV": bv, "warps": w, **_usage(k.asm["cubin"])})
+                tile = f"{const['BK']}x{const['BV']}"
+                rows.append({"kernel": name, "D": D, "state_tile": tile, "warps": w, **_usage(k.asm["cubin"])})
                 print(rows[-1])
         rbv = recurrent_block_v(D, D)
         rconst = dict(H=32, DK=D, DV=D, BK=D, BV=rbv, GATED=False, HAS_MASK=False, HAS_S0=True)
         k = _compile(recurrent_fwd_kernel, fwd_types, rconst, args.arch, 4, 1)
-        rows.append({"kernel": "recurrent", "D": D, "BV": rbv, "warps": 4, **_usage(k.asm["cubin"])})
+        tile = f"{pow2(D)}x{rbv}"
+        rows.append({"kernel": "recurrent", "D": D, "state_tile": tile, "warps": 4, **_usage(k.asm["cubin"])})
         print(rows[-1])
     write_report(
         "kernel_resources",

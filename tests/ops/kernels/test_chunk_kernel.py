@@ -46,8 +46,8 @@ def test_fp32_shapes(T, Dk, Dv, gated, chunk):
 
 
 def test_several_value_slices_and_large_heads():
-    # block_v = 16 splits Dv = 40 over three programs (dq / dk summed from float32 partials).
-    _compare(kernel_inputs(1, 21, 1, 8, 40, gated=True, state=True, pad=[3]), 1e-5, block_v=16)
+    # slice_size = 16 splits Dv = 40 (forward, dv) and Dk = 24 (dq, dk) over several programs each.
+    _compare(kernel_inputs(1, 21, 1, 24, 40, gated=True, state=True, pad=[3]), 1e-5, slice_size=16)
     # Dk = Dv = 256, the largest head size supported.
     _compare(kernel_inputs(1, 18, 1, 256, 256, state=True), 1e-5)
 
@@ -91,7 +91,7 @@ def test_bad_arguments_are_named():
         chunk_retention(q.double(), k.double(), v.double(), g)
     with pytest.raises(ValueError, match="chunk_size"):
         chunk_retention(q, k, v, g, chunk_size=24)
-    with pytest.raises(ValueError, match="block_v"):
-        chunk_retention(q, k, v, g, block_v=20)
+    with pytest.raises(ValueError, match="slice_size"):
+        chunk_retention(q, k, v, g, slice_size=20)
     with pytest.raises(ValueError, match="log_decay"):
         chunk_retention(q, k, v, torch.ones(1))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from retnet.ops.kernels.chunk_kernels import CONFIGS, chunk_bwd_kernel, chunk_fwd_kernel
-from retnet.ops.kernels.config import GPU_CHUNK, INTERPRET, chunk_block_v, fixed_launch_options, pow2
+from retnet.ops.kernels.config import GPU_CHUNK, INTERPRET, chunk_slice, fixed_launch_options, pow2
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -34,10 +34,10 @@ class ChunkRetentionFunction(torch.autograd.Function):
     """Forward and backward of chunkwise retention with the fused kernels."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, s0, mask, scale: float, chunk: int, block_v: int | None):
+    def forward(ctx, q, k, v, g, s0, mask, scale: float, chunk: int, slice_size: int | None):
         B, T, H, Dk = q.shape
         Dv = v.shape[-1]
-        BK, BV = pow2(Dk), chunk_block_v(Dk, Dv, block_v)
+        BK, BV = pow2(Dk), chunk_slice(Dk, Dv, slice_size)
         o = torch.empty_like(v)
         sT = torch.empty(B, H, Dk, Dv, device=q.device, dtype=torch.float32)
         grid = (triton_cdiv(Dv, BV), B * H)
@@ -48,7 +48,7 @@ class ChunkRetentionFunction(torch.autograd.Function):
             **fixed_launch_options(CONFIGS),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, g, s0, mask, sT)
-        ctx.scale, ctx.chunk, ctx.BK, ctx.BV = scale, chunk, BK, BV
+        ctx.scale, ctx.chunk, ctx.slice_size = scale, chunk, slice_size
         return o, sT
 
     @staticmethod
@@ -56,19 +56,22 @@ class ChunkRetentionFunction(torch.autograd.Function):
         q, k, v, g, s0, mask, sT = ctx.saved_tensors
         B, T, H, Dk = q.shape
         Dv = v.shape[-1]
-        BK, BV = ctx.BK, ctx.BV
-        NV = triton_cdiv(Dv, BV)
         do = do.contiguous()
-        part_dtype = q.dtype if NV == 1 else torch.float32
-        dq = torch.empty((NV, *q.shape), device=q.device, dtype=part_dtype)
-        dk = torch.empty((NV, *k.shape), device=q.device, dtype=part_dtype)
+        # dq / dk in float32 when the log-decay gradient (q . dq - k . dk, which cancels) is needed.
+        gdt = torch.float32 if ctx.needs_input_grad[3] else q.dtype
+        dq = torch.empty(q.shape, device=q.device, dtype=gdt)
+        dk = torch.empty(k.shape, device=q.device, dtype=gdt)
         dv = torch.empty_like(v)
         need_ds0 = s0 is not None and ctx.needs_input_grad[4]
         ds0 = torch.empty(B, H, Dk, Dv, device=q.device, dtype=torch.float32) if need_ds0 else None
         if dsT is not None:
             dsT = dsT.float().contiguous()
-        for part in (0, 1, 2):  # dq, dk, dv
-            chunk_bwd_kernel[(NV, B * H)](
+        BKs = chunk_slice(Dv, Dk, ctx.slice_size)  # dq, dk: key slice x all value columns
+        BVs = chunk_slice(Dk, Dv, ctx.slice_size)  # dv: all key rows x value slice
+        for part, (BK, BV, n) in enumerate(
+            ((BKs, pow2(Dv), triton_cdiv(Dk, BKs)),) * 2 + ((pow2(Dk), BVs, triton_cdiv(Dv, BVs)),)
+        ):
+            chunk_bwd_kernel[(n, B * H)](
                 q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, do,
                 dsT if dsT is not None else sT, dq, dk, dv, ds0 if ds0 is not None else sT, ctx.scale, T,
                 H=H, DK=Dk, DV=Dv, BK=BK, BV=BV, C=ctx.chunk,
@@ -76,8 +79,6 @@ class ChunkRetentionFunction(torch.autograd.Function):
                 STORE_DS0=need_ds0, PREC=_precision(q.dtype), PART=part,
                 **fixed_launch_options(CONFIGS),
             )  # fmt: skip
-        dq = dq[0] if NV == 1 else dq.sum(0)
-        dk = dk[0] if NV == 1 else dk.sum(0)
         dg = None
         if ctx.needs_input_grad[3]:
             dg = _log_decay_grad(q, k, dq, dk, g, mask, sT, dsT)
@@ -112,13 +113,13 @@ def chunk_retention(
     output_final_state: bool = False,
     attention_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
-    block_v: int | None = None,
+    slice_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunkwise retention with the fused Triton kernels (any T, Dk and Dv <= 256).
 
     Arguments as in :func:`retnet.ops.retention`; ``q``, ``k``, ``v`` share one dtype (float32, float16 or
     bfloat16). ``chunk_size`` is the kernel's chunk (power of two >= 16; default 64 on a GPU, 16 under the
-    interpreter) and ``block_v`` the value slice per program (default from the head sizes).
+    interpreter) and ``slice_size`` the width of the state slice per program (default from the head sizes).
     Returns ``(o, final_state)`` with ``o`` in the dtype of ``v`` and a float32 final state (or ``None``).
     """
     _check_kernel_args(q, k, v, log_decay, initial_state, attention_mask)
@@ -136,7 +137,7 @@ def chunk_retention(
         mask,
         float(1.0 if scale is None else scale),
         chunk,
-        block_v,
+        slice_size,
     )
     return o, (sT if output_final_state else None)
 

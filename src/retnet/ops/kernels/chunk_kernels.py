@@ -1,4 +1,4 @@
-"""Triton kernels for chunkwise retention: one fused forward pass and one fused backward pass.
+"""Triton kernels for chunkwise retention: one fused forward kernel and a three-part backward kernel.
 
 Each program owns one (batch, head, value slice) and walks the chunks of its sequence in order, keeping the
 float32 state ``S [Dk, BV]`` in registers, so per-chunk states are never written to memory (the chunkwise
@@ -10,9 +10,11 @@ cumulative log decay inside the chunk, ``bC`` its total and ``D[i, j] = exp(b_i 
 
 The backward kernel is compiled in three parts (``PART``, three launches): one walks forward over chunks
 (rebuilding ``S``) for ``dQ``; two walk backward carrying ``dS`` (the gradient of the state after the
-chunk), one for ``dK`` and one for ``dV``. Each rebuilds ``dS`` (one extra product per chunk) so that far
-fewer tiles are live at once: with everything in one program the compiler spilled registers heavily
-(ptxas for sm_90: ~1 KB of stack per thread at Dk = 128, against < 100 B for the split parts):
+chunk), one for ``dK`` and one for ``dV``. dQ and dK programs own a key slice of the state with all its
+value columns, dV programs a value slice with all key rows, so each gradient is complete in one program
+(no partial sums). Both backward parts rebuild ``dS`` (one extra product per chunk) so that far fewer
+tiles are live at once: with everything in one program the compiler spilled registers heavily (ptxas for
+sm_90: ~1 KB of stack per thread at Dk = 128; see ``retnet bench kernel-resources`` for the split parts):
 
     dQ  = scale ((dO V^T * D) K + exp(b) * (dO S^T))
     dK  = scale (dO V^T * D)^T Q + exp(bC - b) * (V dS^T)
@@ -20,9 +22,8 @@ fewer tiles are live at once: with everything in one program the compiler spille
     dS <- exp(bC) dS + scale (Q * exp(b))^T dO
 
 Matrix products run on the tensor cores in the input dtype with float32 accumulation; decays and states
-stay float32. ``dQ`` and ``dK`` sum over value slices, so with several slices they are written as float32
-partials (one per slice) and summed by the caller. Fixed decay without a mask uses the exact in-chunk
-decay ``(i - j) g``, computed once per program; gated decay or a padding mask use a cumulative sum.
+stay float32. Fixed decay without a mask uses the exact in-chunk decay ``(i - j) g``, computed once per
+program; gated decay or a padding mask use a cumulative sum.
 The padding mask zeroes ``k``, the decay and ``o`` at padded steps, so the state stays frozen there.
 
 Register budget (what decides speed on Hopper): ``q`` and ``k`` tiles are only ever operands of ``tl.dot``
@@ -145,28 +146,32 @@ def _chunk_bwd_kernel(
     GATED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_S0: tl.constexpr, HAS_DST: tl.constexpr,
     STORE_DS0: tl.constexpr, PREC: tl.constexpr, PART: tl.constexpr,
 ):  # fmt: skip
-    i_v = tl.program_id(0)
+    i_s = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
     EXACT: tl.constexpr = not GATED and not HAS_MASK
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_v = i_v * BV + tl.arange(0, BV)
+    # dq and dk programs own a key slice and every value column (so dq, dk need no sum over slices); dv
+    # programs own a value slice and every key row (as the forward).
+    if PART == 2:
+        offs_k = tl.arange(0, BK)
+        offs_v = i_s * BV + tl.arange(0, BV)
+    else:
+        offs_k = i_s * BK + tl.arange(0, BK)
+        offs_v = tl.arange(0, BV)
     mk = offs_k < DK
     mv = offs_v < DV
     # 64-bit offsets stay scalar (added to the base pointers); per-element offsets are int32.
     base_k = i_b.to(tl.int64) * T * H * DK + i_h * DK
     base_v = i_b.to(tl.int64) * T * H * DV + i_h * DV
-    # dq / dk partials: one [B, T, H, DK] slab per value slice.
-    off_part = i_v.to(tl.int64) * tl.num_programs(1) * T * DK
     q += base_k
     k += base_k
     v += base_v
     do += base_v
     dv += base_v
-    dq += off_part + base_k
-    dk += off_part + base_k
+    dq += base_k
+    dk += base_k
     off_state = i_bh.to(tl.int64) * DK * DV
     s0 += off_state
     dsT += off_state
@@ -192,7 +197,7 @@ def _chunk_bwd_kernel(
             mt = t < T
             p_k = t[:, None] * (H * DK) + offs_k[None, :]  # int32 offsets from the head's base
             p_v = t[:, None] * (H * DV) + offs_v[None, :]
-            m_k = _tile_mask(mt, mk, BK == DK)
+            m_k = _tile_mask(mt, mk, DK % BK == 0)
             m_v = _tile_mask(mt, mv, DV % BV == 0)
             bk = tl.load(k + p_k, mask=m_k, other=0.0)
             bv = tl.load(v + p_v, mask=m_v, other=0.0)
@@ -219,7 +224,7 @@ def _chunk_bwd_kernel(
             mt = t < T
             p_k = t[:, None] * (H * DK) + offs_k[None, :]
             p_v = t[:, None] * (H * DV) + offs_v[None, :]
-            m_k = _tile_mask(mt, mk, BK == DK)
+            m_k = _tile_mask(mt, mk, DK % BK == 0)
             m_v = _tile_mask(mt, mv, DV % BV == 0)
             bq = tl.load(q + p_k, mask=m_k, other=0.0)
             bdo = tl.load(do + p_v, mask=m_v, other=0.0)

@@ -24,18 +24,18 @@ def pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-def chunk_block_v(dk: int, dv: int, block_v: int | None = None) -> int:
-    """Width of the value slice one chunkwise program owns (it always owns the whole key dimension).
+def chunk_slice(d_full: int, d_sliced: int, slice_size: int | None = None) -> int:
+    """Width of the state slice a chunkwise program owns along ``d_sliced`` (it owns all of ``d_full``).
 
-    The full ``Dk x BV`` float32 state stays in registers, so ``BV`` shrinks as ``Dk`` grows: 64 for
-    Dk = 128, 32 for Dk = 256. An explicit ``block_v`` (a power of two >= 16) overrides it, for tuning.
+    The ``d_full x slice`` float32 state stays in registers, so the slice shrinks as ``d_full`` grows: 64 for
+    128-wide heads, 32 for 256. The forward and dv programs slice the values (``d_full = Dk``), the dq and
+    dk programs the keys (``d_full = Dv``). ``slice_size`` (a power of two >= 16) overrides it, for tuning.
     """
-    bk = pow2(dk)
-    if block_v is not None:
-        if block_v < 16 or block_v & (block_v - 1):
-            raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
-        return min(block_v, pow2(dv))
-    return max(16, min(pow2(dv), MAX_STATE_TILE // bk, 128))
+    if slice_size is not None:
+        if slice_size < 16 or slice_size & (slice_size - 1):
+            raise ValueError(f"slice_size must be a power of two >= 16, got {slice_size}")
+        return min(slice_size, pow2(d_sliced))
+    return max(16, min(pow2(d_sliced), MAX_STATE_TILE // pow2(d_full), 128))
 
 
 def recurrent_block_v(dk: int, dv: int) -> int:
