@@ -95,3 +95,6 @@ def test_bad_arguments_are_named():
         chunk_retention(q, k, v, g, slice_size=20)
     with pytest.raises(ValueError, match="log_decay"):
         chunk_retention(q, k, v, torch.ones(1))
+    big = torch.zeros(1, 1, 1, 1).expand(1, 2**22, 32, 16)  # T * H * D = 2^31: no memory behind it
+    with pytest.raises(ValueError, match="2\\^31"):
+        chunk_retention(big, big, big, torch.full((32,), -0.1))

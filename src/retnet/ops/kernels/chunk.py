@@ -162,6 +162,13 @@ def _check_kernel_args(q, k, v, log_decay, initial_state, attention_mask) -> Non
         )
     if q.shape[-1] > 256 or v.shape[-1] > 256:
         raise ValueError(f"the fused kernels support Dk and Dv up to 256, got Dk={q.shape[-1]}, Dv={v.shape[-1]}")
+    if not fits_int32_offsets(q.shape[1], q.shape[2], max(q.shape[-1], v.shape[-1])):
+        raise ValueError(f"T * H * D must stay below 2^31 for the kernels' 32-bit offsets, got shape {tuple(q.shape)}")
+
+
+def fits_int32_offsets(T: int, H: int, D: int) -> bool:
+    """Per-sequence element offsets (``t * H * D``) are 32-bit inside the kernels."""
+    return T * H * D < 2**31
 
 
 def _check_shapes(q, k, v, log_decay, initial_state, attention_mask) -> None:

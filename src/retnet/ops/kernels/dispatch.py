@@ -23,7 +23,8 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, initial_state: t
         return False
     if initial_state is not None and initial_state.dtype == torch.float64:
         return False
-    return q.shape[-1] <= 256 and v.shape[-1] <= 256
+    T, H = q.shape[1], q.shape[2]
+    return q.shape[-1] <= 256 and v.shape[-1] <= 256 and T * H * max(q.shape[-1], v.shape[-1]) < 2**31
 
 
 def fused_retention(
