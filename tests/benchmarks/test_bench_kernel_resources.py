@@ -15,7 +15,19 @@ from pathlib import Path
 
 def test_kernels_compile_for_hopper(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
-    cmd = [sys.executable, "-m", "retnet", "bench", "kernel-resources", "--dims", "16", "--warps", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "retnet",
+        "bench",
+        "kernel-resources",
+        "--dims",
+        "16",
+        "--warps",
+        "4",
+        "--chunks",
+        "32",
+    ]
     proc = subprocess.run([*cmd, "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "kernel_resources.json").read_text())["rows"]

@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for H100 (default)")
     p.add_argument("--dims", type=int, nargs="+", default=[128, 256], help="head dims (Dk = Dv)")
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--chunks", type=int, nargs="+", default=[64, 32], help="chunk lengths (the autotuner's choices)")
     p.add_argument("--out", default=str(DEFAULT_OUT_DIR))
     p.set_defaults(func=run)
 
@@ -70,30 +71,34 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for D in args.dims:
         sl = chunk_slice(D, D)
-        base = dict(H=32, DK=D, DV=D, BK=pow2(D), BV=sl, C=64, GATED=False, HAS_MASK=False, HAS_S0=True, PREC="tf32")
-        variants = [("chunk_fwd", _chunk_fwd_kernel, fwd_types, base)]
-        for part, name in enumerate(("chunk_bwd_dq", "chunk_bwd_dk", "chunk_bwd_dv")):
-            tiles = dict(BK=sl, BV=pow2(D)) if part < 2 else {}
-            const = dict(base, HAS_DST=True, STORE_DS0=True, PART=part, **tiles)
-            variants.append((name, _chunk_bwd_kernel, bwd_types, const))
+        variants = []
+        for C in args.chunks:
+            base = dict(H=32, DK=D, DV=D, BK=pow2(D), BV=sl, C=C, GATED=False, HAS_MASK=False, HAS_S0=True, PREC="tf32")
+            variants.append(("chunk_fwd", _chunk_fwd_kernel, fwd_types, base))
+            for part, name in enumerate(("chunk_bwd_dq", "chunk_bwd_dk", "chunk_bwd_dv")):
+                tiles = dict(BK=sl, BV=pow2(D)) if part < 2 else {}
+                const = dict(base, HAS_DST=True, STORE_DS0=True, PART=part, **tiles)
+                variants.append((name, _chunk_bwd_kernel, bwd_types, const))
         for name, fn, types, const in variants:
             for w in args.warps:
                 k = _compile(fn, types, const, args.arch, w, 1)
                 tile = f"{const['BK']}x{const['BV']}"
-                rows.append({"kernel": name, "D": D, "state_tile": tile, "warps": w, **_usage(k.asm["cubin"])})
+                row = {"kernel": name, "D": D, "chunk": const["C"], "state_tile": tile, "warps": w}
+                rows.append({**row, **_usage(k.asm["cubin"])})
                 print(rows[-1])
         rbv = recurrent_block_v(D, D)
         rconst = dict(H=32, DK=D, DV=D, BK=D, BV=rbv, GATED=False, HAS_MASK=False, HAS_S0=True)
         k = _compile(recurrent_fwd_kernel, fwd_types, rconst, args.arch, 4, 1)
         tile = f"{pow2(D)}x{rbv}"
-        rows.append({"kernel": "recurrent", "D": D, "state_tile": tile, "warps": 4, **_usage(k.asm["cubin"])})
+        row = {"kernel": "recurrent", "D": D, "chunk": None, "state_tile": tile, "warps": 4}
+        rows.append({**row, **_usage(k.asm["cubin"])})
         print(rows[-1])
     write_report(
         "kernel_resources",
         title=f"Retention kernels compiled for sm_{args.arch}: registers and spills per thread",
         rows=rows,
         out_dir=args.out,
-        notes="Compiled with Triton's bundled ptxas (bf16 inputs, fixed decay, chunk 64, num_stages 1); "
+        notes="Compiled with Triton's bundled ptxas (bf16 inputs, fixed decay, num_stages 1); "
         "`stack_bytes` > 0 means registers spilled to local memory. No GPU involved: no timings.",
     )
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from retnet.ops.kernels.chunk_kernels import CONFIGS, chunk_bwd_kernel, chunk_fwd_kernel
-from retnet.ops.kernels.config import GPU_CHUNK, INTERPRET, chunk_slice, fixed_launch_options, pow2
+from retnet.ops.kernels.config import chunk_slice, fixed_launch_options, pow2
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -22,12 +22,13 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _chunk_len(T: int, chunk_size: int | None) -> int:
+def _chunk_len(chunk_size: int | None) -> int:
+    """The interpreter's chunk length (on a GPU the autotuner picks 32 or 64 and this is not used)."""
     if chunk_size is not None:
         if chunk_size < 16 or chunk_size & (chunk_size - 1):
             raise ValueError(f"chunk_size must be a power of two >= 16 for the fused kernels, got {chunk_size}")
         return chunk_size
-    return GPU_CHUNK if not INTERPRET else 16
+    return 16
 
 
 class ChunkRetentionFunction(torch.autograd.Function):
@@ -43,9 +44,9 @@ class ChunkRetentionFunction(torch.autograd.Function):
         grid = (triton_cdiv(Dv, BV), B * H)
         chunk_fwd_kernel[grid](
             q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, o, sT, scale, T,
-            H=H, DK=Dk, DV=Dv, BK=BK, BV=BV, C=chunk,
+            H=H, DK=Dk, DV=Dv, BK=BK, BV=BV,
             GATED=g.dim() == 3, HAS_MASK=mask is not None, HAS_S0=s0 is not None, PREC=_precision(q.dtype),
-            **fixed_launch_options(CONFIGS),
+            **fixed_launch_options(CONFIGS, C=chunk),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, g, s0, mask, sT)
         ctx.scale, ctx.chunk, ctx.slice_size = scale, chunk, slice_size
@@ -74,10 +75,10 @@ class ChunkRetentionFunction(torch.autograd.Function):
             chunk_bwd_kernel[(n, B * H)](
                 q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, do,
                 dsT if dsT is not None else sT, dq, dk, dv, ds0 if ds0 is not None else sT, ctx.scale, T,
-                H=H, DK=Dk, DV=Dv, BK=BK, BV=BV, C=ctx.chunk,
+                H=H, DK=Dk, DV=Dv, BK=BK, BV=BV,
                 GATED=g.dim() == 3, HAS_MASK=mask is not None, HAS_S0=s0 is not None, HAS_DST=dsT is not None,
                 STORE_DS0=need_ds0, PREC=_precision(q.dtype), PART=part,
-                **fixed_launch_options(CONFIGS),
+                **fixed_launch_options(CONFIGS, C=ctx.chunk),
             )  # fmt: skip
         dg = None
         if ctx.needs_input_grad[3]:
@@ -118,12 +119,13 @@ def chunk_retention(
     """Chunkwise retention with the fused Triton kernels (any T, Dk and Dv <= 256).
 
     Arguments as in :func:`retnet.ops.retention`; ``q``, ``k``, ``v`` share one dtype (float32, float16 or
-    bfloat16). ``chunk_size`` is the kernel's chunk (power of two >= 16; default 64 on a GPU, 16 under the
-    interpreter) and ``slice_size`` the width of the state slice per program (default from the head sizes).
+    bfloat16). ``chunk_size`` is the chunk length under the Triton interpreter (power of two >= 16, default
+    16); on a GPU the autotuner picks 32 or 64 per kernel (results do not depend on it). ``slice_size`` is
+    the width of the state slice per program (default from the head sizes).
     Returns ``(o, final_state)`` with ``o`` in the dtype of ``v`` and a float32 final state (or ``None``).
     """
     _check_kernel_args(q, k, v, log_decay, initial_state, attention_mask)
-    chunk = _chunk_len(q.shape[1], chunk_size)
+    chunk = _chunk_len(chunk_size)
     mask = None
     if attention_mask is not None:
         mask = attention_mask.to(torch.float32).contiguous()

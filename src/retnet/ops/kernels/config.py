@@ -12,8 +12,6 @@ import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Chunk length of the chunkwise kernels on a GPU: 64 rows fill a Hopper wgmma tile (M = 64).
-GPU_CHUNK = 64
 # Largest fp32 state tile ([BK, BV]) one program keeps in registers: 128 x 64. Larger tiles made ptxas spill
 # (sm_90, bf16: e.g. the forward at Dk = Dv = 128 with BV = 128 spilled ~600 B/thread, BV = 64 ~56 B).
 MAX_STATE_TILE = 128 * 64
@@ -50,9 +48,12 @@ def tuned(kernel, configs: list[triton.Config], key: list[str]):
     return triton.autotune(configs=configs, key=key)(kernel)
 
 
-def fixed_launch_options(configs: list[triton.Config]) -> dict:
-    """Launch keywords (num_warps, num_stages) to pass explicitly when a kernel is not autotuned."""
+def fixed_launch_options(configs: list[triton.Config], **meta) -> dict:
+    """Launch keywords for the untuned (interpreter) kernels: ``meta`` plus the first config's warps/stages.
+
+    On a GPU the autotuner supplies all of them (passing any would conflict), so this returns ``{}``.
+    """
     if not INTERPRET:
         return {}
     c = configs[0]
-    return {"num_warps": c.num_warps, "num_stages": c.num_stages}
+    return {**meta, "num_warps": c.num_warps, "num_stages": c.num_stages}
