@@ -13,6 +13,7 @@ from typing import Any
 from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 CHECK_TOL = 5e-3
+CHECK_BATCH, CHECK_HEADS = 2, 4
 METHODS = ("ours", "fla", "sdpa")
 
 
@@ -82,14 +83,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace, kg) -> int:
+    """Real head sizes and lengths; B = 2, H = 4 keep the float32 PyTorch reference within GPU memory."""
+    import torch
+
     rows = []
     for D in args.dims:
         for T in args.lengths:
             for gated in (False, True):
-                rows.append(kg.check_case(args.batch, T, args.heads, D, gated, pad=min(T - 1, 37)))
+                try:
+                    rows.append(kg.check_case(CHECK_BATCH, T, CHECK_HEADS, D, gated, pad=min(T - 1, 37)))
+                except torch.cuda.OutOfMemoryError:
+                    rows.append({"B": CHECK_BATCH, "T": T, "H": CHECK_HEADS, "D": D, "gated": gated, "note": "OOM"})
+                torch.cuda.empty_cache()
                 print(rows[-1])
     rows.append(kg.check_decode(args.decode_batch, args.heads, 128))
-    worst = max(v for r in rows for k, v in r.items() if isinstance(v, float))
+    worst = max((v for r in rows for k, v in r.items() if isinstance(v, float)), default=float("nan"))
+    if any("note" in r for r in rows):
+        worst = float("inf")  # a case that could not run is a failed check
     summary = {"worst relative RMS error": worst, f"all below {CHECK_TOL}": worst < CHECK_TOL}
     write_report(
         "kernels_check",
@@ -97,8 +107,9 @@ def _run_check(args: argparse.Namespace, kg) -> int:
         rows=rows,
         out_dir=args.out,
         summary=summary,
-        notes="Inputs rounded to bf16 once; the reference is `retention(mode='chunkwise')` in float32 on the same "
-        "values (recurrent form for the decoding row). Gradients of o and the final state against random weights.",
+        notes=f"B={CHECK_BATCH}, H={CHECK_HEADS}, first row left-padded. Inputs rounded to bf16 once; the reference "
+        "is `retention(mode='chunkwise')` in float32 on the same values (recurrent form for the decoding row). "
+        "Gradients of o and the final state against random weights.",
     )
     print(f"worst relative RMS error {worst:.3g} (tolerance {CHECK_TOL})")
     return 0 if worst < CHECK_TOL else 1
