@@ -15,16 +15,16 @@ def official_log_decay(num_heads: int, *, dtype: torch.dtype = torch.float32, de
     """``log(1 - 2^(-5-h))`` for h = 0..H-1: the schedule of the official torchscale code."""
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-    h = torch.arange(num_heads, dtype=torch.float64)
-    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype=dtype, device=device)
+    h = torch.arange(num_heads, dtype=torch.float64, device="cpu")
+    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype=dtype, device=device or "cpu")
 
 
 def paper_log_decay(num_heads: int, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """``log(1 - exp(linspace(log 1/32, log 1/512, H)))``: the schedule in the paper's text."""
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-    rates = torch.exp(torch.linspace(math.log(1 / 32), math.log(1 / 512), num_heads, dtype=torch.float64))
-    return torch.log1p(-rates).to(dtype=dtype, device=device)
+    rates = torch.exp(torch.linspace(math.log(1 / 32), math.log(1 / 512), num_heads, dtype=torch.float64, device="cpu"))
+    return torch.log1p(-rates).to(dtype=dtype, device=device or "cpu")
 
 
 def gated_log_decay(gate_logits: torch.Tensor, temperature: float = 16.0) -> torch.Tensor:
