@@ -56,6 +56,12 @@ class RetNetPreTrainedModel(PreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers skips parameter-less modules of "custom code" (ours, the model and each retention layer own
+        # the init of their children). Our init goes through torch.nn.init, which transformers guards while it
+        # initialises, so weights already loaded are left alone.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model creates its own RetNetCache
