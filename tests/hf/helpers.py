@@ -44,3 +44,19 @@ def model_dir(path: Path, core: RetNetForCausalLM, tokenizer: Tokenizer | None =
         tokenizer.save(str(path / "tokenizer.json"))
         save_tokenizer(path, **special)
     return path
+
+
+def byte_tokenizer() -> Tokenizer:
+    """The 256-token byte tokenizer of ``retnet train --tokenizer byte``: id ``i`` is byte ``i``."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    tok = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
