@@ -55,9 +55,8 @@ class RetNetHFConfig(PreTrainedConfig):
         core = {name: kwargs.pop(name) for name in RETNET_FIELDS if name in kwargs}
         retnet_config = RetNetConfig(**core)  # validates; ConfigError names the field
         for name in RETNET_FIELDS:
-            object.__setattr__(self, name, getattr(retnet_config, name))
-        kwargs.setdefault("use_cache", True)
-        use_cache = kwargs.pop("use_cache")
+            setattr(self, name, getattr(retnet_config, name))
+        use_cache = kwargs.pop("use_cache", True)
         # PreTrainedConfig is a dataclass: set its own fields' defaults, then run its __post_init__ with the rest.
         for f in dataclasses.fields(PreTrainedConfig):
             if f.name in kwargs:

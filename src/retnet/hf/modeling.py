@@ -68,9 +68,14 @@ class RetNetPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
-        """``transformers``' loader, after a strict check of a local directory (names the bad field or tensor)."""
-        if pretrained_model_name_or_path is not None and Path(pretrained_model_name_or_path).is_dir():
-            check_model_directory(Path(pretrained_model_name_or_path))
+        """``transformers``' loader, after a strict check of a local directory (names the bad field or tensor).
+
+        Hub downloads are not pre-checked: ``transformers`` resolves them itself.
+        """
+        if pretrained_model_name_or_path is not None:
+            local = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
+            if local.is_dir() and not kwargs.get("gguf_file"):
+                check_model_directory(local)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 
