@@ -165,3 +165,11 @@ def test_text_generation_pipeline(model_path):
     ids = tokenizer("To be", return_tensors="pt")["input_ids"]
     expected = generator.model.generate(ids, max_new_tokens=8, do_sample=False)
     assert out[0]["generated_text"] == tokenizer.decode(expected[0, ids.shape[1] :])
+
+
+def test_bfloat16_load_generates_with_a_float32_state(model_path):
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    assert out.sequences.shape == (1, 8)
+    assert all(s.dtype == torch.float32 for s in out.past_key_values.state.layers)
