@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_auto_classes_work_after_import_retnet_in_either_order(model_path):
     second = AUTO_SCRIPT.format(
         first="import transformers.models.auto.modeling_auto", second="import retnet", order=True
     )
-    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(model_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
