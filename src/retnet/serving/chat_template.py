@@ -2,9 +2,9 @@
 
 A message renders as ``<|role|>\\n{content}<|end|>`` and the reply is prompted by ``<|assistant|>\\n``. A
 conversation's token sequence is the concatenation of its turns: each turn's new messages, the generation
-prompt, the generated tokens, and ``<|end|>`` unless the model generated it (or an end-of-sequence token). So a turn in a stored
-conversation processes exactly the tokens a one-pass run over the whole conversation would see after the
-previous turn. A model directory may override the markers with ``chat_template.json``.
+prompt, the generated tokens, and ``<|end|>`` unless the model generated it (or an end-of-sequence
+token). So a turn in a stored conversation processes exactly the tokens a one-pass run over the whole
+conversation would see after the previous turn. A model directory may override the markers with ``chat_template.json``.
 """
 
 from __future__ import annotations

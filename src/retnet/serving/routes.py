@@ -126,7 +126,7 @@ class Generator:
                 raise APIError(
                     404, f"conversation {turn.conv.id!r} has an unreadable state ({exc}); delete it and start anew",
                     param="conversation_id", code="conversation_not_found",
-                )  # fmt: skip
+                ) from exc  # fmt: skip
             pending = turn.conv.pending
         prompt = pending + new_ids
         if not prompt:
