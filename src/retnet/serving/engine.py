@@ -56,6 +56,7 @@ class Finished:
     pending: list[int]  # sampled tokens not yet folded into ``state``
     ttft_s: float
     total_s: float
+    token_ids: list[int] = field(default_factory=list)  # every sampled token of this reply
 
 
 class Sequence:
@@ -288,6 +289,7 @@ class Engine:
                     pending=[token],
                     ttft_s=seq.first_token_at - seq.submitted,
                     total_s=now - seq.submitted,
+                    token_ids=list(seq.generated),
                 ),
             )
         )
