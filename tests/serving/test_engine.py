@@ -27,7 +27,7 @@ class Collect:
         kind, value = ev
         if kind == "text":
             self.text.append(value)
-        else:
+        elif kind != "first":
             self.done, self.error = (value, None) if kind == "done" else (None, value)
             self.event.set()
 

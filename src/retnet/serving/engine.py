@@ -60,8 +60,9 @@ class Finished:
 
 
 class Sequence:
-    """One request inside the engine. ``emit`` receives ``("text", str)``, ``("done", Finished)`` or
-    ``("error", str)``; it is called from the engine thread and must not block."""
+    """One request inside the engine. ``emit`` receives ``("first", None)`` when the first token is sampled,
+    then ``("text", str)`` pieces, then ``("done", Finished)`` (or ``("error", str)`` at any point); it is
+    called from the engine thread and must not block."""
 
     def __init__(
         self,
@@ -254,6 +255,7 @@ class Engine:
         seq, eot = act.seq, act.seq.params.end_of_turn
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
+            seq.emit(("first", None))
         seq.generated.append(token)
         self.stats["tokens_generated"] += 1
         if token in act.eos_ids:

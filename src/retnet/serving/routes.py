@@ -169,7 +169,7 @@ class Generator:
                         parts.append(value)
                     elif kind == "error":
                         raise APIError(503, value, code="engine_error")
-                    else:
+                    elif kind == "done":
                         await self.finish(turn, value)
                         return make_final("".join(parts), value)
             finally:
@@ -179,10 +179,11 @@ class Generator:
 
         async def stream() -> AsyncIterator[str]:
             try:
-                yield _sse(make_chunk(None))
                 while True:
                     kind, value = await turn.events.get()
-                    if kind == "text":
+                    if kind == "first":  # the role chunk goes out with the first token: its arrival is the TTFT
+                        yield _sse(make_chunk(None))
+                    elif kind == "text":
                         yield _sse(make_chunk(value))
                     elif kind == "error":
                         yield _sse(error_body(503, value, None, "engine_error"))
