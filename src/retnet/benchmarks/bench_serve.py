@@ -271,6 +271,24 @@ def _chart(rows: list[dict], load: dict, args):
     return fig
 
 
+def summarize(rows: list[dict], load: dict, state_bytes: int, args) -> dict:
+    """The headline figures: TTFT ratios turn K / turn 2 for both modes, load figures, goals met."""
+    two, last = rows[min(1, len(rows) - 1)], rows[-1]
+    stateful_ratio = last["ttft_stateful_ms"] / two["ttft_stateful_ms"]
+    resend_ratio = last["ttft_resend_ms"] / two["ttft_resend_ms"]
+    summary = {
+        "model": str(args.model) if args.model else f"random weights, preset {args.preset}",
+        "state_bytes_per_conversation": state_bytes,
+        f"ttft_stateful_turn{last['turn']}_over_turn2": round(stateful_ratio, 3),
+        f"ttft_resend_turn{last['turn']}_over_turn2": round(resend_ratio, 3),
+        "goal_stateful_within_20pct": bool(abs(stateful_ratio - 1) <= 0.2),
+        **{f"load_{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in load.items() if k != "rss_series"},
+        "goal_no_errors": load["errors"] == 0,
+        "goal_rss_growth_below_5pct": bool(load["rss_growth_pct"] < 5),
+    }
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     from retnet.models import RetNetConfig
     from retnet.serving.random_model import write_random_model
@@ -294,19 +312,7 @@ def run(args: argparse.Namespace) -> int:
             load = asyncio.run(_load(server, args))
         finally:
             server.stop()
-    two, last = rows[min(1, len(rows) - 1)], rows[-1]
-    stateful_ratio = last["ttft_stateful_ms"] / two["ttft_stateful_ms"]
-    resend_ratio = last["ttft_resend_ms"] / two["ttft_resend_ms"]
-    summary = {
-        "model": str(args.model) if args.model else f"random weights, preset {args.preset}",
-        "state_bytes_per_conversation": health_after_turns["state_bytes_per_conversation"],
-        f"ttft_stateful_turn{last['turn']}_over_turn2": round(stateful_ratio, 3),
-        f"ttft_resend_turn{last['turn']}_over_turn2": round(resend_ratio, 3),
-        "goal_stateful_within_20pct": bool(abs(stateful_ratio - 1) <= 0.2),
-        **{f"load_{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in load.items() if k != "rss_series"},
-        "goal_no_errors": load["errors"] == 0,
-        "goal_rss_growth_below_5pct": bool(load["rss_growth_pct"] < 5),
-    }
+    summary = summarize(rows, load, health_after_turns["state_bytes_per_conversation"], args)
     notes = f"""
 Part 1 holds {args.repeats} conversations per mode, {args.turns} turns each; user messages of {args.user_chars}
 characters, replies of {args.reply_tokens} tokens (greedy), streamed; TTFT is measured by the `openai` client

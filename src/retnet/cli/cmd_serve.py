@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
-    api_key = args.api_key if args.api_key is not None else os.environ.get("RETNET_API_KEY") or None
+    api_key = (args.api_key if args.api_key is not None else os.environ.get("RETNET_API_KEY")) or None
     if args.host not in LOOPBACK and api_key is None:
         logging.getLogger("retnet.serving").warning("serving on %s without an API key", args.host)
     try:
