@@ -293,6 +293,10 @@ INVALID = {
     "unknown conversation": ("/v1/chat/completions", _chat(conversation_id="conv_000000000000000000000000"), 404),
     "store false with id": ("/v1/chat/completions", _chat(conversation_id="conv_x", store=False), 400),
     "body is a list": ("/v1/chat/completions", [1, 2], 400),
+    "seed too large": ("/v1/completions", _cmpl(seed=2**70), 400),
+    "content not text": ("/v1/chat/completions", _chat(messages=[{"role": "user", "content": 5}]), 400),
+    "bool token id": ("/v1/completions", _cmpl(prompt=[True, 1]), 400),
+    "empty stop string": ("/v1/completions", _cmpl(stop=""), 400),
 }
 
 
@@ -310,6 +314,12 @@ def test_invalid_transport_level_requests(server):
         post(server, "/v1/completions", content=b'{"model": 1}', headers={"content-type": "text/plain"}), 400
     )
     assert_openai_error(post(server, "/v1/completions", _cmpl(prompt="z" * 30000)), 413)
+    json_headers = {"content-type": "application/json"}
+    lone_surrogate = b'{"model": "%s", "prompt": "\\ud800 x"}' % MODEL.encode()
+    assert_openai_error(post(server, "/v1/completions", content=lone_surrogate, headers=json_headers), 400)
+    nan = b'{"model": "%s", "prompt": "x", "temperature": NaN}' % MODEL.encode()
+    assert_openai_error(post(server, "/v1/completions", content=nan, headers=json_headers), 400)
+    assert_openai_error(post(server, "/v1/completions", content=b"", headers=json_headers), 400)
     assert_openai_error(
         httpx.get(server.base_url + "/v1/nothing-here", headers={"Authorization": f"Bearer {KEY}"}), 404
     )

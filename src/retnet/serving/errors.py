@@ -39,8 +39,16 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
+TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
 def _loc(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    """``('body', 'messages', 0, 'content', 'str')`` -> ``messages[0].content`` (union-member tags dropped)."""
+    parts = [
+        str(p)
+        for p in loc
+        if p != "body" and not (isinstance(p, str) and (p in TYPE_TAGS or "[" in p or "-" in p or "'" in p))
+    ]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
@@ -59,12 +67,12 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = err.get("type", "")
         if kind == "json_invalid":
             return error_response(400, "the request body is not valid JSON", None, "invalid_json")
-        if kind == "missing":
+        if not param:
+            msg = "the request body must be a JSON object"
+        elif kind == "missing":
             msg = f"missing required parameter: '{param}'"
         elif kind == "extra_forbidden":
             msg = f"unrecognized request argument supplied: '{param}'"
-        elif not param:
-            msg = "the request body must be a JSON object"
         else:
             msg = f"invalid value for '{param}': {err.get('msg', 'invalid')}"
         return error_response(400, msg, param or None, "invalid_request")

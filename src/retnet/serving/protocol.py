@@ -35,7 +35,7 @@ class _Sampling(_Strict):
         | list[Annotated[str, Field(min_length=1, max_length=256)]]
         | None
     ) = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     presence_penalty: Annotated[float, Field(ge=0.0, le=0.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=0.0, le=0.0)] | None = None
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None

@@ -76,6 +76,12 @@ class Generator:
             stop=stop,
         )
 
+    def encode(self, text: str, param: str) -> list[int]:
+        try:
+            return self.tokenizer.encode(text)
+        except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates, which JSON lets through
+            raise APIError(400, f"the {param} is not valid Unicode text: {exc}", param=param) from exc
+
     def check_prompt_length(self, ids: list[int], param: str) -> None:
         if len(ids) > self.config.max_prompt_tokens:
             raise APIError(
@@ -217,9 +223,9 @@ def register_generation_routes(app: FastAPI, gen: Generator) -> None:
     async def completions(req: CompletionRequest):
         params = gen.check_common(req, default_max=16)
         if isinstance(req.prompt, str):
-            ids = gen.tokenizer.encode(req.prompt)
+            ids = gen.encode(req.prompt, "prompt")
         elif isinstance(req.prompt[0], str):
-            ids = gen.tokenizer.encode(req.prompt[0])
+            ids = gen.encode(req.prompt[0], "prompt")
         else:
             ids = list(req.prompt)
             bad = next((t for t in ids if not 0 <= t < gen.vocab_size), None)
@@ -262,7 +268,7 @@ def register_generation_routes(app: FastAPI, gen: Generator) -> None:
         params.end_of_turn = gen.template.end_of_turn
         roles = {"developer": "system"}
         text = gen.template.render([(roles.get(m.role, m.role), m.text()) for m in req.messages])
-        ids = gen.tokenizer.encode(text)
+        ids = gen.encode(text, "messages")
         gen.check_prompt_length(ids, "messages")
         turn = await gen.open_turn("chat", req)
         try:
