@@ -235,8 +235,9 @@ class Engine:
         logits = out.logits[:, -1]
         self.stats["steps"] += 1
         keep = []
+        greedy = logits.argmax(-1).tolist()  # one call for every greedy row
         for i, act in enumerate(self.rows):
-            token = self._sample(act, logits[i : i + 1])
+            token = greedy[i] if act.seq.params.temperature == 0 else self._sample(act, logits[i : i + 1])
             self.next_tokens[i] = token
             if not self._after_token(act, token, None, row=i):
                 keep.append(i)
