@@ -62,7 +62,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     template = ChatTemplate.from_dir(config.model_dir)
     store = ConversationStore(
         config.data_dir,
-        fingerprint=model_fingerprint(config.model_dir),
+        fingerprint=model_fingerprint(config.model_dir) + f":{config.dtype}",
         max_count=config.max_conversations,
         max_bytes=config.max_store_bytes,
         ttl_s=config.conversation_ttl_s,
@@ -101,7 +101,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="retnet serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.store, app.state.config = engine, store, config
     install_error_handlers(app)
-    gen = Generator(config, engine, store, tokenizer, template, model.config.vocab_size)
+    gen = Generator(config, engine, store, tokenizer, template, model.config.vocab_size, probe)
     register_generation_routes(app, gen)
 
     model_card = {"id": config.model_name, "object": "model", "created": int(started), "owned_by": "retnet"}

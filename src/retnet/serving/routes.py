@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -11,11 +12,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
+from retnet.models import RetNetState
 from retnet.serving.chat_template import ChatTemplate
 from retnet.serving.config import ServerConfig
 from retnet.serving.engine import Engine, EngineOverloaded, Finished, SamplingParams, Sequence
 from retnet.serving.errors import APIError, error_body
 from retnet.serving.protocol import ChatCompletionRequest, CompletionRequest
+from retnet.serving.state_io import check_state
 from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, ConversationStore
 from retnet.serving.tokenizer import ServingTokenizer
 
@@ -45,9 +48,10 @@ class Generator:
         tokenizer: ServingTokenizer,
         template: ChatTemplate,
         vocab_size: int,
+        state_template: RetNetState,
     ) -> None:
         self.config, self.engine, self.store, self.tokenizer = config, engine, store, tokenizer
-        self.template, self.vocab_size = template, vocab_size
+        self.template, self.vocab_size, self.state_template = template, vocab_size, state_template
 
     # ---------------------------------------------------------------- validation
     def check_common(self, req: CompletionRequest | ChatCompletionRequest, default_max: int) -> SamplingParams:
@@ -116,11 +120,8 @@ class Generator:
         if turn.conv is not None:
             self.store.release(turn.conv.id)
             if turn.created_conv and not turn.saved:
-                with_suppressed = ConversationNotFound, ConversationBusy
-                try:
+                with contextlib.suppress(ConversationNotFound, ConversationBusy):
                     await asyncio.to_thread(self.store.delete, turn.conv.id)
-                except with_suppressed:
-                    pass
 
     async def start(self, turn: Turn, new_ids: list[int], params: SamplingParams) -> None:
         """Load the conversation state and hand the sequence to the engine."""
@@ -128,6 +129,7 @@ class Generator:
         if turn.conv is not None and turn.conv.state_file is not None:
             try:
                 state = await asyncio.to_thread(self.store.load, turn.conv)
+                check_state(state, self.state_template)
             except (OSError, ValueError, KeyError) as exc:
                 raise APIError(
                     404, f"conversation {turn.conv.id!r} has an unreadable state ({exc}); delete it and start anew",
@@ -140,11 +142,8 @@ class Generator:
         loop = asyncio.get_running_loop()
 
         def emit(event) -> None:
-            with_closed = RuntimeError  # the loop may be gone at shutdown
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone at shutdown
                 loop.call_soon_threadsafe(turn.events.put_nowait, event)
-            except with_closed:
-                pass
 
         turn.seq = Sequence(prompt, params, emit, state=state)
         try:
