@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", help="preset for the random model (default tiny)")
     p.add_argument("--turns", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3, help="conversations per mode; TTFT is their median")
-    p.add_argument("--user-chars", type=int, default=200, help="length of each user message")
+    p.add_argument("--user-chars", type=int, default=120, help="length of each user message")
     p.add_argument("--reply-tokens", type=int, default=16)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of measured load")
@@ -276,12 +276,23 @@ def summarize(rows: list[dict], load: dict, state_bytes: int, args) -> dict:
     two, last = rows[min(1, len(rows) - 1)], rows[-1]
     stateful_ratio = last["ttft_stateful_ms"] / two["ttft_stateful_ms"]
     resend_ratio = last["ttft_resend_ms"] / two["ttft_resend_ms"]
+
+    def window(lo: int, hi: int, key: str) -> float:  # median over turns lo..hi (less noise than one turn)
+        return statistics.median(r[key] for r in rows if lo <= r["turn"] <= hi)
+
+    k = last["turn"]
     summary = {
         "model": str(args.model) if args.model else f"random weights, preset {args.preset}",
         "state_bytes_per_conversation": state_bytes,
         f"ttft_stateful_turn{last['turn']}_over_turn2": round(stateful_ratio, 3),
         f"ttft_resend_turn{last['turn']}_over_turn2": round(resend_ratio, 3),
         "goal_stateful_within_20pct": bool(abs(stateful_ratio - 1) <= 0.2),
+        f"ttft_stateful_turns{max(k - 4, 1)}-{k}_over_turns2-6 (medians)": round(
+            window(k - 4, k, "ttft_stateful_ms") / window(2, 6, "ttft_stateful_ms"), 3
+        ),
+        f"ttft_resend_turns{max(k - 4, 1)}-{k}_over_turns2-6 (medians)": round(
+            window(k - 4, k, "ttft_resend_ms") / window(2, 6, "ttft_resend_ms"), 3
+        ),
         **{f"load_{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in load.items() if k != "rss_series"},
         "goal_no_errors": load["errors"] == 0,
         "goal_rss_growth_below_5pct": bool(load["rss_growth_pct"] < 5),
