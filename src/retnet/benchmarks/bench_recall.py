@@ -4,7 +4,7 @@ Trains RetNet, gated RetNet, a hybrid (gated retention + softmax attention), YOC
 (SDPA) of about equal size on MQAR generated on the fly (:mod:`retnet.benchmarks.mqar`), each for the same
 number of steps and tokens, then scores fresh sequences at every length. The number of key-value pairs grows
 with the length (``length / 4``), so a fixed-size state must hold more pairs at longer lengths while
-attention can look each pair up. CPU-sized by default (about 20 minutes on 2 cores); ``--quick`` is a smoke run.
+attention can look each pair up. CPU-sized by default (about 15-20 minutes on 2 idle cores); ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -48,12 +48,11 @@ def build_model(name: str, task: MQARTask, d: int, layers: int, heads: int) -> t
             attn_implementation="sdpa",
         )
         return LlamaForCausalLM(cfg)
-    pattern = "".join("GA"[i % 2] for i in range(2)) if layers % 2 == 0 else None
     overrides = {
         "retnet": {},
         "gated": {"gated": True},
         # Attention in every 2nd layer (the hybrid's sweet spot is ~1 in 4-8 at scale; 2 layers leave one).
-        "hybrid": {"layer_types": pattern or "G" * (layers - 1) + "A"},
+        "hybrid": {"layer_types": "GA" if layers % 2 == 0 else "G" * (layers - 1) + "A"},
         "yoco": {"architecture": "yoco"},
     }[name]
     return RetNetForCausalLM(RetNetConfig(**base, **overrides))
@@ -117,6 +116,14 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
     }
 
 
+def _train_one(name: str, args: argparse.Namespace, task: MQARTask, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    print(f"training {name} ...", flush=True)
+    row = train_and_eval(name, args, task)
+    print("  " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return row
+
+
 def chart(rows: list[dict[str, Any]], lengths: list[int]):
     import matplotlib
 
@@ -140,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from retnet.cli.errors import CLIError
 
     if args.quick:
-        args.steps, args.lengths, args.eval_batches, args.eval_size = 30, [16, 32], 1, 16
+        args.steps, args.lengths, args.eval_batches, args.eval_size = min(args.steps, 30), [16, 32], 1, 16
         args.batch_tokens = min(args.batch_tokens, 512)
     if any(n < 8 or n % 4 for n in args.lengths):
         raise CLIError(f"--lengths must be multiples of 4 and >= 8, got {args.lengths}")
@@ -148,14 +155,18 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise CLIError(f"--models: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
     task = MQARTask(key_vocab=max(args.key_vocab, max(args.lengths) // 4), value_vocab=args.value_vocab)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = []
-    for name in args.models:
-        print(f"training {name} ...", flush=True)
-        row = train_and_eval(name, args, task)
-        print("  " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-        rows.append(row)
+    workers = max(1, min(args.workers, len(args.models)))
+    threads = max(1, args.threads // workers)
+    if workers == 1:
+        torch.set_num_threads(threads)
+        rows = [_train_one(name, args, task, threads) for name in args.models]
+    else:  # models train independently: one process each, threads split between them
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_one, name, args, task, threads) for name in args.models]
+            rows = [f.result() for f in futures]
     summary = {
         "task": f"MQAR, {task.key_vocab} keys / {task.value_vocab} values, pairs = length/4, every key queried",
         "training": f"{args.steps} steps x {args.batch_tokens} tokens, lengths {args.lengths} in turn, lr {args.lr}",
@@ -207,7 +218,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--eval-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads in all (default %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="models trained at once, one process each")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds): 30 steps, lengths 16 and 32")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks/recall.*")
