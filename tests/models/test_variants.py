@@ -14,10 +14,10 @@ from tests.models.helpers import rel_err, tiny_model
 MODES = ("parallel", "chunkwise", "recurrent")
 VARIANTS = {
     "gated": dict(gated=True),
-    "hybrid": dict(num_layers=4, layer_types=["gated", "attention", "retention", "attention"]),
-    "hybrid-gqa": dict(num_layers=4, layer_types="GA", num_kv_heads=2),
+    "hybrid": dict(num_layers=4, block_types=["gated", "attention", "retention", "attention"]),
+    "hybrid-gqa": dict(num_layers=4, block_types="GA", num_kv_heads=2),
     "yoco": dict(num_layers=4, architecture="yoco"),
-    "yoco-gqa-mixed-self": dict(num_layers=4, architecture="yoco", layer_types="RA", num_kv_heads=1),
+    "yoco-gqa-mixed-self": dict(num_layers=4, architecture="yoco", block_types="RA", num_kv_heads=1),
 }
 
 

@@ -52,7 +52,7 @@ def build_model(name: str, task: MQARTask, d: int, layers: int, heads: int) -> t
         "retnet": {},
         "gated": {"gated": True},
         # Attention in every 2nd layer (the hybrid's sweet spot is ~1 in 4-8 at scale; 2 layers leave one).
-        "hybrid": {"layer_types": "GA" if layers % 2 == 0 else "G" * (layers - 1) + "A"},
+        "hybrid": {"block_types": "GA" if layers % 2 == 0 else "G" * (layers - 1) + "A"},
         "yoco": {"architecture": "yoco"},
     }[name]
     return RetNetForCausalLM(RetNetConfig(**base, **overrides))
@@ -205,10 +205,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("recall", help="associative recall (MQAR) accuracy vs length per architecture")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(VARIANTS), help="comma-separated")
     p.add_argument(
-        "--lengths", type=_int_list, default=[32, 64, 128, 256], help="sequence lengths (default %(default)s)"
+        "--lengths", type=_int_list, default=[16, 32, 64, 128], help="sequence lengths (default %(default)s)"
     )
-    p.add_argument("--steps", type=int, default=1200, help="training steps per model (default %(default)s)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per training step (default %(default)s)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per model (default %(default)s)")
+    p.add_argument("--batch-tokens", type=int, default=1024, help="tokens per training step (default %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)

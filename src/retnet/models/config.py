@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256, gated=True
     ),
     "tiny-hybrid": dict(
-        hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256, layer_types="GGGA"
+        hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256, block_types="GGGA"
     ),
     "tiny-yoco": dict(
         hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256, architecture="yoco"
@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256, gated=True
     ),
     "small-hybrid": dict(
-        hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256, layer_types="GGGA"
+        hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256, block_types="GGGA"
     ),
     "small-yoco": dict(
         hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256, architecture="yoco"
@@ -70,7 +70,7 @@ class RetNetConfig:
     decay: str = "official"
     gated: bool = False
     gate_temperature: float = 16.0
-    layer_types: list[str] | str | None = None
+    block_types: list[str] | str | None = None
     architecture: str = "retnet"
     num_kv_heads: int | None = None
     tie_word_embeddings: bool = False
@@ -114,9 +114,9 @@ class RetNetConfig:
             raise ConfigError(f"gated must be true or false, got {self.gated!r}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.gated and self.layer_types is not None:
-            raise ConfigError("gated=True is the shortcut for all-gated layers; give either gated or layer_types")
-        self.layer_types = _normalise_layer_types(self.layer_types, self.num_layers, self.architecture)
+        if self.gated and self.block_types is not None:
+            raise ConfigError("gated=True is the shortcut for all-gated layers; give either gated or block_types")
+        self.block_types = _normalise_block_types(self.block_types, self.num_layers, self.architecture)
         if self.num_kv_heads is not None:
             if isinstance(self.num_kv_heads, bool) or not isinstance(self.num_kv_heads, int) or self.num_kv_heads < 1:
                 raise ConfigError(f"num_kv_heads must be a positive int or null, got {self.num_kv_heads!r}")
@@ -155,8 +155,8 @@ class RetNetConfig:
     @property
     def layer_kinds(self) -> list[str]:
         """Each layer's kind: ``retention``, ``gated``, ``attention`` or (YOCO's second half) ``cross``."""
-        if self.layer_types is not None:
-            kinds = list(self.layer_types)
+        if self.block_types is not None:
+            kinds = list(self.block_types)
         else:
             kinds = ["gated" if self.gated or self.architecture == "yoco" else "retention"] * self.num_self_layers
         return kinds[: self.num_self_layers] + ["cross"] * (self.num_layers - self.num_self_layers)
@@ -246,8 +246,8 @@ class RetNetConfig:
         return cls.from_dict(data)
 
 
-def _normalise_layer_types(value: Any, num_layers: int, architecture: str) -> list[str] | None:
-    """``layer_types`` as a list of kinds, one per (self-decoder) layer, or ``None`` for the default.
+def _normalise_block_types(value: Any, num_layers: int, architecture: str) -> list[str] | None:
+    """``block_types`` as a list of kinds, one per (self-decoder) layer, or ``None`` for the default.
 
     Accepts a list of kinds or a compact string of letters ``R`` (retention), ``G`` (gated), ``A``
     (attention), repeated to the number of layers: ``"GGGA"`` puts attention in every 4th layer.
@@ -261,17 +261,17 @@ def _normalise_layer_types(value: Any, num_layers: int, architecture: str) -> li
         bad = sorted(set(letters) - set(LAYER_LETTERS))
         if not letters or bad:
             raise ConfigError(
-                f"layer_types pattern {value!r} must use the letters R (retention), G (gated), A (attention)"
+                f"block_types pattern {value!r} must use the letters R (retention), G (gated), A (attention)"
             )
         if n % len(letters):
-            raise ConfigError(f"layer_types pattern {value!r} (length {len(letters)}) does not tile {where} = {n}")
+            raise ConfigError(f"block_types pattern {value!r} (length {len(letters)}) does not tile {where} = {n}")
         return [LAYER_LETTERS[c] for c in letters * (n // len(letters))]
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"layer_types must be a list of {LAYER_TYPES} or a pattern string, got {value!r}")
+        raise ConfigError(f"block_types must be a list of {LAYER_TYPES} or a pattern string, got {value!r}")
     kinds = list(value)
     for i, kind in enumerate(kinds):
         if kind not in LAYER_TYPES:
-            raise ConfigError(f"layer_types[{i}] must be one of {LAYER_TYPES}, got {kind!r}")
+            raise ConfigError(f"block_types[{i}] must be one of {LAYER_TYPES}, got {kind!r}")
     if len(kinds) != n:
-        raise ConfigError(f"layer_types has {len(kinds)} entries but {where} = {n}")
+        raise ConfigError(f"block_types has {len(kinds)} entries but {where} = {n}")
     return kinds
