@@ -31,7 +31,19 @@ def test_mqar_batches_pair_every_query_with_its_value():
 
 
 def test_recall_bench_quick_writes_report(tmp_path):
-    args = ["bench", "recall", "--quick", "--steps", "2", "--threads", "1", "--out-dir", str(tmp_path)]
+    args = [
+        "bench",
+        "recall",
+        "--quick",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    ]
     assert main([*args[:3], "--models", "retnet,hybrid,llama", *args[3:]]) == 0
     data = json.loads((tmp_path / "recall.json").read_text())
     assert [r["model"] for r in data["rows"]] == ["retnet", "hybrid", "llama"]
