@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.no_write:
         paths = write_report(
-            "recall",
+            args.report_name,
             title="Associative recall (MQAR) accuracy vs sequence length",
             rows=rows,
             out_dir=args.out_dir,
@@ -224,4 +224,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks/recall.*")
     p.add_argument("--out-dir", default="docs/benchmarks")
+    p.add_argument("--report-name", default="recall", help="file stem under --out-dir (default %(default)s)")
     p.set_defaults(func=run)
