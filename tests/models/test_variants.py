@@ -159,3 +159,21 @@ def test_greedy_generation_matches_full_pass(variant):
     logits = model(seqs, mode="parallel").logits
     assert torch.equal(logits[:, 5:-1].argmax(-1), seqs[:, 6:])
     assert_states_close(state, model(seqs, use_cache=True).state)
+
+
+@pytest.mark.parametrize("variant", ["hybrid", "yoco"])
+def test_bf16_autocast_trains_and_never_sees_the_future(variant):
+    model = tiny_model(dtype=torch.float32, **VARIANTS[variant]).train()
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids, mode="chunkwise")
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    ids2 = ids.clone()
+    ids2[:, 25:] = (ids2[:, 25:] + 1) % 97
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for mode in MODES:
+            l1, l2 = model(ids, mode=mode).logits, model(ids2, mode=mode).logits
+            assert torch.equal(l1[:, :25], l2[:, :25]), mode
+            assert not torch.equal(l1[:, 25:], l2[:, 25:])
