@@ -67,11 +67,12 @@ def decode_case(
     threads: int,
     device: str,
     seed: int = 0,
+    bandwidth_mib: int = 512,
 ) -> dict[str, Any]:
     """One measurement (runs inside a worker process): build the context, then time single-token steps."""
     torch.set_num_threads(threads)
     dev = pick_device(device)
-    bandwidth = measure_bandwidth(dev)
+    bandwidth = measure_bandwidth(dev, bandwidth_mib * MIB)
     reset_peak_memory(dev)
     rcfg, lcfg = build_pair(retnet_config)
     net = (build_retnet(rcfg, seed) if model == "retnet" else build_llama(lcfg, seed)).to(dev)
@@ -190,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         steps=args.steps,
                         threads=args.threads,
                         device=str(dev),
+                        bandwidth_mib=16 if args.tiny else 512,
                     ),
                     timeout_s=args.case_timeout,
                 ) | {k: v for k, v in row.items() if k in ("model", "batch", "context")}
@@ -299,7 +301,7 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   state or KV cache, the step's temporaries and (CPU) the Python/torch runtime. `state_or_cache_mib` is the
   state / KV cache alone.
 - Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
-  process (median time to sum a 512 MiB float32 tensor). `step_over_floor` = step time / floor.
+  process (median time to sum a 512 MiB float32 tensor; 16 MiB with --tiny). `step_over_floor` = step time / floor.
 - Llama cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped
   with the reason (the machine is shared).
 - Timed under `flock /tmp/retnet-bench.lock` on a machine shared with other jobs; the figures carry that noise.
