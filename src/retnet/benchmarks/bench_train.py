@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_report(
         "train",
         title="Training step (forward+backward): RetNet parallel / chunkwise vs Llama (HF transformers, SDPA)",
-        rows=[{k: v for k, v in r.items() if k != "step_times_s"} for r in rows],
+        rows=rows,
         out_dir=args.out_dir,
         columns=[
             "model",
