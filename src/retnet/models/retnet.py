@@ -17,6 +17,7 @@ from torch import nn
 from retnet.layers import GatedFFN, GatedRetention, MultiScaleRetention, RetNetRotary, RMSNorm
 from retnet.models.config import RetNetConfig
 from retnet.models.state import RetNetState
+from retnet.ops import decay_weight_sum
 
 
 @dataclass
@@ -44,7 +45,7 @@ class RetNetBlock(nn.Module):
         self.final_layer_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, sin, cos, *, state=None, attention_mask=None, mode="auto", use_cache=False):
+    def forward(self, x, sin, cos, *, state=None, attention_mask=None, mode="auto", use_cache=False, row_scale=None):
         h, new_state = self.retention(
             self.retention_layer_norm(x),
             sin,
@@ -53,6 +54,7 @@ class RetNetBlock(nn.Module):
             attention_mask=attention_mask,
             mode=mode,
             use_cache=use_cache,
+            row_scale=row_scale,
         )
         x = x + self.dropout(h)
         x = x + self.dropout(self.ffn(self.final_layer_norm(x)))
@@ -66,6 +68,8 @@ class RetNetModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Optional RMSNorm on the (scaled) embeddings: torchscale's ``layernorm_embedding`` option.
+        self.layernorm_embedding = RMSNorm(config.hidden_size, config.norm_eps) if config.layernorm_embedding else None
         self.layers = nn.ModuleList(RetNetBlock(config) for _ in range(config.num_layers))
         self.layer_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.rotary = RetNetRotary(config.key_head_dim, config.rotary_base)
@@ -81,6 +85,15 @@ class RetNetModel(nn.Module):
         seen = attention_mask.long().cumsum(1)
         return offset[:, None] + (seen - 1).clamp_min(0), offset + seen[:, -1]
 
+    def decay_row_scale(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H]`` factors ``1 / sqrt(sum_{i<=n} gamma^i)`` at position n (``normalize_decay``).
+
+        torchscale divides the decay matrix rows (parallel) and the state (recurrent) by these; a positive
+        per-head factor that only matters through the head norm's eps, reproduced to match its checkpoints.
+        """
+        log_decay = self.layers[0].retention.decay(positions)  # fixed decay [H], on the positions' device
+        return decay_weight_sum(log_decay, positions + 1).rsqrt()
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -94,6 +107,8 @@ class RetNetModel(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
         B, T = x.shape[:2]
         if state is not None and state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} rows but input_ids has batch size {B}")
@@ -101,10 +116,20 @@ class RetNetModel(nn.Module):
             raise ValueError(f"attention_mask must have shape [B, T] = [{B}, {T}], got {tuple(attention_mask.shape)}")
         positions, new_offset = self.positions(B, T, x.device, state, attention_mask)
         sin, cos = self.rotary(positions, x.dtype)
+        row_scale = self.decay_row_scale(positions) if self.config.normalize_decay else None
         new_layers = []
         for i, layer in enumerate(self.layers):
             layer_state = state.layers[i] if state is not None else None
-            x, s = layer(x, sin, cos, state=layer_state, attention_mask=attention_mask, mode=mode, use_cache=use_cache)
+            x, s = layer(
+                x,
+                sin,
+                cos,
+                state=layer_state,
+                attention_mask=attention_mask,
+                mode=mode,
+                use_cache=use_cache,
+                row_scale=row_scale,
+            )
             new_layers.append(s)
         x = self.layer_norm(x)
         return x, (RetNetState(new_layers, new_offset) if use_cache else None)
