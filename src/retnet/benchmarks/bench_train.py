@@ -179,11 +179,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             s[f"chunkwise_over_llama_tokens_per_s_{T}{goal}"] = c["tokens_per_s"] / ll["tokens_per_s"]
             s[f"chunkwise_over_llama_memory_{T}"] = c["memory_mib"] / ll["memory_mib"]
     chunk = [r for r in (_get(rows, "retnet", "chunkwise", T) for T in lengths) if r]
-    per_tok = [(r["seq_len"], r["activation_mib"] * 1024 / r["seq_len"]) for r in chunk if r["seq_len"] >= 1024]
-    if len(per_tok) >= 2:
-        values = [v for _, v in per_tok]
-        s["chunkwise_activation_kib_per_token"] = ", ".join(f"{T}: {v:.1f}" for T, v in per_tok)
-        s["chunkwise_memory_linearity (max/min KiB per token; 1 = linear)"] = max(values) / min(values)
+    # memory added per extra token between consecutive lengths: constant when memory is linear in length
+    slopes = [
+        (b["seq_len"], (b["memory_mib"] - a["memory_mib"]) * 1024 / (b["seq_len"] - a["seq_len"]))
+        for a, b in zip(chunk, chunk[1:])
+        if a["seq_len"] >= 1024
+    ]
+    if len(slopes) >= 2:
+        values = [v for _, v in slopes]
+        s["chunkwise_peak_kib_per_extra_token"] = ", ".join(f"to {T}: {v:.0f}" for T, v in slopes)
+        s["chunkwise_memory_linearity (max/min slope; 1 = linear)"] = max(values) / min(values)
     return s
 
 
