@@ -60,10 +60,12 @@ def chunkwise_retention(
     chunk_decay = torch.exp(b_total).expand(B, H, N)[..., None, None]  # [B, H, N, 1, 1]
 
     state = initial_state if initial_state is not None else q.new_zeros(B, H, Dk, Dv)
+    # unbind, not indexing: the backward of N index ops would build N full-size gradients (O(N^2) work).
+    decays, ups = chunk_decay.unbind(2), updates.unbind(2)
     starts = []
     for c in range(N):
         starts.append(state)
-        state = chunk_decay[:, :, c] * state + updates[:, :, c]
+        state = decays[c] * state + ups[c]
     prev = torch.stack(starts, dim=2)  # [B, H, N, Dk, Dv]: the state entering each chunk
     o = o + torch.matmul(qc * torch.exp(b)[..., None], prev)
 
