@@ -207,12 +207,15 @@ def _chart(rows: list[dict[str, Any]], auto: list[dict[str, Any]]):
             axes[0].plot(xs, [r["time_ms"] for r in ok], "o-", label=mode)
             axes[1].plot(xs, [r["peak_MiB"] for r in ok], "o-", label=mode)
     for ax, label in zip(axes[:2], ("forward+backward time (ms, median)", "peak RSS increase (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xlabel("sequence length T")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if ys:
+            ax.set_xscale("log", base=2)
+            ax.legend()
+        if any(y > 0 for y in ys):
+            ax.set_yscale("log")
     if auto:
         for p in ("fwd+bwd", "fwd"):
             pts = [r for r in auto if r["pass"] == p and r["parallel_over_chunkwise"]]
