@@ -79,6 +79,18 @@ def _run_case(spec: dict[str, Any], timeout: float, in_process: bool = False) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (other processes share the machine), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _log(args: argparse.Namespace, msg: str) -> None:
     if not args.quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -91,8 +103,11 @@ def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[st
         for mode in args.modes:
             est = estimate_peak_bytes(mode, T, base)
             row: dict[str, Any] = {"mode": mode, "T": T, "status": "ok"}
+            avail = _available_bytes()
             if est > args.mem_budget_gb * 2**30:
                 row["status"] = f"not run: estimated {est / 2**30:.1f} GiB > budget {args.mem_budget_gb:g} GiB"
+            elif avail is not None and est > 0.8 * avail:
+                row["status"] = f"not run: estimated {est / 2**30:.1f} GiB > 80% of available {avail / 2**30:.1f} GiB"
             elif mode == "recurrent" and T > args.recurrent_max_len:
                 row["status"] = f"skipped: recurrent capped at T <= {args.recurrent_max_len}"
             else:
@@ -188,7 +203,7 @@ def summarize(rows: list[dict[str, Any]], auto: list[dict[str, Any]], chunk_size
         for p in ("fwd+bwd", "fwd"):
             x = crossover(auto, p)
             summary[f"auto: parallel not slower than chunkwise up to T ({p})"] = "never" if x is None else x
-        summary["PARALLEL_MAX_LEN (auto uses parallel for T <= max(it, chunk_size))"] = PARALLEL_MAX_LEN
+        summary["PARALLEL_MAX_LEN during this run (auto: parallel for T <= max(it, chunk_size))"] = PARALLEL_MAX_LEN
         summary["chunk_size"] = chunk_size
     return summary
 
