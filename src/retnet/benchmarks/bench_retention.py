@@ -297,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
     notes = NOTES
     if auto:
         notes += '\n## Where `mode="auto"` should switch (parallel vs chunkwise, median ms)\n\n'
+        notes += "Measured in one process, one after the other for each T (time only, no memory figures).\n\n"
         from retnet.benchmarks.report import markdown_table
 
         notes += markdown_table(auto)
