@@ -257,10 +257,10 @@ baseline (it includes memory the allocator keeps after freeing, i.e. what the OS
 `est_peak_MiB` is the conservative estimate used to decide whether a case may run. The decay is the official
 fixed schedule; q, k, v require gradients, the decay does not.
 
-Contention: the machine's 2 cores are shared with other sessions running tests and training. The run held
-`flock /tmp/retnet-bench.lock`, so no other benchmark timed at once, but tests did run beside it; `load_avg` is
-the 1-minute load average during each case (2.0 = both cores busy). Medians over repeats damp, but do not
-remove, that noise.
+Contention: the machine's 2 cores are shared with other sessions running tests, training and benchmarks
+(benchmarks are meant to take turns under `flock /tmp/retnet-bench.lock`). `load_avg` is the 1-minute load
+average during each case (2.0 = both cores busy): above 2, wall times are inflated by waiting for a core.
+Medians over repeats damp, but do not remove, that noise; `cpu_ms` (process CPU time) is less affected.
 """
 
 
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     rows = scaling_rows(args, base)
     auto = auto_rows(args, base) if args.auto_lengths else []
     summary = summarize(rows, auto, args.chunk_size)
-    notes = NOTES
+    notes = NOTES + (f"\n{args.note.strip()}\n" if args.note else "")
     if auto:
         notes += '\n## Where `mode="auto"` should switch (parallel vs chunkwise, median ms)\n\n'
         notes += "Measured in one process, one after the other for each T (time only, no memory figures).\n\n"
@@ -368,5 +368,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"T values for the parallel-vs-chunkwise switch sweep; empty to skip (default {DEFAULT_AUTO_LENGTHS})",
     )
     p.add_argument("--in-process", action="store_true", help="run cases in this process (fast; peak memory less exact)")
+    p.add_argument("--note", default="", help="a Markdown paragraph added to the report's notes")
     p.add_argument("--quiet", action="store_true", help="no per-case progress on stderr")
     p.set_defaults(func=run)
