@@ -9,12 +9,12 @@ from retnet.ops import official_log_decay
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max-norm relative error of ``a`` against reference ``b``."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
 def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-300))
 
 

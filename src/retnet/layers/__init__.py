@@ -1,1 +1,18 @@
-"""Neural-network modules built on retnet.ops (retention layers, norms, FFN)."""
+"""Neural-network modules built on :mod:`retnet.ops`: retention layers, norms, rotation, FFN."""
+
+from retnet.layers.ffn import GatedFFN
+from retnet.layers.norm import HeadNorm, RMSNorm
+from retnet.layers.retention import GatedRetention, MultiScaleRetention
+from retnet.layers.rotary import RetNetRotary, apply_rotary, retnet_angles, rotate_every_two
+
+__all__ = [
+    "GatedFFN",
+    "HeadNorm",
+    "RMSNorm",
+    "MultiScaleRetention",
+    "GatedRetention",
+    "RetNetRotary",
+    "apply_rotary",
+    "retnet_angles",
+    "rotate_every_two",
+]

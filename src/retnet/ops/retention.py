@@ -99,11 +99,13 @@ def retention(
         state = initial_state.to(cd) if initial_state is not None else None
         mask = None
         if attention_mask is not None:
-            mask = attention_mask.to(cd)
-            k_ = k_ * mask[:, :, None, None]
+            # where, not multiplication: whatever a padded step holds (even NaN or inf) must not leak.
+            mask = attention_mask.bool()
+            keep = mask[:, :, None, None]
+            k_, v_, q_ = (torch.where(keep, x, 0.0) for x in (k_, v_, q_))
             if g.dim() == 1:
                 g = g.expand(q.shape[0], T, -1)
-            g = g * mask[:, :, None]
+            g = torch.where(mask[:, :, None], g, 0.0)
 
         if mode == "parallel":
             o, final = parallel_retention(q_, k_, v_, g, state, output_final_state)
@@ -112,5 +114,5 @@ def retention(
         else:
             o, final = chunkwise_retention(q_, k_, v_, g, state, output_final_state, chunk_size)
         if mask is not None:
-            o = o * mask[:, :, None, None]
+            o = torch.where(mask[:, :, None, None], o, 0.0)
     return o.to(out_dtype), final

@@ -1,0 +1,47 @@
+"""RetNet's rotation ("xPos" in the paper; the official code's plain rotary over adjacent pairs).
+
+Angles ``theta_i = 1 / 10000^(i / (Dk/2 - 1))`` (a linspace from 0 to 1 in the exponent), each used for the
+pair ``(2i, 2i+1)``. Computed in float32 (float64 for float64 models) from integer positions, so positions
+stay distinct at any length whatever the model dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def retnet_angles(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """``[head_dim]`` angles, each pair's angle repeated twice (official ``RetNetRelPos.angle``)."""
+    if head_dim % 2:
+        raise ValueError(f"key head dim must be even for the rotation, got {head_dim}")
+    theta = 1.0 / base ** torch.linspace(0, 1, head_dim // 2, dtype=torch.float64, device="cpu")
+    return theta.repeat_interleave(2)
+
+
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """``out[2i] = -x[2i+1]``, ``out[2i+1] = x[2i]``."""
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+class RetNetRotary(nn.Module):
+    """Produces ``(sin, cos)`` of shape ``[B, T, Dk]`` for integer positions ``[B, T]``."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        # A float64 constant, not a buffer: ``model.to(dtype)`` must not round the angles.
+        self.angle = retnet_angles(head_dim, base)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if self.angle.device != positions.device:
+            self.angle = self.angle.to(positions.device)
+        phase = positions.to(torch.float64)[..., None] * self.angle
+        return torch.sin(phase).to(dtype), torch.cos(phase).to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Rotates ``x: [B, T, H, Dk]`` by ``sin, cos: [B, T, Dk]``; the result has the dtype of ``sin``."""
+    x = x.to(sin.dtype)
+    return x * cos[:, :, None] + rotate_every_two(x) * sin[:, :, None]

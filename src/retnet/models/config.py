@@ -1,0 +1,179 @@
+"""``RetNetConfig``: every shape and option of a RetNet LM, validated, with the official presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODEL_TYPE = "retnet"
+
+# name: (hidden_size, value_dim == ffn_dim, num_layers, num_heads). Official torchscale presets (spec §3)
+# plus two CPU-sized ones.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256),
+    "small": dict(hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256),
+    "base": dict(hidden_size=512, value_dim=864, ffn_dim=864, num_layers=6, num_heads=2),
+    "medium": dict(hidden_size=1024, value_dim=1728, ffn_dim=1728, num_layers=16, num_heads=4),
+    "xl": dict(hidden_size=2048, value_dim=3456, ffn_dim=3456, num_layers=24, num_heads=8),
+    "3b": dict(hidden_size=2560, value_dim=4280, ffn_dim=4280, num_layers=32, num_heads=10),
+    "7b": dict(hidden_size=4096, value_dim=6912, ffn_dim=6912, num_layers=32, num_heads=16),
+    "13b": dict(hidden_size=5120, value_dim=8560, ffn_dim=8560, num_layers=40, num_heads=20),
+    "65b": dict(hidden_size=8192, value_dim=13824, ffn_dim=13824, num_layers=64, num_heads=32),
+}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field."""
+
+
+@dataclass
+class RetNetConfig:
+    """Shapes and options of a RetNet language model (defaults: the official ``base`` shape)."""
+
+    vocab_size: int = 50257
+    hidden_size: int = 512
+    num_layers: int = 6
+    num_heads: int = 2
+    value_dim: int = 864
+    ffn_dim: int = 864
+    activation: str = "swish"
+    head_norm: str = "rms"
+    norm_eps: float = 1e-6
+    decay: str = "official"
+    # torchscale compatibility: scale each head's output by 1/sqrt(sum of its decay weights) before the head norm
+    # (a no-op up to the norm's eps; set by ``retnet convert --from torchscale``).
+    normalize_decay: bool = False
+    gated: bool = False
+    gate_temperature: float = 16.0
+    tie_word_embeddings: bool = False
+    embed_scale: float = 1.0
+    layernorm_embedding: bool = False  # RMSNorm on the scaled embeddings (torchscale's option of that name)
+    rotary_base: float = 10000.0
+    chunk_size: int = 64
+    dropout: float = 0.0
+    initializer_range: float | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "value_dim", "ffn_dim", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads")
+        if self.value_dim % self.num_heads:
+            raise ConfigError(f"value_dim {self.value_dim} is not divisible by {self.num_heads} heads")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(
+                f"key head dim hidden_size/num_heads = {self.hidden_size // self.num_heads} must be even (rotation)"
+            )
+        choices = {
+            "activation": ("swish", "silu", "gelu", "relu"),
+            "head_norm": ("rms", "group", "layer"),
+            "decay": ("official", "paper"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("gated", "tie_word_embeddings", "layernorm_embedding", "normalize_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if (
+            isinstance(self.embed_scale, bool)
+            or not isinstance(self.embed_scale, (int, float))
+            or self.embed_scale <= 0
+        ):
+            raise ConfigError(f"embed_scale must be a positive number, got {self.embed_scale!r}")
+        if self.normalize_decay and self.gated:
+            raise ConfigError("normalize_decay applies to fixed-decay retention only, not gated=true")
+        if not self.norm_eps >= 0:
+            raise ConfigError(f"norm_eps must be >= 0, got {self.norm_eps!r}")
+        if not self.gate_temperature > 0:
+            raise ConfigError(f"gate_temperature must be > 0, got {self.gate_temperature!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def key_head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def value_head_dim(self) -> int:
+        return self.value_dim // self.num_heads
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Parameter count from the shapes (equals ``sum(p.numel())`` of the built model)."""
+        d, dv, f, H = self.hidden_size, self.value_dim, self.ffn_dim, self.num_heads
+        per_layer = 2 * d * d + 3 * d * dv + 3 * d * f + 2 * d  # q,k; v,g,out; fc1,gate,fc2; two RMSNorms
+        if self.head_norm == "group":
+            per_layer += 2 * dv
+        if self.gated:
+            per_layer += d * H
+        total = self.num_layers * per_layer + d  # final norm
+        if self.layernorm_embedding:
+            total += d
+        if include_embeddings:
+            total += self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return total
+
+    def state_nbytes_per_layer(self, batch_size: int = 1) -> int:
+        """Bytes of one layer's recurrent state (float32 ``[B, H, Dk, Dv]``)."""
+        return 4 * batch_size * self.num_heads * self.key_head_dim * self.value_head_dim
+
+    # ------------------------------------------------------------------ presets and (de)serialisation
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> RetNetConfig:
+        """A named preset (``tiny``, ``small``, ``base``, ``medium``, ``xl``, ``3b``, ``7b``, ``13b``, ``65b``)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MODEL_TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetNetConfig:
+        """Build from a dict; unknown fields raise :class:`ConfigError` naming them."""
+        data = dict(data)
+        model_type = data.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ConfigError(f"model_type must be {MODEL_TYPE!r}, got {model_type!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # pragma: no cover - defensive
+            raise ConfigError(str(exc)) from exc
+
+    def replace(self, **changes: Any) -> RetNetConfig:
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RetNetConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(data)
