@@ -15,8 +15,11 @@ from retnet.ops.parallel import parallel_retention
 from retnet.ops.recurrent import recurrent_retention
 from retnet.ops.validation import validate_retention_args
 
-# Above this length the quadratic parallel form loses to chunkwise on the CPU (docs/benchmarks/retention.md).
-PARALLEL_MAX_LEN = 256
+# Above this length the quadratic parallel form loses to chunkwise on the CPU: docs/benchmarks/retention.md
+# ("Where mode=auto should switch", chunk 64, B=1, H=8, 64x128): at T=192 parallel ties chunkwise for
+# forward+backward (28.5 vs 27.8 ms) and wins forward-only (7.9 vs 12.1 ms); at T=256 chunkwise wins both
+# (30 vs 51 ms, 13.5 vs 19.1 ms). It was 256 before that measurement.
+PARALLEL_MAX_LEN = 192
 
 # Optional fused implementation for accelerators; set by retnet.ops.triton when Triton and a GPU are present.
 # Called with the same arguments as `retention` (after validation); returns None to decline the shape.
