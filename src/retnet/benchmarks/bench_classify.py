@@ -103,7 +103,7 @@ def _steps(text: str) -> dict[str, int]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help="genre and digits accuracy: retention vs attention of equal size")
-    p.add_argument("--tasks", nargs="+", choices=("genre", "digits"), default=["genre", "digits"])
+    p.add_argument("--tasks", nargs="+", choices=("genre", "digits"), default=["digits", "genre"])
     p.add_argument("--steps", type=_steps, default=None, help="per-task steps, e.g. genre=400,digits=800")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

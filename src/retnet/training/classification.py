@@ -26,10 +26,10 @@ ARCHS = ("retnet", "transformer")
 # Per task: model shape and training defaults sized for a 2-core CPU.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "genre": dict(
-        config=dict(kind="text", num_labels=6, hidden_size=128, num_layers=3, num_heads=4, value_dim=256, ffn_dim=256),
-        steps=400,
-        batch_size=32,
-        lr=1e-3,
+        config=dict(kind="text", num_labels=6, hidden_size=96, num_layers=2, num_heads=4, value_dim=192, ffn_dim=192),
+        steps=300,
+        batch_size=16,
+        lr=2e-3,
         task_kwargs=dict(passage_bytes=256),
     ),
     "digits": dict(
