@@ -32,10 +32,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--task", choices=("genre", "digits"), help="evaluate a classifier from `retnet train --task` on its test split"
+    )
     p.set_defaults(func=run)
 
 
+def run_classification(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from retnet.data.tasks import load_task
+    from retnet.models.io import CheckpointError
+    from retnet.training.classification import evaluate as evaluate_classifier
+    from retnet.training.classification import load_classifier
+
+    try:
+        model = load_classifier(args.model_dir)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    wanted = "text" if args.task == "genre" else "vision"
+    if model.config.kind != wanted:
+        raise CLIError(f"{args.model_dir} holds a {model.config.kind} classifier, not one for task {args.task!r}")
+    metrics_file = Path(args.model_dir) / "metrics.json"
+    task_kwargs = json.loads(metrics_file.read_text()).get("task_kwargs", {}) if metrics_file.is_file() else {}
+    figures = {"task": args.task, **evaluate_classifier(model, load_task(args.task, "test", **task_kwargs))}
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.task:
+        return run_classification(args)
     from retnet.training.evaluate import evaluate
 
     path = check_model_dir(args.model_dir)

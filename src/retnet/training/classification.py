@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 from retnet.data.tasks import TaskData, load_task
 from retnet.models.baselines import TransformerTextClassifier, ViTClassifier
-from retnet.models.encoder import EncoderConfig, build_encoder, save_encoder
+from retnet.models.config import ConfigError
+from retnet.models.encoder import EncoderConfig, build_encoder, load_encoder, save_encoder
+from retnet.models.io import CheckpointError, atomic_write_bytes, load_state_dict_checked
 
 ARCHS = ("retnet", "transformer")
 
@@ -212,13 +214,47 @@ def run_task(
     )
     if out_dir is not None:
         out = Path(out_dir)
-        if arch == "retnet":
-            save_encoder(model, out)
-        else:
-            from safetensors.torch import save_file
-
-            out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-            (out / "config.json").write_text(json.dumps({"baseline": arch, **model.config.to_dict()}, indent=2))
-        (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        save_classifier(model, out, arch)
+        text = json.dumps({**result.to_dict(), "task_kwargs": defaults["task_kwargs"]}, indent=2) + "\n"
+        atomic_write_bytes(out / "metrics.json", lambda p: Path(p).write_text(text))
     return result
+
+
+def save_classifier(model: torch.nn.Module, directory: str | Path, arch: str) -> Path:
+    """Save a RetNet classifier (``save_encoder``) or a baseline (its config marked ``"baseline": arch``)."""
+    if arch == "retnet":
+        return save_encoder(model, directory)
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(directory / "model.safetensors", lambda p: save_file(tensors, p))
+    text = json.dumps({"baseline": arch, **model.config.to_dict()}, indent=2) + "\n"
+    atomic_write_bytes(directory / "config.json", lambda p: Path(p).write_text(text))
+    return directory
+
+
+def load_classifier(directory: str | Path) -> torch.nn.Module:
+    """Load what :func:`save_classifier` wrote; errors name the file, field or tensor."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"config file not found: {directory / 'config.json'}") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{directory / 'config.json'} is not valid JSON: {exc}") from exc
+    baseline = raw.pop("baseline", None) if isinstance(raw, dict) else None
+    if baseline is None:
+        return load_encoder(directory)
+    try:
+        config = EncoderConfig.from_dict(raw)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{directory / 'config.json'}: {exc}") from exc
+    model = TransformerTextClassifier(config) if config.kind == "text" else ViTClassifier(config)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"weights file not found: {weights}")
+    load_state_dict_checked(model, load_file(str(weights)), str(weights))
+    return model.eval()
