@@ -1,5 +1,10 @@
 import os
 
+# Triton's interpreter must be chosen before anything imports triton (transformers, peft and our kernel modules
+# may, in any test order). The suite runs the kernels on the CPU; set RETNET_TEST_GPU=1 to compile them for a GPU.
+if os.environ.get("RETNET_TEST_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
