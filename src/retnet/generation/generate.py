@@ -53,6 +53,7 @@ class TokenStream:
                 state=self.state,
                 use_cache=True,
                 mode=self.prefill_mode,
+                logits_to_keep=1,  # only the last position is sampled from; YOCO skips its cross-decoder
             )
             self.num_prefill_tokens = self.input_ids.numel()
             self.state = out.state

@@ -10,11 +10,36 @@ from typing import Any
 
 MODEL_TYPE = "retnet"
 
+# Layer kinds: fixed-decay retention, gated retention, causal softmax attention (own KV cache), and YOCO's
+# cross-attention (reads the one shared KV cache). One letter each for compact patterns such as "RRRA".
+LAYER_TYPES = ("retention", "gated", "attention")
+LAYER_LETTERS = {"R": "retention", "G": "gated", "A": "attention"}
+ARCHITECTURES = ("retnet", "yoco")
+
 # name: (hidden_size, value_dim == ffn_dim, num_layers, num_heads). Official torchscale presets (spec §3)
 # plus two CPU-sized ones.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256),
     "small": dict(hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256),
+    # Variants (issue 9): gated retention everywhere, a hybrid with softmax attention every 4th layer, YOCO.
+    "tiny-gated": dict(
+        hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256, gated=True
+    ),
+    "tiny-hybrid": dict(
+        hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256, block_types="GGGA"
+    ),
+    "tiny-yoco": dict(
+        hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256, architecture="yoco"
+    ),
+    "small-gated": dict(
+        hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256, gated=True
+    ),
+    "small-hybrid": dict(
+        hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256, block_types="GGGA"
+    ),
+    "small-yoco": dict(
+        hidden_size=512, value_dim=864, ffn_dim=864, num_layers=8, num_heads=4, vocab_size=256, architecture="yoco"
+    ),
     "base": dict(hidden_size=512, value_dim=864, ffn_dim=864, num_layers=6, num_heads=2),
     "medium": dict(hidden_size=1024, value_dim=1728, ffn_dim=1728, num_layers=16, num_heads=4),
     "xl": dict(hidden_size=2048, value_dim=3456, ffn_dim=3456, num_layers=24, num_heads=8),
@@ -43,10 +68,17 @@ class RetNetConfig:
     head_norm: str = "rms"
     norm_eps: float = 1e-6
     decay: str = "official"
+    # torchscale compatibility: scale each head's output by 1/sqrt(sum of its decay weights) before the head norm
+    # (a no-op up to the norm's eps; set by ``retnet convert --from torchscale``).
+    normalize_decay: bool = False
     gated: bool = False
     gate_temperature: float = 16.0
+    block_types: list[str] | str | None = None
+    architecture: str = "retnet"
+    num_kv_heads: int | None = None
     tie_word_embeddings: bool = False
     embed_scale: float = 1.0
+    layernorm_embedding: bool = False  # RMSNorm on the scaled embeddings (torchscale's option of that name)
     rotary_base: float = 10000.0
     chunk_size: int = 64
     dropout: float = 0.0
@@ -82,8 +114,33 @@ class RetNetConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not isinstance(self.gated, bool):
-            raise ConfigError(f"gated must be true or false, got {self.gated!r}")
+        for name in ("gated", "tie_word_embeddings", "layernorm_embedding", "normalize_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if (
+            isinstance(self.embed_scale, bool)
+            or not isinstance(self.embed_scale, (int, float))
+            or self.embed_scale <= 0
+        ):
+            raise ConfigError(f"embed_scale must be a positive number, got {self.embed_scale!r}")
+        if self.normalize_decay and self.gated:
+            raise ConfigError("normalize_decay applies to fixed-decay retention only, not gated=true")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.gated and self.block_types is not None:
+            raise ConfigError("gated=True is the shortcut for all-gated layers; give either gated or block_types")
+        self.block_types = _normalise_block_types(self.block_types, self.num_layers, self.architecture)
+        if self.num_kv_heads is not None:
+            if isinstance(self.num_kv_heads, bool) or not isinstance(self.num_kv_heads, int) or self.num_kv_heads < 1:
+                raise ConfigError(f"num_kv_heads must be a positive int or null, got {self.num_kv_heads!r}")
+            if self.num_heads % self.num_kv_heads:
+                raise ConfigError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        if self.architecture == "yoco" and self.num_layers < 2:
+            raise ConfigError(
+                f"architecture 'yoco' needs num_layers >= 2 (self- and cross-decoder), got {self.num_layers}"
+            )
+        if self.normalize_decay and any(kind != "retention" for kind in self.layer_kinds):
+            raise ConfigError("normalize_decay applies to fixed-decay retention layers only")
         if not self.norm_eps >= 0:
             raise ConfigError(f"norm_eps must be >= 0, got {self.norm_eps!r}")
         if not self.gate_temperature > 0:
@@ -100,27 +157,69 @@ class RetNetConfig:
     def value_head_dim(self) -> int:
         return self.value_dim // self.num_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of (cross-)attention layers (``num_kv_heads``, default ``num_heads``)."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def num_self_layers(self) -> int:
+        """Layers of YOCO's self-decoder (the first half); all layers for a plain stack."""
+        return self.num_layers // 2 if self.architecture == "yoco" else self.num_layers
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        """Each layer's kind: ``retention``, ``gated``, ``attention`` or (YOCO's second half) ``cross``."""
+        if self.block_types is not None:
+            kinds = list(self.block_types)
+        else:
+            kinds = ["gated" if self.gated or self.architecture == "yoco" else "retention"] * self.num_self_layers
+        return kinds[: self.num_self_layers] + ["cross"] * (self.num_layers - self.num_self_layers)
+
     def num_parameters(self, include_embeddings: bool = True) -> int:
         """Parameter count from the shapes (equals ``sum(p.numel())`` of the built model)."""
         d, dv, f, H = self.hidden_size, self.value_dim, self.ffn_dim, self.num_heads
-        per_layer = 2 * d * d + 3 * d * dv + 3 * d * f + 2 * d  # q,k; v,g,out; fc1,gate,fc2; two RMSNorms
-        if self.head_norm == "group":
-            per_layer += 2 * dv
-        if self.gated:
-            per_layer += d * H
-        total = self.num_layers * per_layer + d  # final norm
+        kv = self.kv_heads * self.key_head_dim
+        total = d  # final norm
+        for kind in self.layer_kinds:
+            total += 3 * d * f + 2 * d  # fc1, gate, fc2; two RMSNorms
+            if kind in ("retention", "gated"):
+                total += 2 * d * d + 3 * d * dv + (2 * dv if self.head_norm == "group" else 0)  # q,k; v,g,out
+                total += d * H if kind == "gated" else 0
+            elif kind == "attention":
+                total += 2 * d * d + 2 * d * kv  # q, out; k, v
+            else:  # cross: q and out only; k, v are shared
+                total += 2 * d * d
+        if self.layernorm_embedding:
+            total += d
+        if self.architecture == "yoco":
+            total += 2 * d * kv + d  # the shared k, v projections and their input norm
         if include_embeddings:
             total += self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return total
 
     def state_nbytes_per_layer(self, batch_size: int = 1) -> int:
-        """Bytes of one layer's recurrent state (float32 ``[B, H, Dk, Dv]``)."""
+        """Bytes of one retention layer's recurrent state (float32 ``[B, H, Dk, Dv]``)."""
         return 4 * batch_size * self.num_heads * self.key_head_dim * self.value_head_dim
+
+    def kv_nbytes_per_token(self, dtype_bytes: int = 4, batch_size: int = 1) -> int:
+        """Bytes one token adds to one KV cache (rotated keys and values, ``kv_heads * Dk`` each)."""
+        return 2 * batch_size * self.kv_heads * self.key_head_dim * dtype_bytes
+
+    def state_nbytes(self, context_len: int, *, batch_size: int = 1, dtype_bytes: int = 4) -> int:
+        """Bytes of the decoding state after ``context_len`` tokens without padding (the formula that
+        ``RetNetState.nbytes()`` measures): fixed retention states, one KV cache per attention layer, one
+        shared KV cache for YOCO's cross-decoder, and the ``[B]`` long offsets."""
+        kinds = self.layer_kinds
+        fixed = sum(self.state_nbytes_per_layer(batch_size) for k in kinds if k in ("retention", "gated"))
+        caches = sum(k == "attention" for k in kinds) + (1 if self.architecture == "yoco" else 0)
+        return fixed + caches * context_len * self.kv_nbytes_per_token(dtype_bytes, batch_size) + 8 * batch_size
 
     # ------------------------------------------------------------------ presets and (de)serialisation
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RetNetConfig:
-        """A named preset (``tiny``, ``small``, ``base``, ``medium``, ``xl``, ``3b``, ``7b``, ``13b``, ``65b``)."""
+        """A named preset (``tiny``, ``small``, ``base``, ``medium``, ``xl``, ``3b``, ``7b``, ``13b``, ``65b``,
+        and the variants ``tiny-gated``, ``tiny-hybrid``, ``tiny-yoco``, ``small-gated``, ...)."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
@@ -162,3 +261,34 @@ class RetNetConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a JSON object")
         return cls.from_dict(data)
+
+
+def _normalise_block_types(value: Any, num_layers: int, architecture: str) -> list[str] | None:
+    """``block_types`` as a list of kinds, one per (self-decoder) layer, or ``None`` for the default.
+
+    Accepts a list of kinds or a compact string of letters ``R`` (retention), ``G`` (gated), ``A``
+    (attention), repeated to the number of layers: ``"GGGA"`` puts attention in every 4th layer.
+    """
+    if value is None:
+        return None
+    n = num_layers // 2 if architecture == "yoco" else num_layers
+    where = "the self-decoder's layers" if architecture == "yoco" else "num_layers"
+    if isinstance(value, str):
+        letters = value.replace(" ", "").upper()
+        bad = sorted(set(letters) - set(LAYER_LETTERS))
+        if not letters or bad:
+            raise ConfigError(
+                f"block_types pattern {value!r} must use the letters R (retention), G (gated), A (attention)"
+            )
+        if n % len(letters):
+            raise ConfigError(f"block_types pattern {value!r} (length {len(letters)}) does not tile {where} = {n}")
+        return [LAYER_LETTERS[c] for c in letters * (n // len(letters))]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"block_types must be a list of {LAYER_TYPES} or a pattern string, got {value!r}")
+    kinds = list(value)
+    for i, kind in enumerate(kinds):
+        if kind not in LAYER_TYPES:
+            raise ConfigError(f"block_types[{i}] must be one of {LAYER_TYPES}, got {kind!r}")
+    if len(kinds) != n:
+        raise ConfigError(f"block_types has {len(kinds)} entries but {where} = {n}")
+    return kinds

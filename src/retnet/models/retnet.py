@@ -14,9 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retnet.layers import GatedFFN, GatedRetention, MultiScaleRetention, RetNetRotary, RMSNorm
+from retnet.layers import (
+    CausalSelfAttention,
+    CrossAttention,
+    GatedFFN,
+    GatedRetention,
+    KVCache,
+    MultiScaleRetention,
+    RetNetRotary,
+    RMSNorm,
+    SharedKV,
+)
 from retnet.models.config import RetNetConfig
 from retnet.models.state import RetNetState
+from retnet.ops import decay_weight_sum
 
 
 @dataclass
@@ -28,32 +39,73 @@ class CausalLMOutput:
 
 
 class RetNetBlock(nn.Module):
-    def __init__(self, config: RetNetConfig) -> None:
+    """One pre-norm block: a token mixer (``kind``: retention, gated retention, attention, or YOCO's
+    cross-attention) then the gated FFN. Submodule names follow the official code for retention blocks."""
+
+    def __init__(self, config: RetNetConfig, kind: str | None = None) -> None:
         super().__init__()
+        self.kind = kind or ("gated" if config.gated else "retention")
         kw = dict(
             head_norm=config.head_norm, norm_eps=config.norm_eps, decay=config.decay, chunk_size=config.chunk_size
         )
-        if config.gated:
-            self.retention = GatedRetention(
-                config.hidden_size, config.num_heads, config.value_dim, gate_temperature=config.gate_temperature, **kw
-            )
+        d, H = config.hidden_size, config.num_heads
+        norm = RMSNorm(d, config.norm_eps)
+        if self.kind == "gated":
+            self.retention = GatedRetention(d, H, config.value_dim, gate_temperature=config.gate_temperature, **kw)
+            self.retention_layer_norm = norm
+        elif self.kind == "retention":
+            self.retention = MultiScaleRetention(d, H, config.value_dim, **kw)
+            self.retention_layer_norm = norm
+        elif self.kind == "attention":
+            self.attention = CausalSelfAttention(d, H, config.kv_heads, chunk_size=config.chunk_size)
+            self.attention_layer_norm = norm
+        elif self.kind == "cross":
+            self.cross_attention = CrossAttention(d, H, chunk_size=config.chunk_size)
+            self.cross_attention_layer_norm = norm
         else:
-            self.retention = MultiScaleRetention(config.hidden_size, config.num_heads, config.value_dim, **kw)
-        self.retention_layer_norm = RMSNorm(config.hidden_size, config.norm_eps)
+            raise ValueError(f"unknown layer kind {self.kind!r}")
         self.ffn = GatedFFN(config.hidden_size, config.ffn_dim, config.activation, config.dropout)
         self.final_layer_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, sin, cos, *, state=None, attention_mask=None, mode="auto", use_cache=False):
-        h, new_state = self.retention(
-            self.retention_layer_norm(x),
-            sin,
-            cos,
-            state=state,
-            attention_mask=attention_mask,
-            mode=mode,
-            use_cache=use_cache,
-        )
+    @property
+    def mixer(self) -> nn.Module:
+        """The token mixer, whatever its kind."""
+        return getattr(self, {"attention": "attention", "cross": "cross_attention"}.get(self.kind, "retention"))
+
+    def forward(
+        self,
+        x,
+        sin,
+        cos,
+        *,
+        state=None,
+        attention_mask=None,
+        mode="auto",
+        use_cache=False,
+        shared: KVCache | None = None,
+        q_start: int = 0,
+        row_scale=None,
+    ):
+        if self.kind == "cross":
+            if shared is None:
+                raise ValueError("a cross-attention block needs the shared KV cache")
+            h = self.cross_attention(
+                self.cross_attention_layer_norm(x),
+                sin,
+                cos,
+                shared=shared,
+                q_start=q_start,
+                attention_mask=attention_mask,
+                mode=mode,
+            )
+            new_state = None
+        else:
+            norm = self.attention_layer_norm if self.kind == "attention" else self.retention_layer_norm
+            extra = {"row_scale": row_scale} if row_scale is not None else {}  # torchscale's decay normalisation
+            h, new_state = self.mixer(
+                norm(x), sin, cos, state=state, attention_mask=attention_mask, mode=mode, use_cache=use_cache, **extra
+            )
         x = x + self.dropout(h)
         x = x + self.dropout(self.ffn(self.final_layer_norm(x)))
         return x, new_state
@@ -66,7 +118,15 @@ class RetNetModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(RetNetBlock(config) for _ in range(config.num_layers))
+        # Optional RMSNorm on the (scaled) embeddings: torchscale's ``layernorm_embedding`` option.
+        self.layernorm_embedding = RMSNorm(config.hidden_size, config.norm_eps) if config.layernorm_embedding else None
+        self.layers = nn.ModuleList(RetNetBlock(config, kind) for kind in config.layer_kinds)
+        # YOCO: the self-decoder's output becomes one KV cache read by every cross-attention layer.
+        self.shared_kv = (
+            SharedKV(config.hidden_size, config.num_heads, config.kv_heads, config.norm_eps)
+            if config.architecture == "yoco"
+            else None
+        )
         self.layer_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.rotary = RetNetRotary(config.key_head_dim, config.rotary_base)
 
@@ -81,6 +141,15 @@ class RetNetModel(nn.Module):
         seen = attention_mask.long().cumsum(1)
         return offset[:, None] + (seen - 1).clamp_min(0), offset + seen[:, -1]
 
+    def decay_row_scale(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H]`` factors ``1 / sqrt(sum_{i<=n} gamma^i)`` at position n (``normalize_decay``).
+
+        torchscale divides the decay matrix rows (parallel) and the state (recurrent) by these; a positive
+        per-head factor that only matters through the head norm's eps, reproduced to match its checkpoints.
+        """
+        log_decay = self.layers[0].retention.decay(positions)  # fixed decay [H], on the positions' device
+        return decay_weight_sum(log_decay, positions + 1).rsqrt()
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -90,10 +159,16 @@ class RetNetModel(nn.Module):
         use_cache: bool = False,
         mode: str = "auto",
         inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, RetNetState | None]:
+        """Hidden states ``[B, T, d]`` and the new state. ``logits_to_keep = n > 0`` promises that only the
+        last ``n`` positions are needed: YOCO then runs its cross-decoder on those alone (prefill skips the
+        cross-decoder beyond filling the shared cache) and returns ``[B, n, d]``; other stacks return all."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
         B, T = x.shape[:2]
         if state is not None and state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} rows but input_ids has batch size {B}")
@@ -101,13 +176,40 @@ class RetNetModel(nn.Module):
             raise ValueError(f"attention_mask must have shape [B, T] = [{B}, {T}], got {tuple(attention_mask.shape)}")
         positions, new_offset = self.positions(B, T, x.device, state, attention_mask)
         sin, cos = self.rotary(positions, x.dtype)
+        row_scale = self.decay_row_scale(positions) if self.config.normalize_decay else None
         new_layers = []
-        for i, layer in enumerate(self.layers):
+        kinds = self.config.layer_kinds
+        n_self = self.config.num_self_layers
+        for i in range(n_self):
             layer_state = state.layers[i] if state is not None else None
-            x, s = layer(x, sin, cos, state=layer_state, attention_mask=attention_mask, mode=mode, use_cache=use_cache)
+            x, s = self.layers[i](
+                x,
+                sin,
+                cos,
+                state=layer_state,
+                attention_mask=attention_mask,
+                mode=mode,
+                use_cache=use_cache,
+                row_scale=row_scale,
+            )
             new_layers.append(s)
+        shared = None
+        if self.shared_kv is not None:
+            prev = state.shared if state is not None else None
+            if state is not None and prev is None:
+                raise ValueError("this YOCO model's state has no shared KV cache (state of another model?)")
+            q_start = prev.length if prev is not None else 0
+            shared = self.shared_kv(x, sin, cos, state=prev, attention_mask=attention_mask)
+            q_mask = attention_mask
+            if 0 < logits_to_keep < T:
+                skip = T - logits_to_keep
+                x, sin, cos, q_start = x[:, skip:], sin[:, skip:], cos[:, skip:], q_start + skip
+                q_mask = None if attention_mask is None else attention_mask[:, skip:]
+            for i in range(n_self, len(kinds)):
+                x, _ = self.layers[i](x, sin, cos, attention_mask=q_mask, mode=mode, shared=shared, q_start=q_start)
+                new_layers.append(None)
         x = self.layer_norm(x)
-        return x, (RetNetState(new_layers, new_offset) if use_cache else None)
+        return x, (RetNetState(new_layers, new_offset, shared) if use_cache else None)
 
 
 class RetNetForCausalLM(nn.Module):
@@ -128,7 +230,9 @@ class RetNetForCausalLM(nn.Module):
         nn.init.normal_(self.model.embed_tokens.weight, std=std)
         nn.init.normal_(self.lm_head.weight, std=std)
         for layer in self.model.layers:
-            layer.retention.reset_parameters()
+            layer.mixer.reset_parameters()
+        if self.model.shared_kv is not None:
+            self.model.shared_kv.reset_parameters()
 
     @property
     def device(self) -> torch.device:
@@ -151,10 +255,24 @@ class RetNetForCausalLM(nn.Module):
         use_cache: bool = False,
         mode: str = "auto",
         output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
+        """``logits_to_keep = n > 0``: logits of the last ``n`` positions only (generation's prefill needs
+        one); YOCO then skips its cross-decoder on the other positions. Not allowed with ``labels``."""
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        if logits_to_keep and labels is not None:
+            raise ValueError("logits_to_keep cannot be combined with labels (the loss needs every position)")
         hidden, new_state = self.model(
-            input_ids, attention_mask=attention_mask, state=state, use_cache=use_cache, mode=mode
+            input_ids,
+            attention_mask=attention_mask,
+            state=state,
+            use_cache=use_cache,
+            mode=mode,
+            logits_to_keep=logits_to_keep,
         )
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:

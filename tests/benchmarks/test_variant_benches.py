@@ -1,0 +1,66 @@
+"""Smoke tests of ``retnet bench recall`` and ``retnet bench variant-memory`` (toy sizes, report schema)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from retnet.benchmarks.mqar import MQARTask, recall_accuracy
+from retnet.cli.main import main
+
+
+def test_mqar_batches_pair_every_query_with_its_value():
+    task = MQARTask(key_vocab=16, value_vocab=16)
+    ids, labels = task.batch(3, 24, torch.Generator().manual_seed(0))
+    n = 6
+    for row, lab in zip(ids.tolist(), labels.tolist()):
+        pairs = dict(zip(row[0 : 2 * n : 2], row[1 : 2 * n : 2]))
+        assert len(pairs) == n and all(1 <= k <= 16 < v <= 32 for k, v in pairs.items())
+        queries = row[2 * n :: 2]
+        assert sorted(queries) == sorted(pairs)
+        scored = [(t, v) for t, v in enumerate(lab) if v != -100]
+        assert [v for _, v in scored] == [pairs[q] for q in queries]
+        assert all(row[t] == v and row[t - 1] in pairs for t, v in scored)
+    perfect = torch.nn.functional.one_hot(ids[:, 1:], task.vocab_size).float()
+    perfect = torch.cat([perfect, torch.zeros(3, 1, task.vocab_size)], 1)
+    assert recall_accuracy(perfect, labels) == (3 * n, 3 * n)
+    with pytest.raises(ValueError, match="needs 16 distinct keys"):
+        MQARTask(key_vocab=8).batch(1, 64, torch.Generator())
+
+
+def test_recall_bench_quick_writes_report(tmp_path):
+    args = [
+        "bench",
+        "recall",
+        "--quick",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert main([*args[:3], "--models", "retnet,hybrid,llama", *args[3:]]) == 0
+    data = json.loads((tmp_path / "recall.json").read_text())
+    assert [r["model"] for r in data["rows"]] == ["retnet", "hybrid", "llama"]
+    for r in data["rows"]:
+        assert 0 <= r["acc@16"] <= 1 and 0 <= r["acc@32"] <= 1 and r["parameters"] > 0
+    # Llama is sized to RetNet's parameter count (within 1%).
+    params = {r["model"]: r["parameters"] for r in data["rows"]}
+    assert abs(params["llama"] / params["retnet"] - 1) < 0.01
+    assert (tmp_path / "recall.md").exists() and (tmp_path / "recall.png").exists()
+    assert main(["bench", "recall", "--quick", "--models", "mamba", "--no-write"]) == 2
+
+
+def test_variant_memory_formula_matches_real_prefills(tmp_path):
+    args = ["bench", "variant-memory", "--contexts", "16,32", "--measure", "16", "--threads", "1", "--shape", "tiny"]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "variant_memory.json").read_text())
+    assert data["summary"]["formula equals measured bytes"] is True
+    slope = {r["model"]: r["marginal_bytes_per_token"] for r in data["rows"]}
+    assert slope["retnet"] == slope["gated"] == 0
+    assert 0 < slope["yoco"] <= slope["hybrid"] < slope["llama"]
