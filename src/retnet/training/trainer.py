@@ -27,6 +27,7 @@ from retnet.data.atomic import atomic_write_text
 from retnet.data.batching import DataPosition, WindowSampler, encode_tensor, num_windows
 from retnet.data.corpus import CorpusError, load_corpus, split_corpus
 from retnet.data.tokenizers import TOKENIZER_FILE, Tokenizer, paragraphs
+from retnet.hf.tokenizer import save_tokenizer  # plain JSON: imports no transformers
 from retnet.models import RetNetConfig, RetNetForCausalLM
 from retnet.training import checkpoint as ckpt
 from retnet.training import distributed as dist_utils
@@ -235,6 +236,7 @@ def train(
             for _, old in ckpt.list_checkpoints(out):
                 old.unlink()
             tokenizer.save(out)
+            save_tokenizer(out)  # tokenizer_config.json: AutoTokenizer loads it as a PreTrainedTokenizerFast
         _write_training_info(out, cfg, model_config, tokenizer, corpus.describe(), n_params, None)
     dist_utils.barrier(info)
     metrics = MetricsLog(out, resume_step=start_step if payload else None) if info.is_main else None
