@@ -100,3 +100,26 @@ def test_state_size_does_not_grow():
     assert out.state.nbytes() == n0
     cfg = model.config
     assert out.state.layers[0].nbytes == cfg.state_nbytes_per_layer() * 2  # float64 model: 8-byte state
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_eps_with_padding_stays_finite(mode):
+    """Padded steps hold zero vectors; with norm eps 0 nothing may turn them into NaN that leaks into tokens."""
+    model = tiny_model(norm_eps=0.0)
+    ids = torch.randint(0, 97, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :5] = 0
+    out = model(ids, attention_mask=mask, mode=mode, use_cache=True)
+    assert torch.isfinite(out.logits).all()
+    alone = model(ids[1:, 5:], mode=mode)
+    assert rel_err(out.logits[1, 5:], alone.logits[0]) < 1e-9
+    assert all(torch.isfinite(s).all() for s in out.state.layers)
+
+
+def test_zero_eps_with_padding_has_finite_gradients():
+    model = tiny_model(norm_eps=0.0).train()
+    ids = torch.randint(0, 97, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :5] = 0
+    model(ids, labels=ids, attention_mask=mask, mode="chunkwise").loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

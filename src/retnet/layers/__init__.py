@@ -1,6 +1,7 @@
 """Neural-network modules built on :mod:`retnet.ops`: retention layers, norms, rotation, FFN."""
 
 from retnet.layers.attention import CausalSelfAttention, CrossAttention, KVCache, SharedKV
+from retnet.layers.encoder import BidirectionalRetention, Retention2D
 from retnet.layers.ffn import GatedFFN
 from retnet.layers.norm import HeadNorm, RMSNorm
 from retnet.layers.retention import GatedRetention, MultiScaleRetention
@@ -11,6 +12,8 @@ __all__ = [
     "CrossAttention",
     "KVCache",
     "SharedKV",
+    "BidirectionalRetention",
+    "Retention2D",
     "GatedFFN",
     "HeadNorm",
     "RMSNorm",

@@ -6,6 +6,15 @@ import torch
 from torch import nn
 
 
+def _inv_rms(mean_square: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / sqrt(mean_square + eps)``; with ``eps == 0`` an all-zero vector (a padded step) maps to 0, not NaN."""
+    if eps > 0:
+        return torch.rsqrt(mean_square + eps)
+    nonzero = mean_square > 0
+    # rsqrt of a safe value, so the backward of where never multiplies 0 by inf.
+    return torch.where(nonzero, torch.rsqrt(torch.where(nonzero, mean_square, 1.0)), 0.0)
+
+
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * weight`` over the last dim, computed in float32."""
 
@@ -16,7 +25,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = xf * _inv_rms(xf.pow(2).mean(-1, keepdim=True), self.eps)
         if self.weight is not None:
             y = y * self.weight.to(y.dtype)
         return y.to(x.dtype)
@@ -44,11 +53,11 @@ class HeadNorm(nn.Module):
     def forward(self, o: torch.Tensor) -> torch.Tensor:
         of = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
         if self.kind == "rms":
-            y = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + self.eps)
+            y = of * _inv_rms(of.pow(2).mean(-1, keepdim=True), self.eps)
         else:
             mean = of.mean(-1, keepdim=True)
             var = (of - mean).pow(2).mean(-1, keepdim=True)
-            y = (of - mean) * torch.rsqrt(var + self.eps)
+            y = (of - mean) * _inv_rms(var, self.eps)
             if self.kind == "group":
                 y = y * self.weight.to(y.dtype) + self.bias.to(y.dtype)
         return y.to(o.dtype)

@@ -73,7 +73,9 @@ class MultiScaleRetention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         mode: str = "auto",
         use_cache: bool = False,
+        row_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``row_scale`` (``[B, T, H]``, optional) multiplies each head's output before the head norm."""
         B, T, _ = x.shape
         H = self.num_heads
         q = apply_rotary(self.q_proj(x).view(B, T, H, self.key_dim), sin, cos)
@@ -90,6 +92,8 @@ class MultiScaleRetention(nn.Module):
             output_final_state=use_cache,
             attention_mask=attention_mask,
         )
+        if row_scale is not None:
+            o = o * row_scale[..., None].to(o.dtype)
         o = self.head_norm(o).reshape(B, T, H * self.head_dim)
         o = F.silu(self.g_proj(x)) * o
         return self.out_proj(o), new_state

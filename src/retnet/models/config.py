@@ -68,6 +68,9 @@ class RetNetConfig:
     head_norm: str = "rms"
     norm_eps: float = 1e-6
     decay: str = "official"
+    # torchscale compatibility: scale each head's output by 1/sqrt(sum of its decay weights) before the head norm
+    # (a no-op up to the norm's eps; set by ``retnet convert --from torchscale``).
+    normalize_decay: bool = False
     gated: bool = False
     gate_temperature: float = 16.0
     block_types: list[str] | str | None = None
@@ -75,6 +78,7 @@ class RetNetConfig:
     num_kv_heads: int | None = None
     tie_word_embeddings: bool = False
     embed_scale: float = 1.0
+    layernorm_embedding: bool = False  # RMSNorm on the scaled embeddings (torchscale's option of that name)
     rotary_base: float = 10000.0
     chunk_size: int = 64
     dropout: float = 0.0
@@ -110,8 +114,17 @@ class RetNetConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not isinstance(self.gated, bool):
-            raise ConfigError(f"gated must be true or false, got {self.gated!r}")
+        for name in ("gated", "tie_word_embeddings", "layernorm_embedding", "normalize_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if (
+            isinstance(self.embed_scale, bool)
+            or not isinstance(self.embed_scale, (int, float))
+            or self.embed_scale <= 0
+        ):
+            raise ConfigError(f"embed_scale must be a positive number, got {self.embed_scale!r}")
+        if self.normalize_decay and self.gated:
+            raise ConfigError("normalize_decay applies to fixed-decay retention only, not gated=true")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.gated and self.block_types is not None:
@@ -126,6 +139,8 @@ class RetNetConfig:
             raise ConfigError(
                 f"architecture 'yoco' needs num_layers >= 2 (self- and cross-decoder), got {self.num_layers}"
             )
+        if self.normalize_decay and any(kind != "retention" for kind in self.layer_kinds):
+            raise ConfigError("normalize_decay applies to fixed-decay retention layers only")
         if not self.norm_eps >= 0:
             raise ConfigError(f"norm_eps must be >= 0, got {self.norm_eps!r}")
         if not self.gate_temperature > 0:
@@ -175,6 +190,8 @@ class RetNetConfig:
                 total += 2 * d * d + 2 * d * kv  # q, out; k, v
             else:  # cross: q and out only; k, v are shared
                 total += 2 * d * d
+        if self.layernorm_embedding:
+            total += d
         if self.architecture == "yoco":
             total += 2 * d * kv + d  # the shared k, v projections and their input norm
         if include_embeddings:

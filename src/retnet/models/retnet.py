@@ -27,6 +27,7 @@ from retnet.layers import (
 )
 from retnet.models.config import RetNetConfig
 from retnet.models.state import RetNetState
+from retnet.ops import decay_weight_sum
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RetNetBlock(nn.Module):
         use_cache=False,
         shared: KVCache | None = None,
         q_start: int = 0,
+        row_scale=None,
     ):
         if self.kind == "cross":
             if shared is None:
@@ -100,8 +102,9 @@ class RetNetBlock(nn.Module):
             new_state = None
         else:
             norm = self.attention_layer_norm if self.kind == "attention" else self.retention_layer_norm
+            extra = {"row_scale": row_scale} if row_scale is not None else {}  # torchscale's decay normalisation
             h, new_state = self.mixer(
-                norm(x), sin, cos, state=state, attention_mask=attention_mask, mode=mode, use_cache=use_cache
+                norm(x), sin, cos, state=state, attention_mask=attention_mask, mode=mode, use_cache=use_cache, **extra
             )
         x = x + self.dropout(h)
         x = x + self.dropout(self.ffn(self.final_layer_norm(x)))
@@ -115,6 +118,8 @@ class RetNetModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Optional RMSNorm on the (scaled) embeddings: torchscale's ``layernorm_embedding`` option.
+        self.layernorm_embedding = RMSNorm(config.hidden_size, config.norm_eps) if config.layernorm_embedding else None
         self.layers = nn.ModuleList(RetNetBlock(config, kind) for kind in config.layer_kinds)
         # YOCO: the self-decoder's output becomes one KV cache read by every cross-attention layer.
         self.shared_kv = (
@@ -136,6 +141,15 @@ class RetNetModel(nn.Module):
         seen = attention_mask.long().cumsum(1)
         return offset[:, None] + (seen - 1).clamp_min(0), offset + seen[:, -1]
 
+    def decay_row_scale(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H]`` factors ``1 / sqrt(sum_{i<=n} gamma^i)`` at position n (``normalize_decay``).
+
+        torchscale divides the decay matrix rows (parallel) and the state (recurrent) by these; a positive
+        per-head factor that only matters through the head norm's eps, reproduced to match its checkpoints.
+        """
+        log_decay = self.layers[0].retention.decay(positions)  # fixed decay [H], on the positions' device
+        return decay_weight_sum(log_decay, positions + 1).rsqrt()
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -153,6 +167,8 @@ class RetNetModel(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
         B, T = x.shape[:2]
         if state is not None and state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} rows but input_ids has batch size {B}")
@@ -160,13 +176,21 @@ class RetNetModel(nn.Module):
             raise ValueError(f"attention_mask must have shape [B, T] = [{B}, {T}], got {tuple(attention_mask.shape)}")
         positions, new_offset = self.positions(B, T, x.device, state, attention_mask)
         sin, cos = self.rotary(positions, x.dtype)
+        row_scale = self.decay_row_scale(positions) if self.config.normalize_decay else None
         new_layers = []
         kinds = self.config.layer_kinds
         n_self = self.config.num_self_layers
         for i in range(n_self):
             layer_state = state.layers[i] if state is not None else None
             x, s = self.layers[i](
-                x, sin, cos, state=layer_state, attention_mask=attention_mask, mode=mode, use_cache=use_cache
+                x,
+                sin,
+                cos,
+                state=layer_state,
+                attention_mask=attention_mask,
+                mode=mode,
+                use_cache=use_cache,
+                row_scale=row_scale,
             )
             new_layers.append(s)
         shared = None

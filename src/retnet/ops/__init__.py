@@ -3,10 +3,22 @@
 Layout everywhere: ``q, k: [B, T, H, Dk]``, ``v: [B, T, H, Dv]``, state ``[B, H, Dk, Dv]``.
 """
 
-from retnet.ops.decay import gated_log_decay, official_log_decay, paper_log_decay
+from retnet.ops.bidirectional import bidirectional_retention
+from retnet.ops.decay import decay_weight_sum, gated_log_decay, official_log_decay, paper_log_decay
 from retnet.ops.retention import pick_mode, retention
+from retnet.ops.retention2d import manhattan_log_decay, retention_2d
 
-__all__ = ["retention", "pick_mode", "official_log_decay", "paper_log_decay", "gated_log_decay"]
+__all__ = [
+    "retention",
+    "pick_mode",
+    "bidirectional_retention",
+    "retention_2d",
+    "manhattan_log_decay",
+    "official_log_decay",
+    "paper_log_decay",
+    "gated_log_decay",
+    "decay_weight_sum",
+]
 
 
 def _install_fused_kernels() -> None:

@@ -32,3 +32,15 @@ def gated_log_decay(gate_logits: torch.Tensor, temperature: float = 16.0) -> tor
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     return torch.nn.functional.logsigmoid(gate_logits.float()) / temperature
+
+
+def decay_weight_sum(log_decay: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``sum_{i<n} gamma^i = (1 - gamma^n) / (1 - gamma)`` per head, ``n = counts``: ``[H], [...] -> [..., H]``.
+
+    The row sums of the parallel decay matrix (and torchscale's recurrent ``scale``); ``n`` for ``gamma == 1``.
+    Computed in float64.
+    """
+    g = log_decay.to(torch.float64)
+    n = counts.to(torch.float64)[..., None]
+    ratio = torch.expm1(n * g) / torch.expm1(g).where(g != 0, torch.ones_like(g))
+    return torch.where(g != 0, ratio, n.expand_as(ratio))

@@ -19,9 +19,10 @@ def recurrent_retention(
     if state is None:
         state = q.new_zeros(B, H, Dk, Dv)
     decay = torch.exp(g)  # [H] or [B, T, H]
+    decays = [decay] * T if decay.dim() == 1 else decay.unbind(1)
     outputs = []
-    for t in range(T):
-        a = decay if decay.dim() == 1 else decay[:, t]
-        state = a[..., None, None] * state + k[:, t, :, :, None] * v[:, t, :, None, :]
-        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], state))
+    # unbind, not q[:, t]: the backward of T index ops would build T full-size gradients (O(T^2) work).
+    for a, q_t, k_t, v_t in zip(decays, q.unbind(1), k.unbind(1), v.unbind(1)):
+        state = a[..., None, None] * state + k_t[..., :, None] * v_t[..., None, :]
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, state))
     return torch.stack(outputs, dim=1), (state if output_final_state else None)

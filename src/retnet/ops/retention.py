@@ -15,8 +15,11 @@ from retnet.ops.parallel import parallel_retention
 from retnet.ops.recurrent import recurrent_retention
 from retnet.ops.validation import validate_retention_args
 
-# Above this length the quadratic parallel form loses to chunkwise on the CPU (docs/benchmarks/retention.md).
-PARALLEL_MAX_LEN = 256
+# Above this length the quadratic parallel form loses to chunkwise on the CPU: docs/benchmarks/retention.md
+# ("Where mode=auto should switch", chunk 64, B=1, H=8, 64x128): at T=192 parallel ties chunkwise for
+# forward+backward (28.5 vs 27.8 ms) and wins forward-only (7.9 vs 12.1 ms); at T=256 chunkwise wins both
+# (30 vs 51 ms, 13.5 vs 19.1 ms). It was 256 before that measurement.
+PARALLEL_MAX_LEN = 192
 
 # Optional fused implementation for accelerators; set by retnet.ops.triton when Triton and a GPU are present.
 # Called with the same arguments as `retention` (after validation); returns None to decline the shape.
@@ -96,11 +99,13 @@ def retention(
         state = initial_state.to(cd) if initial_state is not None else None
         mask = None
         if attention_mask is not None:
-            mask = attention_mask.to(cd)
-            k_ = k_ * mask[:, :, None, None]
+            # where, not multiplication: whatever a padded step holds (even NaN or inf) must not leak.
+            mask = attention_mask.bool()
+            keep = mask[:, :, None, None]
+            k_, v_, q_ = (torch.where(keep, x, 0.0) for x in (k_, v_, q_))
             if g.dim() == 1:
                 g = g.expand(q.shape[0], T, -1)
-            g = g * mask[:, :, None]
+            g = torch.where(mask[:, :, None], g, 0.0)
 
         if mode == "parallel":
             o, final = parallel_retention(q_, k_, v_, g, state, output_final_state)
@@ -109,5 +114,5 @@ def retention(
         else:
             o, final = chunkwise_retention(q_, k_, v_, g, state, output_final_state, chunk_size)
         if mask is not None:
-            o = o * mask[:, :, None, None]
+            o = torch.where(mask[:, :, None, None], o, 0.0)
     return o.to(out_dtype), final

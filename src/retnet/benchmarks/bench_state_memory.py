@@ -1,0 +1,242 @@
+"""``retnet bench state-memory``: recurrent decoding memory does not grow with the number of generated tokens.
+
+Two parts. (1) The recurrent state's size per layer for every preset (float32 ``[B, H, Dk, Dv]``, from the
+config, checked against a real :class:`RetNetState` for the measured model). (2) For one model, the process
+peak RSS after N generated tokens for each N (default 100 and 10,000), each run in a fresh subprocess so the
+peaks are independent: greedy decoding with :func:`retnet.generation.stream_generate`, one recurrent step per
+token. The goal: peak RSS after 10,000 tokens within 2% of that after 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, markdown_table, write_report
+
+GOAL_PERCENT = 2.0
+
+
+def _rss_kib(field: str) -> int:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) of this process in KiB, from /proc (ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, threads: int, seed: int) -> dict:
+    """Build the model, prefill a random prompt, decode ``tokens`` tokens; memory figures of this process."""
+    import torch
+
+    from retnet.generation import stream_generate
+    from retnet.models import RetNetConfig, RetNetForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    config = RetNetConfig.preset(preset)
+    model = RetNetForCausalLM(config).eval()
+    prompt = torch.randint(0, config.vocab_size, (batch_size, prompt_len))
+    out = torch.empty(batch_size, tokens, dtype=torch.long)  # the generated ids themselves (8 bytes per token)
+    rss_before = _rss_kib("VmRSS")
+    stream = stream_generate(model, prompt, max_new_tokens=tokens, temperature=0.0)
+    start = time.perf_counter()
+    count = 0
+    for i, token in enumerate(stream):
+        out[:, i] = token
+        count += 1
+    seconds = time.perf_counter() - start
+    return {
+        "tokens": count,
+        "state_bytes": stream.state.nbytes(),
+        "state_layer_bytes": int(stream.state.layers[0].numel() * stream.state.layers[0].element_size()),
+        "rss_before_decode_kib": rss_before,
+        "rss_end_kib": _rss_kib("VmRSS"),
+        "peak_rss_kib": _rss_kib("VmHWM"),
+        "seconds": seconds,
+        "parameters": model.num_parameters(),
+    }
+
+
+def run_in_subprocess(**kwargs: Any) -> dict:
+    """:func:`decode_once` in a fresh interpreter (its own peak RSS)."""
+    import retnet
+
+    env = dict(os.environ)
+    root = str(Path(retnet.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "retnet.benchmarks.bench_state_memory", json.dumps(kwargs)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"decoding subprocess failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def state_table(batch_size: int = 1) -> list[dict[str, Any]]:
+    """State bytes per layer and in total for every preset (float32)."""
+    from retnet.models import PRESETS, RetNetConfig
+
+    rows = []
+    for name in PRESETS:
+        c = RetNetConfig.preset(name)
+        per_layer = c.state_nbytes_per_layer(batch_size)
+        rows.append(
+            {
+                "preset": name,
+                "layers": c.num_layers,
+                "heads": c.num_heads,
+                "Dk x Dv": f"{c.key_head_dim} x {c.value_head_dim}",
+                "state_bytes_per_layer": per_layer,
+                "state_MiB_total": per_layer * c.num_layers / 2**20,
+                # A float32 KV cache holds 2 * hidden * 4 bytes per token and layer.
+                "kv_cache_equal_at_tokens": per_layer // (2 * c.hidden_size * 4 * batch_size),
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from retnet.models import RetNetConfig
+
+    counts = args.tokens
+    config = RetNetConfig.preset(args.preset)
+    runs = []
+    for n in counts:
+        res = run_in_subprocess(
+            preset=args.preset,
+            tokens=n,
+            prompt_len=args.prompt_len,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            seed=args.seed,
+        )
+        runs.append(
+            {
+                "preset": args.preset,
+                "generated_tokens": res["tokens"],
+                "peak_rss_MiB": res["peak_rss_kib"] / 1024,
+                "rss_before_decode_MiB": res["rss_before_decode_kib"] / 1024,
+                "rss_end_MiB": res["rss_end_kib"] / 1024,
+                "state_bytes": res["state_bytes"],
+                "tokens_per_s": res["tokens"] / res["seconds"] if res["seconds"] > 0 else None,
+            }
+        )
+        print(
+            f"{n} tokens: peak RSS {runs[-1]['peak_rss_MiB']:.1f} MiB, state {res['state_bytes']} B, "
+            f"{runs[-1]['tokens_per_s']:.0f} tok/s",
+            file=sys.stderr,
+        )
+        if res["state_layer_bytes"] != config.state_nbytes_per_layer(args.batch_size):
+            raise RuntimeError("measured state size differs from RetNetConfig.state_nbytes_per_layer")
+    first, last = runs[0], runs[-1]
+    growth = 100.0 * (last["peak_rss_MiB"] - first["peak_rss_MiB"]) / first["peak_rss_MiB"]
+    presets = state_table(args.batch_size)
+    summary = {
+        "model": f"{args.preset} ({res['parameters']:,} parameters, float32, batch {args.batch_size})",
+        "torch threads in the decoding subprocesses": args.threads,
+        f"peak RSS after {first['generated_tokens']} tokens (MiB)": round(first["peak_rss_MiB"], 1),
+        f"peak RSS after {last['generated_tokens']} tokens (MiB)": round(last["peak_rss_MiB"], 1),
+        "peak RSS growth (%)": round(growth, 3),
+        f"goal: growth < {GOAL_PERCENT}%": abs(growth) < GOAL_PERCENT,
+        "state bytes (all layers) constant": len({r["state_bytes"] for r in runs}) == 1,
+        "state bytes per layer, measured model": config.state_nbytes_per_layer(args.batch_size),
+    }
+    notes = (
+        "Each row is a fresh subprocess: build the model (random weights), prefill a random prompt of "
+        f"{args.prompt_len} tokens, then greedy recurrent decoding, one step per token; peak RSS is the "
+        "process high-water mark (VmHWM), so it includes the model and the PyTorch runtime.\n\n"
+        f"## Recurrent state per layer (float32, batch {args.batch_size})\n\n"
+        "A Transformer's KV cache grows by `2 * hidden * bytes` per token and layer; RetNet's state is fixed. "
+        "`kv_cache_equal_at_tokens`: the context length at which a float32 KV cache of the same width reaches "
+        "the state's size.\n\n" + markdown_table(presets)
+    )
+    chart = _chart(presets, runs) if not args.no_chart else None
+    paths = write_report(
+        "state-memory",
+        title="RetNet recurrent decoding memory vs generated tokens",
+        rows=runs,
+        out_dir=args.out_dir,
+        summary=summary,
+        notes=notes,
+        chart=chart,
+    )
+    print(" ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _chart(presets: list[dict[str, Any]], runs: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.bar([p["preset"] for p in presets], [p["state_bytes_per_layer"] / 2**20 for p in presets], color="tab:blue")
+    a.set_yscale("log")
+    a.set_ylabel("MiB per layer (float32, batch 1)")
+    a.set_title("Recurrent state per layer")
+    labels = [f"{r['generated_tokens']:,}" for r in runs]
+    b.bar(labels, [r["peak_rss_MiB"] for r in runs], color="tab:green")
+    for i, r in enumerate(runs):
+        b.text(i, r["peak_rss_MiB"], f"{r['peak_rss_MiB']:.1f}", ha="center", va="bottom")
+    b.set_xlabel("generated tokens")
+    b.set_ylabel("process peak RSS (MiB)")
+    b.set_title(f"Decoding, preset {runs[0]['preset']}")
+    fig.tight_layout()
+    return fig
+
+
+def _token_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(t) for t in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if len(counts) < 2 or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"needs at least two distinct positive counts, got {text!r}")
+    return counts
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "state-memory",
+        help="recurrent state size per preset; peak RSS after few vs many generated tokens",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    from retnet.models import PRESETS
+
+    p.add_argument("--preset", default="small", choices=list(PRESETS), help="model preset to decode with")
+    p.add_argument(
+        "--tokens", type=_token_counts, default=[100, 10000], help="generated-token counts, one subprocess each"
+    )
+    p.add_argument("--prompt-len", type=_positive, default=16, help="prompt length (default 16)")
+    p.add_argument("--batch-size", type=_positive, default=1)
+    p.add_argument("--threads", type=_positive, default=1, help="torch threads in the subprocess (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":  # the subprocess of run_in_subprocess
+    print(json.dumps(decode_once(**json.loads(sys.argv[1]))))

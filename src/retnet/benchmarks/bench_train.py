@@ -1,0 +1,256 @@
+"""``retnet bench train``: forward+backward tokens/s and peak memory vs sequence length.
+
+RetNet in its parallel (O(T^2)) and chunkwise (O(T)) forms against Hugging Face ``LlamaForCausalLM`` with
+SDPA attention, equal parameter counts. Each (model, length) runs in a fresh process so its peak memory is
+its own; the peak is reset after the model is built and warmed up, so it covers one forward+backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+
+from retnet.benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
+from retnet.benchmarks.bench_decode import _ints
+from retnet.benchmarks.measure import (
+    GIB,
+    current_rss,
+    peak_memory,
+    pick_device,
+    reset_peak_memory,
+    run_case,
+    time_steps,
+)
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+
+MIB = 1024**2
+VARIANTS = (("retnet", "parallel"), ("retnet", "chunkwise"), ("llama", "sdpa"))
+
+
+def parallel_scores_bytes(retnet_kwargs: dict[str, Any], batch: int, seq_len: int) -> int:
+    """Rough bytes of the [T, T] score/decay matrices parallel retention keeps for backward (3 per layer)."""
+    return 3 * retnet_kwargs["num_layers"] * retnet_kwargs["num_heads"] * batch * seq_len * seq_len * 4
+
+
+def train_case(
+    model: str,
+    mode: str,
+    retnet_config: dict[str, Any],
+    batch: int,
+    seq_len: int,
+    warmup_len: int,
+    steps: int,
+    threads: int,
+    device: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time forward+backward (runs inside a worker process); gradients are dropped between steps."""
+    torch.set_num_threads(threads)
+    dev = pick_device(device)
+    rcfg, lcfg = build_pair(retnet_config)
+    net = (build_retnet(rcfg, seed) if model == "retnet" else build_llama(lcfg, seed)).to(dev).train()
+    gen = torch.Generator().manual_seed(seed)
+
+    def make_step(length: int):
+        ids = torch.randint(0, rcfg.vocab_size, (batch, length), generator=gen).to(dev)
+
+        def step() -> None:
+            if model == "retnet":
+                loss = net(ids, labels=ids, mode=mode).loss
+            else:
+                loss = net(input_ids=ids, labels=ids).loss
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+
+        return step
+
+    time_steps(make_step(min(seq_len, warmup_len)), dev, 1, 0)
+    rss_before = current_rss()
+    reset_peak_memory(dev)
+    times = time_steps(make_step(seq_len), dev, 0, steps)
+    step_s = sorted(times)[len(times) // 2]
+    peak = peak_memory(dev)
+    base = rss_before if dev.type == "cpu" else 0
+    return {
+        "model": model,
+        "mode": mode,
+        "batch": batch,
+        "seq_len": seq_len,
+        "params": count_parameters(net),
+        "step_s": step_s,
+        "tokens_per_s": batch * seq_len / step_s,
+        "memory_mib": peak / MIB,
+        "activation_mib": (peak - base) / MIB,
+        "step_times_s": times,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    dev = pick_device(args.device)
+    retnet_kwargs = dict(TRAIN_25M)
+    if args.tiny:
+        retnet_kwargs = dict(
+            vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96, chunk_size=16
+        )
+    rcfg, lcfg = build_pair(retnet_kwargs)
+    budget = args.memory_budget_gib * GIB
+    rows: list[dict[str, Any]] = []
+    started = time.time()
+    for seq_len in args.lengths:
+        for model, mode in VARIANTS:
+            row: dict[str, Any] = {"model": model, "mode": mode, "batch": args.batch, "seq_len": seq_len}
+            need = parallel_scores_bytes(retnet_kwargs, args.batch, seq_len) if mode == "parallel" else 0
+            if need > budget:
+                row["error"] = (
+                    f"skipped: parallel form's T x T matrices need ~{need / GIB:.0f} GiB > budget "
+                    f"{args.memory_budget_gib:g} GiB"
+                )
+            elif args.max_minutes and time.time() - started > args.max_minutes * 60:
+                row["error"] = f"skipped: --max-minutes {args.max_minutes:g} reached"
+            else:
+                row = run_case(
+                    args,
+                    "retnet.benchmarks.bench_train:train_case",
+                    dict(
+                        model=model,
+                        mode=mode,
+                        retnet_config=retnet_kwargs,
+                        batch=args.batch,
+                        seq_len=seq_len,
+                        warmup_len=args.warmup_len,
+                        steps=args.steps,
+                        threads=args.threads,
+                        device=str(dev),
+                    ),
+                    timeout_s=args.case_timeout,
+                ) | {k: row[k] for k in ("model", "mode", "batch", "seq_len")}
+            print(_progress(row), flush=True)
+            rows.append(row)
+    summary = summarize(rows)
+    summary["retnet_params"] = rcfg.num_parameters()
+    summary["llama_params"] = count_parameters(build_llama(lcfg))
+    write_report(
+        "train",
+        title="Training step (forward+backward): RetNet parallel / chunkwise vs Llama (HF transformers, SDPA)",
+        rows=rows,
+        out_dir=args.out_dir,
+        columns=[
+            "model",
+            "mode",
+            "batch",
+            "seq_len",
+            "step_s",
+            "tokens_per_s",
+            "memory_mib",
+            "activation_mib",
+            "error",
+        ],
+        summary=summary,
+        notes=notes(args, rcfg, lcfg, dev),
+        chart=chart(rows),
+    )
+    return summary
+
+
+def _progress(row: dict[str, Any]) -> str:
+    head = f"{row['model']:>6} {row['mode']:>9} T={row['seq_len']:>6}: "
+    if "error" in row:
+        return head + row["error"]
+    return head + f"{row['tokens_per_s']:.0f} tok/s, peak {row['memory_mib']:.0f} MiB"
+
+
+def _get(rows, model, mode, seq_len):
+    for r in rows:
+        if (r["model"], r["mode"], r["seq_len"]) == (model, mode, seq_len) and "error" not in r:
+            return r
+    return None
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    lengths = sorted({r["seq_len"] for r in rows})
+    for T in lengths:
+        c, ll = _get(rows, "retnet", "chunkwise", T), _get(rows, "llama", "sdpa", T)
+        if c and ll:
+            goal = " (goal >= 2)" if T == 8192 else ""
+            s[f"chunkwise_over_llama_tokens_per_s_{T}{goal}"] = c["tokens_per_s"] / ll["tokens_per_s"]
+            s[f"chunkwise_over_llama_memory_{T}"] = c["memory_mib"] / ll["memory_mib"]
+    chunk = [r for r in (_get(rows, "retnet", "chunkwise", T) for T in lengths) if r]
+    # memory added per extra token between consecutive lengths: constant when memory is linear in length
+    slopes = [
+        (b["seq_len"], (b["memory_mib"] - a["memory_mib"]) * 1024 / (b["seq_len"] - a["seq_len"]))
+        for a, b in zip(chunk, chunk[1:])
+        if a["seq_len"] >= 1024
+    ]
+    if len(slopes) >= 2:
+        values = [v for _, v in slopes]
+        s["chunkwise_peak_kib_per_extra_token"] = ", ".join(f"to {T}: {v:.0f}" for T, v in slopes)
+        s["chunkwise_memory_linearity (max/min slope; 1 = linear)"] = max(values) / min(values)
+    return s
+
+
+def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> str:
+    mem = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS (VmHWM) of the case's own process"
+    return f"""
+- Models: RetNet d={rcfg.hidden_size}, {rcfg.num_layers} layers, {rcfg.num_heads} heads, d_v=ffn={rcfg.value_dim},
+  chunk {rcfg.chunk_size}, vocab {rcfg.vocab_size} (bytes), {rcfg.num_parameters():,} parameters; Llama
+  (`transformers.LlamaForCausalLM`, SDPA) d={lcfg.hidden_size}, {lcfg.num_hidden_layers} layers,
+  {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size}. float32, training mode.
+- One step = loss (cross-entropy over all positions) + backward, batch {args.batch}; median of {args.steps}
+  steps after one warm-up step of min(T, {args.warmup_len}) tokens; no optimizer update.
+- Memory: {mem}; the peak is reset after the warm-up, so it covers weights + one forward+backward
+  (activations, gradients). `activation_mib` subtracts the resident memory just before the timed steps.
+- Parallel RetNet is skipped where its T x T matrices would exceed --memory-budget-gib
+  ({args.memory_budget_gib:g} GiB); the machine is shared.
+- Each case runs in a fresh process with {args.threads} torch threads, under `flock /tmp/retnet-bench.lock` on a
+  machine shared with other jobs; the figures carry that noise.
+"""
+
+
+def chart(rows: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for model, mode in VARIANTS:
+        pts = sorted(
+            (r for r in rows if (r["model"], r["mode"]) == (model, mode) and "error" not in r),
+            key=lambda r: r["seq_len"],
+        )
+        if not pts:
+            continue
+        x = [r["seq_len"] for r in pts]
+        label = f"{model} ({mode})"
+        axes[0].plot(x, [r["tokens_per_s"] for r in pts], "-o", label=label)
+        axes[1].plot(x, [r["memory_mib"] for r in pts], "-o", label=label)
+    for ax, ylabel in zip(axes, ("tokens/s (forward+backward)", "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Training step: RetNet vs Llama (same parameter count)")
+    return fig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama")
+    p.add_argument("--lengths", type=_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup-len", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--memory-budget-gib", type=float, default=10.0)
+    p.add_argument("--case-timeout", type=float, default=1800.0)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="skip remaining cases after this long (0: no limit)")
+    p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
+    p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
+    p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])

@@ -1,0 +1,153 @@
+"""Measuring helpers shared by the benchmarks: isolated worker processes, peak memory, bandwidth, timing.
+
+Each benchmark case runs in a fresh Python process (``python -m retnet.benchmarks.worker``) so its peak
+resident memory (``ru_maxrss`` / ``VmHWM``) belongs to that case alone and an out-of-memory kill ends only it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULT_MARKER = "RETNET_BENCH_RESULT "
+GIB = 1024**3
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _read_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss() -> int:
+    """Resident memory of this process now, in bytes."""
+    kib = _read_status_kib("VmRSS")
+    return kib * 1024 if kib is not None else peak_rss()
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process (since start or the last :func:`reset_peak_memory`), bytes."""
+    kib = _read_status_kib("VmHWM")
+    if kib is None:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r if sys.platform == "darwin" else r * 1024
+    return kib * 1024
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak: CUDA's allocator stats, or Linux's VmHWM via ``/proc/self/clear_refs``.
+
+    Returns False where the CPU peak cannot be reset (then the peak covers the whole process).
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: ``torch.cuda.max_memory_allocated`` on GPU, peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss()
+
+
+def measure_bandwidth(device: torch.device, nbytes: int = 512 * 1024**2, repeats: int = 7) -> float:
+    """Memory read bandwidth in bytes/s: the median time of summing a large float32 tensor."""
+    x = torch.ones(nbytes // 4, device=device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        x.sum()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    del x
+    gc.collect()
+    return nbytes / statistics.median(times[1:])
+
+
+def time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_isolated(target: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run ``module:function(**kwargs)`` in a fresh process; its dict result, or ``{"error": reason}``.
+
+    An out-of-memory kill, a crash or the timeout becomes an ``error`` row, never a crash of the benchmark.
+    """
+    src = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "retnet.benchmarks.worker", target, json.dumps(kwargs)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER) :])
+    if proc.returncode in (-9, 137):
+        return {"error": "killed (out of memory?)"}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    if "out of memory" in proc.stderr.lower() or "can't allocate memory" in proc.stderr.lower():
+        return {"error": f"out of memory: {tail[:200]}"}
+    return {"error": f"exit code {proc.returncode}: {tail[:300]}"}
+
+
+def run_case(args: Any, target: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """:func:`run_isolated`, or a direct call when ``args.in_process`` (toy smoke runs)."""
+    if not getattr(args, "in_process", False):
+        return run_isolated(target, kwargs, timeout_s)
+    module, func = target.split(":")
+    import importlib
+
+    return dict(getattr(importlib.import_module(module), func)(**kwargs))

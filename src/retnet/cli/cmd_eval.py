@@ -1,0 +1,85 @@
+"""``retnet eval MODEL_DIR``: loss per token, perplexity and bits per byte on a corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from retnet.cli.errors import CLIError
+from retnet.cli.model_dir import check_model_dir, load_model_dir, pick_device, training_info
+from retnet.data.batching import encode_tensor, num_windows
+from retnet.data.corpus import CorpusError, load_corpus, split_corpus
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="perplexity and bits per byte of a model on a corpus")
+    p.add_argument("model_dir", help="model directory")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="files, folders or globs (default: the corpus the model was trained on)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["val", "train", "all"],
+        default=None,
+        help="which part of the corpus (default: val for the training corpus, all for --data)",
+    )
+    p.add_argument("--val-fraction", type=float, default=None, help="validation share (default: the run's)")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from retnet.training.evaluate import evaluate
+
+    path = check_model_dir(args.model_dir)
+    run_cfg = (training_info(path) or {}).get("train_config", {})
+    sources = args.data or run_cfg.get("data") or None
+    split = args.split or ("all" if args.data else "val")
+    val_fraction = args.val_fraction or run_cfg.get("val_fraction", 0.05)
+    seq_len = args.seq_len or run_cfg.get("seq_len", 256)
+    if seq_len < 1 or args.batch_size < 1:
+        raise CLIError("--seq-len and --batch-size must be >= 1")
+    try:
+        corpus = load_corpus(sources)
+        if split == "all":
+            text = "\n\n".join(d.text for d in corpus.documents)
+        else:
+            train_text, val_text = split_corpus(corpus, val_fraction)
+            text = val_text if split == "val" else train_text
+    except (CorpusError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    dev = pick_device(args.device)
+    model, tokenizer = load_model_dir(path, dev)
+    tokens = encode_tensor(tokenizer, text)
+    if num_windows(tokens.numel(), seq_len) < 1:
+        raise CLIError(
+            f"corpus {', '.join(corpus.sources)!r} ({split}) has {tokens.numel()} tokens, fewer than one "
+            f"sequence of --seq-len {seq_len} + 1"
+        )
+    import torch
+
+    res = evaluate(
+        model,
+        tokens,
+        torch.tensor(tokenizer.byte_lengths()),
+        seq_len=seq_len,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        device=dev,
+    )
+    figures = {"corpus": corpus.describe(), "split": split, "seq_len": seq_len, **res.to_dict()}
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(
+            f"{split} split of {corpus.describe()}: {res.tokens:,} tokens / {res.bytes:,} bytes; "
+            f"loss {res.loss:.4f} nats/token, perplexity {res.perplexity:.2f}, {res.bits_per_byte:.4f} bits/byte"
+        )
+    return 0

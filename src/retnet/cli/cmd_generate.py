@@ -1,0 +1,107 @@
+"""``retnet generate MODEL_DIR --prompt TEXT``: stream a continuation (chunkwise prefill, then O(1) per token)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from retnet.cli.errors import CLIError
+from retnet.cli.model_dir import load_model_dir, pick_device
+from retnet.cli.streaming import TextStream
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
+    """Sampling flags shared by generate and chat."""
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"tokens to generate (default {max_tokens})")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= p")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    if args.max_tokens < 1:
+        raise CLIError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.temperature < 0:
+        raise CLIError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="generate text from a trained model, streamed")
+    p.add_argument("model_dir", help="model directory (e.g. runs/shakespeare)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a new line)")
+    add_sampling_args(p, max_tokens=300)
+    p.set_defaults(func=run)
+
+
+def generate_text(
+    model_dir: str,
+    prompt: str,
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+    device: str = "auto",
+    out=None,
+) -> str:
+    """Stream the continuation of ``prompt`` to ``out`` (stdout by default) and return it."""
+    from retnet.generation import stream_generate
+
+    dev = pick_device(device)
+    model, tokenizer = load_model_dir(model_dir, dev)
+    ids = tokenizer.encode(prompt or "\n")
+    if not ids:
+        raise CLIError("--prompt encodes to no tokens")
+    if len(ids) > 1_000_000:
+        raise CLIError(f"--prompt is too long ({len(ids)} tokens)")
+    out = out or sys.stdout
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    stream = TextStream(tokenizer)
+    pieces: list[str] = []
+    if prompt:
+        out.write(prompt)
+    input_ids = torch.tensor([ids], dtype=torch.long, device=dev)
+    with torch.inference_mode():
+        for tokens in stream_generate(
+            model,
+            input_ids,
+            max_new_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        ):
+            text = stream.push(int(tokens[0]))
+            if text:
+                pieces.append(text)
+                out.write(text)
+                out.flush()
+    tail = stream.flush()
+    pieces.append(tail)
+    out.write(tail + "\n")
+    out.flush()
+    return "".join(pieces)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_sampling_args(args)
+    generate_text(
+        args.model_dir,
+        args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        device=args.device,
+    )
+    return 0

@@ -1,0 +1,114 @@
+"""``RetNetHFConfig``: a ``transformers`` config that carries exactly the fields of :class:`RetNetConfig`.
+
+The fields are not copied here: they are read from the ``RetNetConfig`` dataclass, so a field added there is a
+field here. Every construction builds (and so validates) a ``RetNetConfig``; a bad value raises
+:class:`~retnet.models.ConfigError` naming the field. ``config.json`` is written in our own format (the
+``RetNetConfig`` fields and ``"model_type": "retnet"``, nothing else), so one directory serves both
+``retnet.models`` and ``transformers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from transformers.configuration_utils import PreTrainedConfig
+
+from retnet.models.config import MODEL_TYPE, ConfigError, RetNetConfig
+
+RETNET_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RetNetConfig))
+
+# Keys ``transformers`` itself writes into or passes through a config dict; anything else in a ``config.json``
+# that is not a RetNetConfig field is a mistake and is reported by name.
+_HF_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    | {
+        "model_type",
+        "transformers_version",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "_name_or_path",
+        "name_or_path",
+        "use_cache",
+        "num_labels",
+        "output_attentions",
+        "attn_implementation",
+        "experts_implementation",
+        "_commit_hash",
+        "auto_map",
+    }
+)
+
+
+class RetNetHFConfig(PreTrainedConfig):
+    """``transformers`` view of a :class:`RetNetConfig` (same field names and values)."""
+
+    model_type = MODEL_TYPE
+    keys_to_ignore_at_inference = ["past_key_values"]
+    # Names other ``transformers`` code looks for.
+    attribute_map = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        core = {name: kwargs.pop(name) for name in RETNET_FIELDS if name in kwargs}
+        retnet_config = RetNetConfig(**core)  # validates; ConfigError names the field
+        for name in RETNET_FIELDS:
+            setattr(self, name, getattr(retnet_config, name))
+        use_cache = kwargs.pop("use_cache", True)
+        # PreTrainedConfig is a dataclass: set its own fields' defaults, then run its __post_init__ with the rest.
+        for f in dataclasses.fields(PreTrainedConfig):
+            if f.name in kwargs:
+                setattr(self, f.name, kwargs.pop(f.name))
+            elif f.default is not dataclasses.MISSING:
+                setattr(self, f.name, f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                setattr(self, f.name, f.default_factory())
+        self.use_cache = use_cache
+        self.__post_init__(**kwargs)
+
+    # ------------------------------------------------------------------ conversions
+    def to_retnet_config(self) -> RetNetConfig:
+        """The plain :class:`RetNetConfig` the model is built from."""
+        return RetNetConfig(**{name: getattr(self, name) for name in RETNET_FIELDS})
+
+    @classmethod
+    def from_retnet_config(cls, config: RetNetConfig, **kwargs: Any) -> RetNetHFConfig:
+        return cls(**{name: getattr(config, name) for name in RETNET_FIELDS}, **kwargs)
+
+    # ------------------------------------------------------------------ (de)serialisation in our format
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """Build from a ``config.json`` dict; a key that is neither ours nor ``transformers``' is an error."""
+        model_type = config_dict.get("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ConfigError(f"model_type must be {MODEL_TYPE!r}, got {model_type!r}")
+        unknown = sorted(set(config_dict) - set(RETNET_FIELDS) - _HF_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Our ``config.json`` format: the RetNetConfig fields and ``model_type`` (what ``RetNetConfig.load`` reads)."""
+        return self.to_retnet_config().to_dict()
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write ``config.json`` atomically in our format (``push_to_hub`` is delegated to ``transformers``)."""
+        if push_to_hub:
+            return super().save_pretrained(save_directory, push_to_hub=True, **kwargs)
+        from pathlib import Path
+
+        from retnet.models.io import CONFIG_NAME, atomic_write_bytes
+
+        directory = Path(save_directory)
+        if directory.is_file():
+            raise ConfigError(f"save_directory {directory} is a file, not a directory")
+        text = self.to_json_string()
+        atomic_write_bytes(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))

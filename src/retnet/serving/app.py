@@ -1,0 +1,175 @@
+"""``create_app``: the FastAPI application (routes, errors, limits) around one engine and one store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from retnet.models import load_pretrained
+from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
+from retnet.serving.config import ServerConfig
+from retnet.serving.engine import Engine
+from retnet.serving.errors import APIError, install_error_handlers
+from retnet.serving.middleware import LimitsAndAuth
+from retnet.serving.routes import Generator, register_generation_routes
+from retnet.serving.store import ConversationBusy, ConversationNotFound, ConversationStore
+from retnet.serving.tokenizer import TOKENIZER_NAME, ServingTokenizer
+
+log = logging.getLogger("retnet.serving")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FULL_HASH_LIMIT = 1 << 30
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A hash of config, tokenizer, chat template and weights: stored states only fit the model they came from."""
+    h = hashlib.sha256()
+    for name in ("config.json", TOKENIZER_NAME, TEMPLATE_NAME, "model.safetensors"):
+        path = model_dir / name
+        if not path.is_file():
+            h.update(f"{name}:absent".encode())
+            continue
+        size = path.stat().st_size
+        h.update(f"{name}:{size}".encode())
+        with open(path, "rb") as fh:
+            if size <= FULL_HASH_LIMIT:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            else:  # huge weights: the header (names, shapes, offsets), the size and the modification time
+                h.update(fh.read(1 << 20) + str(path.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """Load the model, tokenizer and store (errors raise here, before serving) and build the app."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = load_pretrained(config.model_dir, dtype=DTYPES[config.dtype])
+    tokenizer = ServingTokenizer.from_dir(config.model_dir, model.config.eos_token_id)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"{config.model_dir / TOKENIZER_NAME} has {tokenizer.vocab_size} tokens but the model's vocab_size "
+            f"is {model.config.vocab_size}"
+        )
+    template = ChatTemplate.from_dir(config.model_dir)
+    store = ConversationStore(
+        config.data_dir,
+        fingerprint=model_fingerprint(config.model_dir) + f":{config.dtype}",
+        max_count=config.max_conversations,
+        max_bytes=config.max_store_bytes,
+        ttl_s=config.conversation_ttl_s,
+        cache_bytes=config.state_cache_bytes,
+    )
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch=config.max_batch,
+        max_queue=config.max_queue,
+        prefill_chunk=config.prefill_chunk,
+        threads=config.threads,
+    )
+    with torch.no_grad():  # one probe forward: the state size and a warm start
+        probe = model(torch.zeros(1, 1, dtype=torch.long), use_cache=True).state
+    state_bytes = probe.nbytes()
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+
+        async def sweep():
+            while True:
+                await asyncio.sleep(60)
+                await asyncio.to_thread(store.sweep)
+
+        task = asyncio.create_task(sweep())
+        try:
+            yield
+        finally:
+            task.cancel()
+            engine.stop()
+            store.close()
+
+    app = FastAPI(title="retnet serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.store, app.state.config = engine, store, config
+    install_error_handlers(app)
+    gen = Generator(config, engine, store, tokenizer, template, model.config.vocab_size, probe)
+    register_generation_routes(app, gen)
+
+    model_card = {"id": config.model_name, "object": "model", "created": int(started), "owned_by": "retnet"}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = engine.alive()
+        body = {
+            "status": "ok" if ok else "engine stopped",
+            "model": config.model_name,
+            "uptime_s": round(time.time() - started, 3),
+            "state_bytes_per_conversation": state_bytes,
+            "engine": engine.load(),
+            "store": await asyncio.to_thread(store.stats),
+            "limits": {
+                "max_prompt_tokens": config.max_prompt_tokens,
+                "max_tokens": config.max_tokens_limit,
+                "max_body_bytes": config.max_body_bytes,
+                "max_batch": config.max_batch,
+                "max_queue": config.max_queue,
+            },
+            "auth": config.api_key is not None,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model_info(model_id: str) -> dict:
+        if model_id != config.model_name:
+            raise APIError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
+        return model_card
+
+    @app.post("/v1/conversations")
+    async def create_conversation(request: Request) -> dict:
+        body = await request.body()
+        kind = "chat"
+        if body.strip():
+            try:
+                data = json.loads(body)
+            except ValueError as exc:
+                raise APIError(400, "the request body is not valid JSON", code="invalid_json") from exc
+            if not isinstance(data, dict) or set(data) - {"kind"}:
+                raise APIError(400, "the body may only hold 'kind' ('chat' or 'completion')", param="kind")
+            kind = data.get("kind", "chat")
+            if kind not in ("chat", "completion"):
+                raise APIError(400, "'kind' must be 'chat' or 'completion'", param="kind")
+        conv = await asyncio.to_thread(store.create, kind)
+        return conv.public()
+
+    @app.get("/v1/conversations/{conv_id}")
+    async def get_conversation(conv_id: str) -> dict:
+        try:
+            return (await asyncio.to_thread(store.get, conv_id)).public()
+        except ConversationNotFound as exc:
+            raise APIError(404, str(exc), param="conversation_id", code="conversation_not_found") from exc
+
+    @app.delete("/v1/conversations/{conv_id}")
+    async def delete_conversation(conv_id: str) -> dict:
+        try:
+            await asyncio.to_thread(store.delete, conv_id)
+        except ConversationNotFound as exc:
+            raise APIError(404, str(exc), param="conversation_id", code="conversation_not_found") from exc
+        except ConversationBusy as exc:
+            raise APIError(409, str(exc), param="conversation_id", code="conversation_busy") from exc
+        return {"id": conv_id, "object": "conversation.deleted", "deleted": True}
+
+    app.add_middleware(LimitsAndAuth, max_body_bytes=config.max_body_bytes, api_key=config.api_key)
+    return app

@@ -1,0 +1,60 @@
+"""``ServerConfig``: every limit and option of ``retnet serve`` in one validated place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class ServerConfig:
+    model_dir: Path
+    model_name: str | None = None  # the id clients pass as ``model``; default: the directory name
+    data_dir: Path | None = None  # conversation store; default: MODEL_DIR/../<name>-conversations
+    api_key: str | None = None
+    dtype: str = "float32"
+    threads: int | None = None
+    # request limits
+    max_prompt_tokens: int = 4096  # new tokens per request (a conversation's history is not counted)
+    max_tokens_limit: int = 1024  # largest allowed max_tokens
+    default_max_tokens: int = 256  # chat completions without max_tokens (completions default to 16, as OpenAI)
+    max_body_bytes: int = 1 << 20
+    max_stop: int = 4
+    # scheduling
+    max_batch: int = 64  # sequences decoded together
+    max_queue: int = 256  # requests waiting to start; more get HTTP 429
+    prefill_chunk: int = 256  # prompt tokens per prefill step, so long prompts interleave with decoding
+    # conversation store
+    max_conversations: int = 10_000
+    max_store_bytes: int = 4 << 30
+    conversation_ttl_s: float = 7 * 24 * 3600.0
+    state_cache_bytes: int = 256 << 20  # recently used states kept in memory too (write-through)
+
+    def __post_init__(self) -> None:
+        self.model_dir = Path(self.model_dir)
+        if self.model_name is None:
+            self.model_name = self.model_dir.resolve().name
+        if self.data_dir is None:
+            self.data_dir = self.model_dir.resolve().parent / f"{self.model_name}-conversations"
+        self.data_dir = Path(self.data_dir)
+        if self.dtype not in ("float32", "float64", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, float64, bfloat16 or float16, got {self.dtype!r}")
+        for name in (
+            "max_prompt_tokens",
+            "max_tokens_limit",
+            "default_max_tokens",
+            "max_body_bytes",
+            "max_batch",
+            "max_queue",
+            "prefill_chunk",
+            "max_conversations",
+            "max_store_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.state_cache_bytes < 0:
+            raise ValueError(f"state_cache_bytes must be >= 0, got {self.state_cache_bytes}")
+        if not self.conversation_ttl_s > 0:
+            raise ValueError(f"conversation_ttl_s must be > 0, got {self.conversation_ttl_s}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")

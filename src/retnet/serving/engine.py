@@ -1,0 +1,299 @@
+"""The engine: one thread that decodes every active request together.
+
+Each loop iteration prefills a bounded number of prompt tokens (chunkwise, one request at a time, so a long
+prompt cannot stall the others), then takes one batched recurrent step over all decoding sequences. A
+sequence joins the decode batch by concatenating its state (``RetNetState.cat``) and leaves it by selecting
+the remaining rows; rows carry their own offsets, so sequences at different positions decode together.
+Results go to per-request callbacks that never block (the HTTP side queues them), so a slow client cannot
+stall the loop. Torch releases the GIL in its kernels, so the asyncio server stays responsive.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from retnet.generation import sample_next
+from retnet.models import RetNetState
+from retnet.serving.stops import StopMatcher
+from retnet.serving.tokenizer import IncrementalDetokenizer, ServingTokenizer
+
+log = logging.getLogger("retnet.serving")
+
+
+class EngineOverloaded(RuntimeError):
+    """Too many requests waiting to start."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    end_of_turn: str | None = None  # a stop string that means the model closed its turn itself
+
+
+@dataclass
+class Finished:
+    """The end of one request: why it stopped, counts, and what a conversation needs to continue."""
+
+    finish_reason: str  # "stop" or "length"
+    ended_turn: bool  # the model generated end_of_turn or an end-of-sequence token
+    prompt_tokens: int
+    completion_tokens: int
+    state: RetNetState  # covers everything but ``pending``
+    pending: list[int]  # sampled tokens not yet folded into ``state``
+    ttft_s: float
+    total_s: float
+    token_ids: list[int] = field(default_factory=list)  # every sampled token of this reply
+
+
+class Sequence:
+    """One request inside the engine. ``emit`` receives ``("first", None)`` when the first token is sampled,
+    then ``("text", str)`` pieces, then ``("done", Finished)`` (or ``("error", str)`` at any point); it is
+    called from the engine thread and must not block."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        emit: Callable[[tuple[str, Any]], None],
+        state: RetNetState | None = None,
+    ) -> None:
+        if not prompt_ids:
+            raise ValueError("a request needs at least one token to process")
+        self.prompt_ids, self.params, self.emit, self.initial_state = prompt_ids, params, emit, state
+        self.cancelled = False
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
+        self.prefilled = 0
+        self.generated: list[int] = []
+        self.submitted = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def cancel(self) -> None:
+        """Called from any thread; the engine drops the sequence at its next step without emitting more."""
+        self.cancelled = True
+
+
+class _Active:
+    """Runtime bookkeeping of a sequence: state during prefill, detokeniser and stop matcher."""
+
+    def __init__(self, seq: Sequence, tokenizer: ServingTokenizer) -> None:
+        self.seq = seq
+        self.state = seq.initial_state
+        self.logits: torch.Tensor | None = None
+        stops = list(seq.params.stop) + ([seq.params.end_of_turn] if seq.params.end_of_turn else [])
+        self.matcher = StopMatcher(stops)
+        self.detok = IncrementalDetokenizer(tokenizer, skip_ids=tokenizer.eos_token_ids)
+        self.eos_ids = tokenizer.eos_token_ids
+
+
+class Engine:
+    def __init__(
+        self,
+        model,
+        tokenizer: ServingTokenizer,
+        *,
+        max_batch: int = 64,
+        max_queue: int = 256,
+        prefill_chunk: int = 256,
+        threads: int | None = None,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch, self.max_queue, self.prefill_chunk, self.threads = max_batch, max_queue, prefill_chunk, threads
+        self.inbox: queue.Queue[Sequence] = queue.Queue()
+        self.prefilling: list[_Active] = []
+        self.rows: list[_Active] = []  # decode batch, in state row order
+        self.batch_state: RetNetState | None = None
+        self.next_tokens: list[int] = []
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.stats = {"steps": 0, "tokens_generated": 0, "tokens_prefilled": 0, "requests": 0, "errors": 0}
+        self.last_error: str | None = None
+
+    # ---------------------------------------------------------------- public, any thread
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="retnet-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    def submit(self, seq: Sequence) -> None:
+        if self.inbox.qsize() + len(self.prefilling) >= self.max_queue:
+            raise EngineOverloaded(f"{self.max_queue} requests are already waiting; retry later")
+        self.inbox.put(seq)
+        self.wake.set()
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def load(self) -> dict:
+        return {
+            "decoding": len(self.rows),
+            "prefilling": len(self.prefilling),
+            "waiting": self.inbox.qsize(),
+            "max_batch": self.max_batch,
+            **self.stats,
+        }
+
+    # ---------------------------------------------------------------- engine thread
+    def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.no_grad():
+            while not self.stopping:
+                try:
+                    self._admit()
+                    if not self.prefilling and not self.rows:
+                        self.wake.wait(0.5)
+                        self.wake.clear()
+                        continue
+                    self._drop_cancelled()
+                    self._prefill_step()
+                    self._decode_step()
+                except Exception:  # keep serving: fail the requests in flight, reset the batch
+                    self.last_error = traceback.format_exc()
+                    log.error("engine step failed:\n%s", self.last_error)
+                    self.stats["errors"] += 1
+                    for act in self.prefilling + self.rows:
+                        act.seq.emit(("error", "the engine failed while processing this request"))
+                    self.prefilling, self.rows, self.next_tokens, self.batch_state = [], [], [], None
+        for act in self.prefilling + self.rows:
+            act.seq.emit(("error", "the server is shutting down"))
+        while not self.inbox.empty():
+            self.inbox.get_nowait().emit(("error", "the server is shutting down"))
+
+    def _admit(self) -> None:
+        while len(self.prefilling) + len(self.rows) < self.max_batch:
+            try:
+                seq = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if not seq.cancelled:
+                self.stats["requests"] += 1
+                self.prefilling.append(_Active(seq, self.tokenizer))
+
+    def _drop_cancelled(self) -> None:
+        self.prefilling = [a for a in self.prefilling if not a.seq.cancelled]
+        keep = [i for i, a in enumerate(self.rows) if not a.seq.cancelled]
+        if len(keep) < len(self.rows):
+            self._keep_rows(keep)
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        self.rows = [self.rows[i] for i in keep]
+        self.next_tokens = [self.next_tokens[i] for i in keep]
+        self.batch_state = self.batch_state.select(keep) if keep else None
+
+    def _prefill_step(self) -> None:
+        """Up to ``prefill_chunk`` prompt tokens, oldest request first."""
+        budget = self.prefill_chunk
+        while budget > 0 and self.prefilling:
+            act = self.prefilling[0]
+            seq = act.seq
+            n = min(budget, len(seq.prompt_ids) - seq.prefilled)
+            ids = torch.tensor([seq.prompt_ids[seq.prefilled : seq.prefilled + n]], device=self.model.device)
+            out = self.model(ids, state=act.state, use_cache=True, mode="auto")
+            act.state, act.logits = out.state, out.logits[:, -1]
+            seq.prefilled += n
+            budget -= n
+            self.stats["tokens_prefilled"] += n
+            if seq.prefilled == len(seq.prompt_ids):
+                self.prefilling.pop(0)
+                token = self._sample(act, act.logits)
+                if not self._after_token(act, token, act.state):
+                    self.rows.append(act)
+                    self.next_tokens.append(token)
+                    self.batch_state = (
+                        act.state if self.batch_state is None else RetNetState.cat([self.batch_state, act.state])
+                    )
+                act.state = act.logits = None
+
+    def _decode_step(self) -> None:
+        if not self.rows:
+            return
+        ids = torch.tensor(self.next_tokens, device=self.model.device)[:, None]
+        out = self.model(ids, state=self.batch_state, use_cache=True, mode="recurrent")
+        self.batch_state = out.state
+        logits = out.logits[:, -1]
+        self.stats["steps"] += 1
+        keep = []
+        greedy = logits.argmax(-1).tolist()  # one call for every greedy row
+        for i, act in enumerate(self.rows):
+            token = greedy[i] if act.seq.params.temperature == 0 else self._sample(act, logits[i : i + 1])
+            self.next_tokens[i] = token
+            if not self._after_token(act, token, None, row=i):
+                keep.append(i)
+        if len(keep) < len(self.rows):
+            self._keep_rows(keep)
+
+    def _sample(self, act: _Active, logits: torch.Tensor) -> int:
+        p = act.seq.params
+        token = sample_next(
+            logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=act.seq.generator
+        )
+        return int(token[0])
+
+    def _after_token(self, act: _Active, token: int, state: RetNetState | None, row: int | None = None) -> bool:
+        """Emit the token's text; if the sequence is done, emit ``done`` and return True."""
+        seq, eot = act.seq, act.seq.params.end_of_turn
+        if seq.first_token_at is None:
+            seq.first_token_at = time.perf_counter()
+            seq.emit(("first", None))
+        seq.generated.append(token)
+        self.stats["tokens_generated"] += 1
+        if token in act.eos_ids:
+            text, stopped, ended_turn = "", True, True
+        else:
+            text = act.matcher.push(act.detok.push(token))
+            stopped = act.matcher.stopped
+            ended_turn = stopped and act.matcher.matched == eot
+        at_limit = len(seq.generated) >= seq.params.max_tokens
+        if (at_limit or ended_turn) and not act.matcher.stopped:  # the end: release held-back text
+            text += act.matcher.push(act.detok.flush())
+            if act.matcher.stopped:
+                stopped, ended_turn = True, ended_turn or act.matcher.matched == eot
+            else:
+                text += act.matcher.flush()
+        if text:
+            seq.emit(("text", text))
+        if not (stopped or at_limit):
+            return False
+        done_reason = "stop" if stopped else "length"
+        if state is None:
+            state = self.batch_state.select([row])
+        now = time.perf_counter()
+        seq.emit(
+            (
+                "done",
+                Finished(
+                    finish_reason=done_reason,
+                    ended_turn=ended_turn,
+                    prompt_tokens=len(seq.prompt_ids),
+                    completion_tokens=len(seq.generated),
+                    state=state,
+                    pending=[token],
+                    ttft_s=seq.first_token_at - seq.submitted,
+                    total_s=now - seq.submitted,
+                    token_ids=list(seq.generated),
+                ),
+            )
+        )
+        return True

@@ -1,0 +1,304 @@
+"""``POST /v1/completions`` and ``POST /v1/chat/completions``: validation, conversations, JSON and SSE replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from retnet.models import RetNetState
+from retnet.serving.chat_template import ChatTemplate
+from retnet.serving.config import ServerConfig
+from retnet.serving.engine import Engine, EngineOverloaded, Finished, SamplingParams, Sequence
+from retnet.serving.errors import APIError, error_body
+from retnet.serving.protocol import ChatCompletionRequest, CompletionRequest
+from retnet.serving.state_io import check_state
+from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, ConversationStore
+from retnet.serving.tokenizer import ServingTokenizer
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+class Turn:
+    """One request's life: its conversation (if any), its sequence in the engine, its event queue."""
+
+    def __init__(self, kind: str, conv: Conversation | None, created_conv: bool) -> None:
+        self.kind, self.conv, self.created_conv = kind, conv, created_conv
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.seq: Sequence | None = None
+        self.saved = False
+
+
+class Generator:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: Engine,
+        store: ConversationStore,
+        tokenizer: ServingTokenizer,
+        template: ChatTemplate,
+        vocab_size: int,
+        state_template: RetNetState,
+    ) -> None:
+        self.config, self.engine, self.store, self.tokenizer = config, engine, store, tokenizer
+        self.template, self.vocab_size, self.state_template = template, vocab_size, state_template
+
+    # ---------------------------------------------------------------- validation
+    def check_common(self, req: CompletionRequest | ChatCompletionRequest, default_max: int) -> SamplingParams:
+        if req.model != self.config.model_name:
+            raise APIError(404, f"the model '{req.model}' does not exist", param="model", code="model_not_found")
+        max_tokens = req.max_tokens
+        if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+            max_tokens = req.max_completion_tokens
+        max_tokens = default_max if max_tokens is None else max_tokens
+        if max_tokens > self.config.max_tokens_limit:
+            raise APIError(
+                400, f"max_tokens is {max_tokens}, above this server's limit of {self.config.max_tokens_limit}",
+                param="max_tokens", code="max_tokens_exceeded",
+            )  # fmt: skip
+        stop = req.stop_list()
+        if len(stop) > self.config.max_stop:
+            raise APIError(400, f"at most {self.config.max_stop} stop sequences are allowed", param="stop")
+        if req.conversation_id is not None and req.store is False:
+            raise APIError(400, "'store: false' cannot be combined with a conversation_id", param="store")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            stop=stop,
+        )
+
+    def encode(self, text: str, param: str) -> list[int]:
+        try:
+            return self.tokenizer.encode(text)
+        except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates, which JSON lets through
+            raise APIError(400, f"the {param} is not valid Unicode text: {exc}", param=param) from exc
+
+    def check_prompt_length(self, ids: list[int], param: str) -> None:
+        if len(ids) > self.config.max_prompt_tokens:
+            raise APIError(
+                400, f"the {param} has {len(ids)} tokens, above this server's limit of {self.config.max_prompt_tokens}",
+                param=param, code="context_length_exceeded",
+            )  # fmt: skip
+
+    async def open_turn(self, kind: str, req: CompletionRequest | ChatCompletionRequest) -> Turn:
+        if req.conversation_id is not None:
+            try:
+                conv = await asyncio.to_thread(self.store.acquire, req.conversation_id)
+            except ConversationNotFound as exc:
+                raise APIError(404, str(exc), param="conversation_id", code="conversation_not_found") from exc
+            except ConversationBusy as exc:
+                raise APIError(409, str(exc), param="conversation_id", code="conversation_busy") from exc
+            if conv.kind != kind:
+                self.store.release(conv.id)
+                raise APIError(
+                    400, f"conversation {conv.id!r} is a {conv.kind} conversation; use the matching endpoint",
+                    param="conversation_id", code="conversation_kind_mismatch",
+                )  # fmt: skip
+            return Turn(kind, conv, created_conv=False)
+        if req.store:
+            conv = await asyncio.to_thread(self.store.create, kind)
+            await asyncio.to_thread(self.store.acquire, conv.id)
+            return Turn(kind, conv, created_conv=True)
+        return Turn(kind, None, created_conv=False)
+
+    async def close_turn(self, turn: Turn) -> None:
+        if turn.seq is not None:
+            turn.seq.cancel()
+        if turn.conv is not None:
+            self.store.release(turn.conv.id)
+            if turn.created_conv and not turn.saved:
+                with contextlib.suppress(ConversationNotFound, ConversationBusy):
+                    await asyncio.to_thread(self.store.delete, turn.conv.id)
+
+    async def start(self, turn: Turn, new_ids: list[int], params: SamplingParams) -> None:
+        """Load the conversation state and hand the sequence to the engine."""
+        state, pending = None, []
+        if turn.conv is not None and turn.conv.state_file is not None:
+            try:
+                state = await asyncio.to_thread(self.store.load, turn.conv)
+                check_state(state, self.state_template)
+            except (OSError, ValueError, KeyError) as exc:
+                raise APIError(
+                    404, f"conversation {turn.conv.id!r} has an unreadable state ({exc}); delete it and start anew",
+                    param="conversation_id", code="conversation_not_found",
+                ) from exc  # fmt: skip
+            pending = turn.conv.pending
+        prompt = pending + new_ids
+        if not prompt:
+            raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+        loop = asyncio.get_running_loop()
+
+        def emit(event) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone at shutdown
+                loop.call_soon_threadsafe(turn.events.put_nowait, event)
+
+        turn.seq = Sequence(prompt, params, emit, state=state)
+        try:
+            self.engine.submit(turn.seq)
+        except EngineOverloaded as exc:
+            raise APIError(429, str(exc), code="server_overloaded") from exc
+
+    async def finish(self, turn: Turn, fin: Finished) -> None:
+        """Fold the turn into the conversation: state, plus pending tokens and the turn's closing."""
+        if turn.conv is None:
+            return
+        pending = list(fin.pending)
+        if turn.kind == "chat":
+            pending += self.tokenizer.encode(self.template.closing(fin.ended_turn))
+        added = fin.prompt_tokens - len(turn.conv.pending) + len(pending) + fin.completion_tokens - 1
+        await asyncio.to_thread(self.store.save_turn, turn.conv.id, fin.state, pending, added)
+        turn.saved = True
+
+    # ---------------------------------------------------------------- responses
+    async def respond(self, turn: Turn, req, make_chunk, make_final) -> dict | StreamingResponse:
+        """Collect the reply (JSON) or stream it (SSE). ``make_chunk(text)`` / ``make_final(text, fin)``."""
+        if not req.stream:
+            try:
+                parts: list[str] = []
+                while True:
+                    kind, value = await turn.events.get()
+                    if kind == "text":
+                        parts.append(value)
+                    elif kind == "error":
+                        raise APIError(503, value, code="engine_error")
+                    elif kind == "done":
+                        await self.finish(turn, value)
+                        return make_final("".join(parts), value)
+            finally:
+                await self.close_turn(turn)
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                while True:
+                    kind, value = await turn.events.get()
+                    if kind == "first":  # the role chunk goes out with the first token: its arrival is the TTFT
+                        yield _sse(make_chunk(None))
+                    elif kind == "text":
+                        yield _sse(make_chunk(value))
+                    elif kind == "error":
+                        yield _sse(error_body(503, value, None, "engine_error"))
+                        return
+                    else:
+                        await self.finish(turn, value)
+                        final = make_final("", value)
+                        yield _sse(make_chunk("", finish_reason=value.finish_reason))
+                        if include_usage:
+                            yield _sse({**make_chunk(None, usage_only=True), "usage": final["usage"]})
+                        yield _sse("[DONE]")
+                        return
+            finally:
+                await self.close_turn(turn)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _usage(fin: Finished) -> dict:
+    return {
+        "prompt_tokens": fin.prompt_tokens,
+        "completion_tokens": fin.completion_tokens,
+        "total_tokens": fin.prompt_tokens + fin.completion_tokens,
+    }
+
+
+def register_generation_routes(app: FastAPI, gen: Generator) -> None:
+    name = gen.config.model_name
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        params = gen.check_common(req, default_max=16)
+        if isinstance(req.prompt, str):
+            ids = gen.encode(req.prompt, "prompt")
+        elif isinstance(req.prompt[0], str):
+            ids = gen.encode(req.prompt[0], "prompt")
+        else:
+            ids = list(req.prompt)
+            bad = next((t for t in ids if not 0 <= t < gen.vocab_size), None)
+            if bad is not None:
+                raise APIError(400, f"token id {bad} is outside the vocabulary [0, {gen.vocab_size})", param="prompt")
+        gen.check_prompt_length(ids, "prompt")
+        turn = await gen.open_turn("completion", req)
+        try:
+            await gen.start(turn, ids, params)
+        except BaseException:
+            await gen.close_turn(turn)
+            raise
+        rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
+        conv = {"conversation_id": turn.conv.id} if turn.conv else {}
+
+        def chunk(text, finish_reason=None, usage_only=False):
+            choices = (
+                []
+                if usage_only
+                else [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}]
+            )
+            return {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": choices,
+                **conv,
+            }
+
+        def final(text, fin: Finished):
+            body = chunk(text, fin.finish_reason)
+            return {**body, "usage": _usage(fin)}
+
+        return await gen.respond(turn, req, chunk, final)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest):
+        params = gen.check_common(req, default_max=gen.config.default_max_tokens)
+        params.end_of_turn = gen.template.end_of_turn
+        roles = {"developer": "system"}
+        text = gen.template.render([(roles.get(m.role, m.role), m.text()) for m in req.messages])
+        ids = gen.encode(text, "messages")
+        gen.check_prompt_length(ids, "messages")
+        turn = await gen.open_turn("chat", req)
+        try:
+            await gen.start(turn, ids, params)
+        except BaseException:
+            await gen.close_turn(turn)
+            raise
+        rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
+        conv = {"conversation_id": turn.conv.id} if turn.conv else {}
+
+        def chunk(text, finish_reason=None, usage_only=False):
+            if usage_only:
+                choices = []
+            else:
+                delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+                choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            return {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": name,
+                "choices": choices,
+                **conv,
+            }
+
+        def final(text, fin: Finished):
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": fin.finish_reason}
+            return {
+                "id": rid, "object": "chat.completion", "created": created, "model": name,
+                "choices": [choice], "usage": _usage(fin), **conv,
+            }  # fmt: skip
+
+        return await gen.respond(turn, req, chunk, final)

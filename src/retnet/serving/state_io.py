@@ -1,0 +1,72 @@
+"""A ``RetNetState`` (batch 1) as one safetensors file: flat tensors plus the nesting in the metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from retnet.models import RetNetState
+from retnet.models.io import atomic_write_bytes
+
+
+def _flatten(x: Any, prefix: str, out: dict[str, torch.Tensor]) -> Any:
+    """Tensors into ``out`` under dotted names; returns the structure with names in place of tensors."""
+    if isinstance(x, torch.Tensor):
+        out[prefix] = x.detach().contiguous().cpu()
+        return {"t": prefix}
+    if isinstance(x, (list, tuple)):
+        return {"l": [_flatten(v, f"{prefix}.{i}", out) for i, v in enumerate(x)]}
+    if isinstance(x, dict):
+        return {"d": {k: _flatten(v, f"{prefix}.{k}", out) for k, v in x.items()}}
+    if x is None:
+        return {"n": None}
+    raise TypeError(f"cannot store a state entry of type {type(x).__name__}")
+
+
+def _unflatten(spec: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if "t" in spec:
+        return tensors[spec["t"]]
+    if "l" in spec:
+        return [_unflatten(v, tensors) for v in spec["l"]]
+    if "d" in spec:
+        return {k: _unflatten(v, tensors) for k, v in spec["d"].items()}
+    return None
+
+
+def save_state(path: Path, state: RetNetState, metadata: dict[str, str] | None = None) -> int:
+    """Write atomically; returns the file size in bytes."""
+    tensors: dict[str, torch.Tensor] = {}
+    spec = _flatten(state.layers, "layers", tensors)
+    tensors["offset"] = state.offset.detach().contiguous().cpu()
+    meta = {"format": "retnet-state", "structure": json.dumps(spec), **(metadata or {})}
+    atomic_write_bytes(path, lambda p: save_file(tensors, p, metadata=meta))
+    return path.stat().st_size
+
+
+def load_state(path: Path, device: str | torch.device = "cpu") -> tuple[RetNetState, dict[str, str]]:
+    """Read a state file written by :func:`save_state` (no pickle); returns the state and its metadata."""
+    with safe_open(str(path), framework="pt", device=str(device)) as fh:
+        meta = fh.metadata() or {}
+        if meta.get("format") != "retnet-state":
+            raise ValueError(f"{path} is not a retnet state file")
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    layers = _unflatten(json.loads(meta["structure"]), tensors)
+    return RetNetState(layers, tensors["offset"]), meta
+
+
+def check_state(state: RetNetState, like: RetNetState) -> None:
+    """Raise ValueError unless ``state`` has the layer count, shapes and dtypes of ``like``."""
+    a: dict[str, torch.Tensor] = {}
+    b: dict[str, torch.Tensor] = {}
+    _flatten(state.layers, "layers", a)
+    _flatten(like.layers, "layers", b)
+    if a.keys() != b.keys():
+        raise ValueError("state has a different layer structure than the model")
+    for k in a:
+        if a[k].shape != b[k].shape or a[k].dtype != b[k].dtype:
+            raise ValueError(f"state tensor {k} is {tuple(a[k].shape)} {a[k].dtype}, expected {tuple(b[k].shape)}")

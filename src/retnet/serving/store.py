@@ -1,0 +1,297 @@
+"""The conversation store: a SQLite index and one safetensors file per conversation state.
+
+A conversation's record holds its state file, the ids of tokens generated but not yet folded into the state
+(``pending``: the last sampled token and the turn's closing), and use times. A new turn writes a new state
+file, commits the index row that points to it, then deletes the old file, so a crash at any point leaves a
+consistent pair; files no row points to are removed at start. The store is bounded by count and total bytes
+(least recently used conversations go first) and by a time-to-live since last use. A small write-through
+memory cache keeps hot states off the disk read path.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from retnet.models import RetNetState
+from retnet.serving.state_io import load_state, save_state
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    turns INTEGER NOT NULL DEFAULT 0,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    state_file TEXT,
+    nbytes INTEGER NOT NULL DEFAULT 0,
+    pending TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS conversations_last_used ON conversations(last_used);
+CREATE TABLE IF NOT EXISTS tombstones (id TEXT PRIMARY KEY, reason TEXT NOT NULL, time REAL NOT NULL);
+"""
+MAX_TOMBSTONES = 100_000
+
+
+class StoreError(RuntimeError):
+    """The data folder cannot be used (e.g. it holds states of a different model)."""
+
+
+class ConversationNotFound(LookupError):
+    def __init__(self, conv_id: str, reason: str = "unknown") -> None:
+        super().__init__(f"conversation {conv_id!r} not found ({reason})")
+        self.conv_id, self.reason = conv_id, reason
+
+
+class ConversationBusy(RuntimeError):
+    def __init__(self, conv_id: str) -> None:
+        super().__init__(f"conversation {conv_id!r} has a request in progress; send the next turn after it ends")
+
+
+@dataclass
+class Conversation:
+    id: str
+    kind: str  # "chat" or "completion"
+    created: float
+    last_used: float
+    turns: int
+    tokens: int  # tokens folded into the state plus pending ones
+    state_file: str | None
+    nbytes: int
+    pending: list[int]
+
+    def public(self) -> dict:
+        return {
+            "id": self.id,
+            "object": "conversation",
+            "kind": self.kind,
+            "created": int(self.created),
+            "last_used": int(self.last_used),
+            "turns": self.turns,
+            "tokens": self.tokens,
+            "state_bytes": self.nbytes,
+        }
+
+
+class ConversationStore:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fingerprint: str,
+        max_count: int,
+        max_bytes: int,
+        ttl_s: float,
+        cache_bytes: int = 0,
+        clock=time.time,
+    ) -> None:
+        self.root = Path(root)
+        self.states_dir = self.root / "states"
+        self.states_dir.mkdir(parents=True, exist_ok=True)
+        self.max_count, self.max_bytes, self.ttl_s, self.cache_bytes = max_count, max_bytes, ttl_s, cache_bytes
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.busy: set[str] = set()
+        self.cache: OrderedDict[str, tuple[str, RetNetState]] = OrderedDict()  # id -> (state_file, state)
+        self.cached_bytes = 0
+        self.evictions = {"lru": 0, "expired": 0}
+        self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        row = self.db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (fingerprint,))
+        elif row[0] != fingerprint:
+            raise StoreError(
+                f"data folder {self.root} holds conversation states of a different model; "
+                "use another --data-dir (or delete that folder)"
+            )
+        self._remove_orphans()
+
+    # ---------------------------------------------------------------- records
+    def _row(self, conv_id: str) -> Conversation | None:
+        r = self.db.execute(
+            "SELECT id, kind, created, last_used, turns, tokens, state_file, nbytes, pending "
+            "FROM conversations WHERE id=?",
+            (conv_id,),
+        ).fetchone()
+        if r is None:
+            return None
+        return Conversation(*r[:8], pending=json.loads(r[8]))
+
+    def create(self, kind: str) -> Conversation:
+        with self.lock:
+            now = self.clock()
+            conv_id = "conv_" + secrets.token_hex(12)
+            self.db.execute(
+                "INSERT INTO conversations (id, kind, created, last_used) VALUES (?, ?, ?, ?)",
+                (conv_id, kind, now, now),
+            )
+            self._enforce_bounds(keep=conv_id)
+            return self._row(conv_id)
+
+    def get(self, conv_id: str) -> Conversation:
+        """The record, or :class:`ConversationNotFound` (unknown, expired or evicted)."""
+        with self.lock:
+            conv = self._row(conv_id)
+            if conv is None:
+                t = self.db.execute("SELECT reason FROM tombstones WHERE id=?", (conv_id,)).fetchone()
+                raise ConversationNotFound(conv_id, t[0] if t else "unknown")
+            if conv_id not in self.busy and self.clock() - conv.last_used > self.ttl_s:
+                self._delete(conv, "expired")
+                raise ConversationNotFound(conv_id, "expired")
+            return conv
+
+    def delete(self, conv_id: str) -> None:
+        with self.lock:
+            conv = self.get(conv_id)
+            if conv_id in self.busy:
+                raise ConversationBusy(conv_id)
+            self._delete(conv, "deleted")
+
+    def list(self, limit: int = 100) -> list[Conversation]:
+        with self.lock:
+            ids = [
+                r[0] for r in self.db.execute("SELECT id FROM conversations ORDER BY last_used DESC LIMIT ?", (limit,))
+            ]
+            return [c for c in (self._row(i) for i in ids) if c is not None]
+
+    # ---------------------------------------------------------------- turns
+    def acquire(self, conv_id: str) -> Conversation:
+        """Mark the conversation busy for one turn (a second concurrent turn gets :class:`ConversationBusy`)."""
+        with self.lock:
+            conv = self.get(conv_id)
+            if conv_id in self.busy:
+                raise ConversationBusy(conv_id)
+            self.busy.add(conv_id)
+            return conv
+
+    def release(self, conv_id: str) -> None:
+        with self.lock:
+            self.busy.discard(conv_id)
+
+    def load(self, conv: Conversation) -> RetNetState | None:
+        """The stored state (None for a conversation without turns yet)."""
+        if conv.state_file is None:
+            return None
+        with self.lock:
+            hit = self.cache.get(conv.id)
+            if hit is not None and hit[0] == conv.state_file:
+                self.cache.move_to_end(conv.id)
+                return hit[1].clone()
+        state, _ = load_state(self.states_dir / conv.state_file)
+        return state
+
+    def save_turn(self, conv_id: str, state: RetNetState, pending: list[int], new_tokens: int) -> Conversation:
+        """Store the state after a turn (atomically: new file, index commit, old file removed)."""
+        with self.lock:
+            conv = self._row(conv_id)
+            if conv is None:
+                raise ConversationNotFound(conv_id, "deleted during the turn")
+            turns = conv.turns + 1
+            name = f"{conv_id}.{turns}.safetensors"
+            nbytes = save_state(
+                self.states_dir / name, state, {"conversation": conv_id, "pending": json.dumps(pending)}
+            )
+            self.db.execute(
+                "UPDATE conversations SET last_used=?, turns=?, tokens=?, state_file=?, nbytes=?, pending=? WHERE id=?",
+                (self.clock(), turns, conv.tokens + new_tokens, name, nbytes, json.dumps(pending), conv_id),
+            )
+            if conv.state_file and conv.state_file != name:
+                (self.states_dir / conv.state_file).unlink(missing_ok=True)
+            self._cache_put(conv_id, name, state)
+            self._enforce_bounds(keep=conv_id)
+            return self._row(conv_id)
+
+    # ---------------------------------------------------------------- bounds
+    def _cache_put(self, conv_id: str, name: str, state: RetNetState) -> None:
+        self._cache_drop(conv_id)
+        size = state.nbytes()
+        if size > self.cache_bytes:
+            return
+        self.cache[conv_id] = (name, state.clone())
+        self.cached_bytes += size
+        while self.cached_bytes > self.cache_bytes:
+            self._cache_drop(next(iter(self.cache)))
+
+    def _cache_drop(self, conv_id: str) -> None:
+        hit = self.cache.pop(conv_id, None)
+        if hit is not None:
+            self.cached_bytes -= hit[1].nbytes()
+
+    def _delete(self, conv: Conversation, reason: str) -> None:
+        self.db.execute("DELETE FROM conversations WHERE id=?", (conv.id,))
+        self.db.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", (conv.id, reason, self.clock()))
+        if conv.state_file:
+            (self.states_dir / conv.state_file).unlink(missing_ok=True)
+        self._cache_drop(conv.id)
+        if reason in self.evictions:
+            self.evictions[reason] += 1
+
+    def _enforce_bounds(self, keep: str | None = None) -> None:
+        """Drop expired conversations, then the least recently used until count and bytes fit."""
+        cutoff = self.clock() - self.ttl_s
+        for (conv_id,) in self.db.execute("SELECT id FROM conversations WHERE last_used < ?", (cutoff,)).fetchall():
+            if conv_id not in self.busy and conv_id != keep:
+                self._delete(self._row(conv_id), "expired")
+        count, total = self.totals()
+        if count > self.max_count or total > self.max_bytes:
+            for (conv_id,) in self.db.execute("SELECT id FROM conversations ORDER BY last_used").fetchall():
+                if count <= self.max_count and total <= self.max_bytes:
+                    break
+                if conv_id in self.busy or conv_id == keep:
+                    continue
+                conv = self._row(conv_id)
+                self._delete(conv, "lru")
+                count, total = count - 1, total - conv.nbytes
+        n = self.db.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0]
+        if n > MAX_TOMBSTONES:
+            self.db.execute(
+                "DELETE FROM tombstones WHERE id IN (SELECT id FROM tombstones ORDER BY time LIMIT ?)",
+                (n - MAX_TOMBSTONES,),
+            )
+
+    def sweep(self) -> None:
+        with self.lock:
+            self._enforce_bounds()
+
+    def totals(self) -> tuple[int, int]:
+        count, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM conversations").fetchone()
+        return int(count), int(total)
+
+    def _remove_orphans(self) -> None:
+        referenced = {
+            r[0] for r in self.db.execute("SELECT state_file FROM conversations WHERE state_file IS NOT NULL")
+        }
+        for path in self.states_dir.iterdir():
+            if path.name not in referenced:
+                path.unlink(missing_ok=True)
+
+    def stats(self) -> dict:
+        with self.lock:
+            count, total = self.totals()
+            return {
+                "conversations": count,
+                "bytes": total,
+                "max_conversations": self.max_count,
+                "max_bytes": self.max_bytes,
+                "ttl_s": self.ttl_s,
+                "eviction_policy": "expire after ttl_s idle, then least recently used until within both bounds",
+                "evicted": dict(self.evictions),
+                "active_turns": len(self.busy),
+                "cached_states": len(self.cache),
+                "cached_bytes": self.cached_bytes,
+            }
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()

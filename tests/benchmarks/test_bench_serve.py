@@ -1,0 +1,39 @@
+"""``retnet bench serve``: the report's schema from toy figures (the real run is a command, not a test)."""
+
+from __future__ import annotations
+
+import json
+
+from retnet.benchmarks import bench_serve
+from retnet.benchmarks.report import write_report
+from retnet.cli.main import build_parser
+
+
+def test_summary_and_report_schema(tmp_path):
+    args = build_parser().parse_args(["bench", "serve", "--turns", "3", "--out", str(tmp_path)])
+    assert args.clients == 32 and args.duration == 60 and args.turns == 3 and args.threads == 1
+    rows = [
+        {"turn": k, "ttft_stateful_ms": 10.0 + k % 2, "ttft_resend_ms": 10.0 * k,
+         "prompt_tokens_stateful": 70, "prompt_tokens_resend": 70 * k}
+        for k in (1, 2, 3)
+    ]  # fmt: skip
+    load = {
+        "clients": 32, "duration_s": 60.0, "requests_completed": 100, "errors": 0, "first_errors": [],
+        "tokens_per_s": 50.0, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "ttft_p50_ms": 0.5, "ttft_p99_ms": 0.9,
+        "rss_start_mb": 400.0, "rss_end_mb": 404.0, "rss_max_mb": 405.0, "rss_growth_pct": 1.0,
+        "rss_series": [(0.0, 399.0), (11.0, 400.0), (70.0, 404.0)],
+    }  # fmt: skip
+    summary = bench_serve.summarize(rows, load, 1234, args)
+    assert summary["ttft_stateful_turn3_over_turn2"] == round(11 / 10, 3)
+    assert summary["ttft_resend_turn3_over_turn2"] == 1.5
+    assert summary["goal_stateful_within_20pct"] and summary["goal_no_errors"] and summary["goal_rss_growth_below_5pct"]
+    paths = write_report("serve", title="t", rows=rows, out_dir=tmp_path, summary=summary,
+                         chart=bench_serve._chart(rows, load, args))  # fmt: skip
+    data = json.loads(paths["json"].read_text())
+    assert data["summary"]["load_tokens_per_s"] == 50.0 and len(data["rows"]) == 3 and paths["png"].stat().st_size
+
+
+def test_percentile_and_messages():
+    assert bench_serve._pct([3.0, 1.0, 2.0], 0.5) == 2.0 and bench_serve._pct([1.0] * 98 + [9.0, 9.0], 0.99) == 9.0
+    msg = bench_serve._user_message(2, 5, 120)
+    assert len(msg) == 120 and msg != bench_serve._user_message(2, 6, 120)

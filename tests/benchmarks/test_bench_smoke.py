@@ -1,0 +1,184 @@
+"""Toy-size smoke runs of each benchmark: the outputs' files and schema, equal parameter counts."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from retnet.benchmarks.measure import run_isolated
+from retnet.cli.main import main
+
+MACHINE_KEYS = {"platform", "processor", "cpu_count", "torch", "device"}
+
+
+def _main(monkeypatch, argv):
+    monkeypatch.setattr(sys, "argv", ["retnet", *argv])  # the report records the command line
+    return main(argv)
+
+
+def _load(tmp_path, name):
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
+    data = json.loads((tmp_path / f"{name}.json").read_text())
+    assert {"name", "title", "command", "machine", "date", "summary", "rows"} <= set(data)
+    assert data["command"].startswith("retnet bench " + name)
+    assert MACHINE_KEYS <= set(data["machine"])
+    assert "transformers" in data["machine"]
+    md = (tmp_path / f"{name}.md").read_text()
+    assert data["command"] in md and f"{name}.png" in md
+    return data
+
+
+def _assert_equal_size(data):
+    s = data["summary"]
+    assert abs(s["llama_params"] - s["retnet_params"]) / s["retnet_params"] < 0.05
+    params = {r["model"]: r["params"] for r in data["rows"] if "params" in r}
+    assert {"retnet", "llama"} <= set(params)
+    for model, n in params.items():
+        assert abs(n - params["retnet"]) / params["retnet"] < 0.05, model
+
+
+def test_decode_smoke(tmp_path, monkeypatch):
+    argv = [
+        "bench",
+        "decode",
+        "--tiny",
+        "--in-process",
+        "--contexts",
+        "16,64",
+        "--batch8-contexts",
+        "16",
+        "--large-batch",
+        "2",
+        "--prefill-max",
+        "32",
+        "--prefill-block",
+        "8",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--memory-budget-gib",
+        "0.00004",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert _main(monkeypatch, argv) == 0
+    data = _load(tmp_path, "decode")
+    rows = data["rows"]
+    assert len(rows) == 6
+    ran = [r for r in rows if "error" not in r]
+    # a 42 KB budget skips Llama at 64 tokens (its cache: 64 KiB) and reports why
+    skipped = [r for r in rows if "error" in r]
+    assert [(r["batch"], r["context"]) for r in skipped] == [(1, 64)]
+    assert all(r["model"] == "llama" and "KV cache would need" in r["error"] for r in skipped)
+    for r in ran:
+        assert r["step_ms"] > 0 and r["tokens_per_s"] > 0 and r["memory_mib"] > 0 and r["floor_ms"] > 0
+        assert r["context_fill"] == ("prefill" if r["context"] <= 32 else "synthetic")
+        assert abs(r["tokens_per_s"] - r["batch"] * 1e3 / r["step_ms"]) < 1e-6 * r["tokens_per_s"]
+    retnet = [r for r in ran if r["model"] == "retnet"]
+    assert len({round(r["state_or_cache_mib"] / r["batch"], 9) for r in retnet}) == 1  # fixed-size state
+    assert "llama_not_run" in data["summary"]
+    _assert_equal_size(data)
+
+
+def test_decode_llama_cache_grows_with_context(tmp_path, monkeypatch):
+    argv = [
+        "bench",
+        "decode",
+        "--tiny",
+        "--in-process",
+        "--contexts",
+        "16,64",
+        "--batch8-contexts",
+        "16",
+        "--large-batch",
+        "2",
+        "--prefill-max",
+        "16",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert _main(monkeypatch, argv) == 0
+    rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    cache = {(r["batch"], r["context"]): r["state_or_cache_mib"] for r in rows if r["model"] == "llama"}
+    assert cache[(1, 64)] == 4 * cache[(1, 16)] and cache[(2, 16)] == 2 * cache[(1, 16)]
+    assert (
+        any(k.startswith("throughput_ratio") for k in json.loads((tmp_path / "decode.json").read_text())["summary"])
+        is False
+    )
+
+
+def test_train_smoke(tmp_path, monkeypatch):
+    argv = [
+        "bench",
+        "train",
+        "--tiny",
+        "--in-process",
+        "--lengths",
+        "32,64",
+        "--steps",
+        "1",
+        "--warmup-len",
+        "16",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert _main(monkeypatch, argv) == 0
+    data = _load(tmp_path, "train")
+    rows = data["rows"]
+    assert {(r["model"], r["mode"]) for r in rows} == {
+        ("retnet", "parallel"),
+        ("retnet", "chunkwise"),
+        ("llama", "sdpa"),
+    }
+    assert all("error" not in r and r["tokens_per_s"] > 0 and r["memory_mib"] > 0 for r in rows)
+    assert "chunkwise_over_llama_tokens_per_s_64" in data["summary"]
+    _assert_equal_size(data)
+
+
+def test_isolated_worker_reports_result_peak_memory_and_errors():
+    ok = run_isolated("retnet.benchmarks.report:machine_info", {}, timeout_s=120)
+    assert ok["torch"] == torch.__version__ and ok["process_peak_rss"] > 10 * 1024**2
+    bad = run_isolated("retnet.benchmarks.nonexistent:f", {}, timeout_s=120)
+    assert bad["error"].startswith("exit code") and "nonexistent" in bad["error"]
+
+
+def test_quality_smoke(tmp_path, monkeypatch):
+    argv = [
+        "bench",
+        "quality",
+        "--tiny",
+        "--in-process",
+        "--factors",
+        "1,2",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert _main(monkeypatch, argv) == 0
+    data = _load(tmp_path, "quality")
+    rows = {r["model"]: r for r in data["rows"]}
+    assert set(rows) == {"retnet", "gated", "llama"}
+    for r in rows.values():
+        assert "error" not in r
+        assert r["train_tokens"] == 3 * 2 * 16 and r["eval_tokens"] % 32 == 0
+        assert 0 < r["bpb_1x"] < 16 and 0 < r["bpb_2x"] < 16  # byte vocabulary: at most ~8 bits untrained
+    # every model trained and evaluated on the same tokens: gated differs from RetNet only by the decay gate
+    assert len({r["eval_tokens"] for r in rows.values()}) == 1
+    assert {"retnet_bpb_vs_llama (goal <= 0.03)", "retnet_rise_at_2x (goal < 0.02)"} <= set(data["summary"])
+    _assert_equal_size(data)
+    assert abs(rows["gated"]["params"] - rows["llama"]["params"]) / rows["llama"]["params"] < 0.05

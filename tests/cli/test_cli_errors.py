@@ -1,0 +1,125 @@
+"""Bad input: a one-line error naming the culprit, exit code 2, nothing overwritten."""
+
+import shutil
+
+import pytest
+
+from .helpers import run_cli, snapshot
+
+SMALL = ["--model-set", "hidden_size=32", "--model-set", "value_dim=32", "--model-set", "ffn_dim=64"]
+
+
+@pytest.fixture
+def existing_run(tmp_path, trained_dir):
+    run = tmp_path / "existing"
+    shutil.copytree(trained_dir, run)
+    return run
+
+
+def _check(capsys, argv, match, protected):
+    before = snapshot(protected)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert match in lines[0], lines[0]
+    assert snapshot(protected) == before
+
+
+def test_missing_corpus(tmp_path, capsys, existing_run):
+    _check(
+        capsys,
+        ["train", "--preset", "smoke", "--data", tmp_path / "nope.txt", "--out", existing_run],
+        "nope.txt",
+        existing_run,
+    )
+
+
+def test_empty_corpus(tmp_path, capsys, existing_run):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n")
+    _check(capsys, ["train", "--preset", "smoke", "--data", empty, "--out", existing_run], "empty.txt", existing_run)
+
+
+def test_corpus_smaller_than_one_sequence(tmp_path, capsys, existing_run):
+    small = tmp_path / "small.txt"
+    small.write_text("To be, or not to be: that is the question.\n" * 3)
+    _check(
+        capsys,
+        ["train", "--preset", "smoke", "--data", small, "--seq-len", "64", "--out", existing_run],
+        "too small",
+        existing_run,
+    )
+
+
+def test_unknown_preset(capsys, existing_run):
+    _check(capsys, ["train", "--preset", "gigantic", "--out", existing_run], "unknown preset 'gigantic'", existing_run)
+
+
+def test_unwritable_output_folder(tmp_path, capsys, corpus_file):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _check(
+        capsys,
+        ["train", "--preset", "smoke", "--data", corpus_file, "--out", blocker / "run"],
+        "is not a folder",
+        tmp_path,
+    )
+    _check(capsys, ["train", "--preset", "smoke", "--data", corpus_file, "--out", blocker], "is not a folder", tmp_path)
+    _check(
+        capsys,
+        ["train", "--preset", "smoke", "--data", corpus_file, "--out", "/proc/retnet-run"],
+        "/proc/retnet-run",
+        tmp_path,
+    )
+
+
+def test_resume_with_a_checkpoint_from_another_model(capsys, existing_run, corpus_file):
+    # existing_run was trained with hidden_size 32 and a BPE tokenizer; resuming as a 48-wide model must refuse
+    argv = [
+        "train",
+        "--preset",
+        "smoke",
+        "--data",
+        corpus_file,
+        "--out",
+        existing_run,
+        "--resume",
+        "--model-set",
+        "hidden_size=48",
+        "--model-set",
+        "value_dim=32",
+        "--model-set",
+        "ffn_dim=64",
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "300",
+        "--seq-len",
+        "32",
+    ]
+    _check(capsys, argv, "is from another model: hidden_size", existing_run)
+
+
+def test_resume_without_checkpoints(tmp_path, capsys, corpus_file):
+    _check(
+        capsys,
+        ["train", "--preset", "smoke", "--data", corpus_file, "--out", tmp_path / "fresh", "--resume"],
+        "no checkpoint",
+        tmp_path,
+    )
+
+
+def test_generate_and_eval_name_a_bad_model_dir(tmp_path, capsys, existing_run):
+    _check(capsys, ["generate", tmp_path / "nope"], "does not exist", tmp_path)
+    (tmp_path / "notmodel").mkdir()
+    _check(capsys, ["eval", tmp_path / "notmodel"], "not a model directory", tmp_path)
+    _check(capsys, ["generate", existing_run, "--top-p", "1.5"], "--top-p", existing_run)
+    _check(capsys, ["info", "gigantic"], "unknown preset", tmp_path)
+
+
+def test_tokenizer_of_another_model(tmp_path, capsys, existing_run):
+    from retnet.data.tokenizers import Tokenizer
+
+    Tokenizer.byte().save(existing_run)  # 256 tokens; the model has 300
+    _check(capsys, ["generate", existing_run, "--prompt", "x"], "different models", existing_run)
