@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
 from retnet.serving.config import ServerConfig
 from retnet.serving.engine import Engine
 from retnet.serving.errors import APIError, install_error_handlers
+from retnet.serving.memory import trim, tune_malloc
 from retnet.serving.middleware import LimitsAndAuth
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.store import ConversationBusy, ConversationNotFound, ConversationStore
@@ -50,6 +52,7 @@ def model_fingerprint(model_dir: Path) -> str:
 
 def create_app(config: ServerConfig) -> FastAPI:
     """Load the model, tokenizer and store (errors raise here, before serving) and build the app."""
+    tune_malloc()
     if config.threads:
         torch.set_num_threads(config.threads)
     model = load_pretrained(config.model_dir, dtype=DTYPES[config.dtype])
@@ -85,12 +88,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         engine.start()
 
-        async def sweep():
-            while True:
-                await asyncio.sleep(60)
-                await asyncio.to_thread(store.sweep)
+        async def housekeeping():
+            for n in itertools.count(1):
+                await asyncio.sleep(5)
+                await asyncio.to_thread(trim)
+                if n % 12 == 0:
+                    await asyncio.to_thread(store.sweep)
 
-        task = asyncio.create_task(sweep())
+        task = asyncio.create_task(housekeeping())
         try:
             yield
         finally:
