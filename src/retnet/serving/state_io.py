@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from retnet.layers.attention import KVCache
 from retnet.models import RetNetState
 from retnet.models.io import atomic_write_bytes
 
@@ -23,6 +24,8 @@ def _flatten(x: Any, prefix: str, out: dict[str, torch.Tensor]) -> Any:
         return {"l": [_flatten(v, f"{prefix}.{i}", out) for i, v in enumerate(x)]}
     if isinstance(x, dict):
         return {"d": {k: _flatten(v, f"{prefix}.{k}", out) for k, v in x.items()}}
+    if isinstance(x, KVCache):  # attention layers of hybrids, YOCO's shared cache
+        return {"kv": {name: _flatten(getattr(x, name), f"{prefix}.{name}", out) for name in ("k", "v", "mask")}}
     if x is None:
         return {"n": None}
     raise TypeError(f"cannot store a state entry of type {type(x).__name__}")
@@ -35,6 +38,8 @@ def _unflatten(spec: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return [_unflatten(v, tensors) for v in spec["l"]]
     if "d" in spec:
         return {k: _unflatten(v, tensors) for k, v in spec["d"].items()}
+    if "kv" in spec:
+        return KVCache(**{k: _unflatten(v, tensors) for k, v in spec["kv"].items()})
     return None
 
 
@@ -42,8 +47,10 @@ def save_state(path: Path, state: RetNetState, metadata: dict[str, str] | None =
     """Write atomically; returns the file size in bytes."""
     tensors: dict[str, torch.Tensor] = {}
     spec = _flatten(state.layers, "layers", tensors)
+    shared = _flatten(state.shared, "shared", tensors)
     tensors["offset"] = state.offset.detach().contiguous().cpu()
-    meta = {"format": "retnet-state", "structure": json.dumps(spec), **(metadata or {})}
+    structure = json.dumps(spec)
+    meta = {"format": "retnet-state", "structure": structure, "shared": json.dumps(shared), **(metadata or {})}
     atomic_write_bytes(path, lambda p: save_file(tensors, p, metadata=meta))
     return path.stat().st_size
 
@@ -56,17 +63,27 @@ def load_state(path: Path, device: str | torch.device = "cpu") -> tuple[RetNetSt
             raise ValueError(f"{path} is not a retnet state file")
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     layers = _unflatten(json.loads(meta["structure"]), tensors)
-    return RetNetState(layers, tensors["offset"]), meta
+    shared = _unflatten(json.loads(meta["shared"]), tensors) if "shared" in meta else None
+    return RetNetState(layers, tensors["offset"], shared), meta
 
 
 def check_state(state: RetNetState, like: RetNetState) -> None:
-    """Raise ValueError unless ``state`` has the layer count, shapes and dtypes of ``like``."""
+    """Raise ValueError unless ``state`` has the layer structure, shapes and dtypes of ``like``.
+
+    Attention KV caches grow with the conversation, so their length (and their optional padding mask) is not
+    compared; everything else must match exactly.
+    """
     a: dict[str, torch.Tensor] = {}
     b: dict[str, torch.Tensor] = {}
-    _flatten(state.layers, "layers", a)
-    _flatten(like.layers, "layers", b)
+    _flatten([state.layers, state.shared], "layers", a)
+    _flatten([like.layers, like.shared], "layers", b)
+    a = {k: v for k, v in a.items() if not k.endswith(".mask")}
+    b = {k: v for k, v in b.items() if not k.endswith(".mask")}
     if a.keys() != b.keys():
         raise ValueError("state has a different layer structure than the model")
     for k in a:
-        if a[k].shape != b[k].shape or a[k].dtype != b[k].dtype:
+        sa, sb = tuple(a[k].shape), tuple(b[k].shape)
+        if k.endswith((".k", ".v")) and len(sa) == len(sb) == 4:  # [B, H, L, D]: any length L
+            sa, sb = sa[:2] + sa[3:], sb[:2] + sb[3:]
+        if sa != sb or a[k].dtype != b[k].dtype:
             raise ValueError(f"state tensor {k} is {tuple(a[k].shape)} {a[k].dtype}, expected {tuple(b[k].shape)}")
