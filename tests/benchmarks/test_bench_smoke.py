@@ -172,7 +172,7 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert _main(monkeypatch, argv) == 0
     data = _load(tmp_path, "quality")
     rows = {r["model"]: r for r in data["rows"]}
-    assert set(rows) == {"retnet", "gated", "llama"}
+    assert set(rows) == {"retnet", "gated", "hybrid", "yoco", "llama"}
     for r in rows.values():
         assert "error" not in r
         assert r["train_tokens"] == 3 * 2 * 16 and r["eval_tokens"] % 32 == 0
@@ -182,3 +182,5 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert {"retnet_bpb_vs_llama (goal <= 0.03)", "retnet_rise_at_2x (goal < 0.02)"} <= set(data["summary"])
     _assert_equal_size(data)
     assert abs(rows["gated"]["params"] - rows["llama"]["params"]) / rows["llama"]["params"] < 0.05
+    assert {"hybrid_bpb_vs_llama", "yoco_bpb_vs_llama", "yoco_rise_at_2x"} <= set(data["summary"])
+    assert "hybrid: block_types GA" in (tmp_path / "quality.md").read_text()
