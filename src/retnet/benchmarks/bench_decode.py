@@ -330,7 +330,8 @@ def summarize(rows: list[dict[str, Any]], large_batch: int) -> dict[str, Any]:
     missing = [
         f"b{r['batch']}@{r['context']}: {r['error']}" for r in rows if r.get("model") == "llama" and "error" in r
     ]
-    s["llama_not_run"] = "; ".join(missing) if missing else "none"
+    if any(r.get("model") == "llama" for r in rows):
+        s["llama_not_run"] = "; ".join(missing) if missing else "none"
     others = [
         f"{r['model']} b{r['batch']}@{r['context']}: {r['error']}"
         for r in rows
