@@ -64,6 +64,9 @@ def test_decode_smoke(tmp_path, monkeypatch):
         "1",
         "--memory-budget-gib",
         "0.00004",
+        "--models",
+        "retnet",
+        "llama",
         "--out-dir",
         str(tmp_path),
     ]
@@ -106,6 +109,9 @@ def test_decode_llama_cache_grows_with_context(tmp_path, monkeypatch):
         "1",
         "--threads",
         "1",
+        "--models",
+        "retnet",
+        "llama",
         "--out-dir",
         str(tmp_path),
     ]
@@ -117,6 +123,32 @@ def test_decode_llama_cache_grows_with_context(tmp_path, monkeypatch):
         any(k.startswith("throughput_ratio") for k in json.loads((tmp_path / "decode.json").read_text())["summary"])
         is False
     )
+
+
+def test_decode_variants_fill_kv_caches_at_the_context(tmp_path, monkeypatch):
+    """Hybrid and YOCO: real prefill at 16 tokens, synthetic KV caches at 64; the cache part scales with context."""
+    argv = ["bench", "decode", "--tiny", "--in-process", "--contexts", "16,64", "--batch8-contexts", "16"]
+    argv += ["--large-batch", "2", "--prefill-max", "16", "--prefill-block", "8", "--warmup", "0", "--steps", "1"]
+    argv += ["--threads", "1", "--models", "gated", "hybrid", "yoco", "--name", "dv", "--out-dir", str(tmp_path)]
+    assert _main(monkeypatch, argv) == 0
+    data = json.loads((tmp_path / "dv.json").read_text())
+    rows = {(r["model"], r["batch"], r["context"]): r for r in data["rows"]}
+    assert len(rows) == 9 and all("error" not in r for r in rows.values())
+    assert rows[("hybrid", 1, 16)]["context_fill"] == "prefill" and rows[("yoco", 1, 64)]["context_fill"] == "synthetic"
+    from retnet.benchmarks.baseline import variant_config
+    from retnet.models import RetNetConfig
+
+    base = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96)
+    for model in ("gated", "hybrid", "yoco"):
+        cfg = RetNetConfig(**variant_config(model, base))
+        for batch, context in ((1, 16), (1, 64), (2, 16)):
+            expected = cfg.state_nbytes(context, batch_size=batch) / 1024**2
+            assert abs(rows[(model, batch, context)]["state_or_cache_mib"] - expected) < 1e-9, (model, batch, context)
+        assert abs(data["summary"][f"{model}_params"] - data["summary"]["retnet_params"]) < 0.05 * 123200
+    # the fixed-size gated state does not grow; the KV caches do
+    assert rows[("gated", 1, 64)]["state_or_cache_mib"] == rows[("gated", 1, 16)]["state_or_cache_mib"]
+    for model in ("hybrid", "yoco"):
+        assert rows[(model, 1, 64)]["state_or_cache_mib"] > rows[(model, 1, 16)]["state_or_cache_mib"]
 
 
 def test_train_smoke(tmp_path, monkeypatch):
@@ -172,7 +204,7 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert _main(monkeypatch, argv) == 0
     data = _load(tmp_path, "quality")
     rows = {r["model"]: r for r in data["rows"]}
-    assert set(rows) == {"retnet", "gated", "llama"}
+    assert set(rows) == {"retnet", "gated", "hybrid", "yoco", "llama"}
     for r in rows.values():
         assert "error" not in r
         assert r["train_tokens"] == 3 * 2 * 16 and r["eval_tokens"] % 32 == 0
@@ -182,3 +214,5 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert {"retnet_bpb_vs_llama (goal <= 0.03)", "retnet_rise_at_2x (goal < 0.02)"} <= set(data["summary"])
     _assert_equal_size(data)
     assert abs(rows["gated"]["params"] - rows["llama"]["params"]) / rows["llama"]["params"] < 0.05
+    assert {"hybrid_bpb_vs_llama", "yoco_bpb_vs_llama", "yoco_rise_at_2x"} <= set(data["summary"])
+    assert "hybrid: block_types GA" in (tmp_path / "quality.md").read_text()

@@ -83,6 +83,40 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+VARIANTS = ("retnet", "gated", "hybrid", "yoco")
+
+
+def hybrid_pattern(num_layers: int) -> str:
+    """Gated retention with softmax attention every 4th layer ("GGGA" for 4 layers); the last layer is
+    attention when there are fewer than 4."""
+    kinds = ["A" if i % 4 == 3 else "G" for i in range(num_layers)]
+    if "A" not in kinds:
+        kinds[-1] = "A"
+    return "".join(kinds)
+
+
+def variant_config(model: str, retnet_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The RetNet kwargs of one variant (``retnet``, ``gated``, ``hybrid``, ``yoco``) at RetNet's size.
+
+    Attention and YOCO's cross-attention layers have fewer weights than a retention layer (no d_v-wide
+    value/gate projections), so the variant's FFN width is solved to bring its total back to RetNet's.
+    """
+    if model not in VARIANTS:
+        raise ValueError(f"model must be one of {VARIANTS}, got {model!r}")
+    base = dict(retnet_kwargs)
+    if model == "retnet":
+        return base
+    if model == "gated":
+        return {**base, "gated": True}
+    extra = {"block_types": hybrid_pattern(base["num_layers"])} if model == "hybrid" else {"architecture": "yoco"}
+    cfg = {**base, **extra}
+    target = RetNetConfig(**base).num_parameters()
+    have = RetNetConfig(**cfg).num_parameters()
+    per_unit = 3 * base["hidden_size"] * base["num_layers"]  # parameters per unit of FFN width
+    cfg["ffn_dim"] = max(1, RetNetConfig(**cfg).ffn_dim + round((target - have) / per_unit))
+    return cfg
+
+
 def build_pair(retnet_kwargs: dict[str, Any], seed: int = 0) -> tuple[RetNetConfig, Any]:
     """The RetNet config and its matched Llama config."""
     rcfg = RetNetConfig(**retnet_kwargs)

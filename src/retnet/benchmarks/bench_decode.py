@@ -1,11 +1,13 @@
 """``retnet bench decode``: per-token decoding latency, tokens/s and memory vs context, RetNet vs Llama.
 
-RetNet decodes with its O(1) recurrent step from a fixed-size state; the baseline is Hugging Face
+RetNet decodes with its O(1) recurrent step from a fixed-size state (gated RetNet too; the hybrid adds a KV
+cache per attention layer, YOCO one shared KV cache); the baseline is Hugging Face
 ``LlamaForCausalLM`` (SDPA) decoding one token at a time from its ``DynamicCache``, both at the same
 parameter count. Each (model, batch, context) runs in a fresh process so its peak memory is its own.
 The context is built by a real prefill up to ``--prefill-max`` tokens (RetNet chunkwise, Llama through
 its cache, in blocks of ``--prefill-block``; one row, replicated to the batch); beyond it the state or
-KV cache is filled with random values, since a step's cost does not depend on them.
+KV caches (Llama's, the hybrid's and YOCO's) are filled with random values of the right length, since a
+step's cost does not depend on them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.baseline import DECODE_100M, build_llama, build_pair, build_retnet, count_parameters
+from retnet.benchmarks.baseline import (
+    DECODE_100M,
+    build_llama,
+    build_pair,
+    build_retnet,
+    count_parameters,
+    variant_config,
+)
 from retnet.benchmarks.measure import (
     GIB,
     current_rss,
@@ -28,8 +37,9 @@ from retnet.benchmarks.measure import (
     time_steps,
 )
 from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet.models import RetNetConfig
 
-MODELS = ("retnet", "llama")
+MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 MIB = 1024**2
 
 
@@ -42,6 +52,32 @@ def llama_cache_bytes(llama_config: Any, batch: int, context: int) -> int:
 
 def _cache_nbytes(cache: Any) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def _random_kv(cache: Any, context: int, scale: float = 0.02) -> Any:
+    """A :class:`KVCache` shaped like ``cache`` but ``context`` tokens long, with random keys and values."""
+    from retnet.layers.attention import KVCache
+
+    B, H, _, D = cache.k.shape
+    k = torch.randn(B, H, context, D, device=cache.k.device, dtype=cache.k.dtype) * scale
+    return KVCache(k, torch.randn_like(k) * scale)
+
+
+def synthetic_state(state: Any, context: int) -> Any:
+    """``state`` with every part at ``context`` tokens: random retention states, random KV caches."""
+    from retnet.layers.attention import KVCache
+
+    def fill(x: Any) -> Any:
+        if isinstance(x, KVCache):
+            return _random_kv(x, context)
+        if isinstance(x, torch.Tensor):
+            return torch.randn_like(x) * 0.02
+        return x  # None: YOCO's cross-attention layers keep nothing of their own
+
+    state.layers = [fill(t) for t in state.layers]
+    state.shared = fill(state.shared)
+    state.offset = torch.full_like(state.offset, context)
+    return state
 
 
 def _weights_read_per_step(model: torch.nn.Module, batch: int) -> int:
@@ -75,13 +111,15 @@ def decode_case(
     bandwidth = measure_bandwidth(dev, bandwidth_mib * MIB)
     reset_peak_memory(dev)
     rcfg, lcfg = build_pair(retnet_config)
-    net = (build_retnet(rcfg, seed) if model == "retnet" else build_llama(lcfg, seed)).to(dev)
+    if model != "llama":
+        rcfg = build_pair(variant_config(model, retnet_config))[0]
+    net = (build_llama(lcfg, seed) if model == "llama" else build_retnet(rcfg, seed)).to(dev)
     gen = torch.Generator().manual_seed(seed)
     vocab = rcfg.vocab_size
     real = context <= prefill_max
     t0 = time.perf_counter()
     with torch.no_grad():
-        if model == "retnet":
+        if model != "llama":
             state = None
             if real:
                 ids = torch.randint(0, vocab, (1, context), generator=gen).to(dev)
@@ -92,9 +130,8 @@ def decode_case(
                 state = state.select([0] * batch)
             else:
                 _, probe = net.model(torch.zeros(batch, 1, dtype=torch.long, device=dev), use_cache=True)
-                state = probe
-                state.layers = [torch.randn_like(t) * 0.02 for t in probe.layers]
-                state.offset = torch.full_like(probe.offset, context)
+                state = synthetic_state(probe, context)
+                del probe
             memo_bytes = state.nbytes()
         else:
             from transformers import DynamicCache
@@ -119,11 +156,11 @@ def decode_case(
     rss_before = current_rss()
     reset_peak_memory(dev)
     tokens = torch.randint(0, vocab, (batch, 1), generator=gen).to(dev)
-    holder: dict[str, Any] = {"state": state} if model == "retnet" else {"cache": cache}
+    holder: dict[str, Any] = {"cache": cache} if model == "llama" else {"state": state}
 
     def step() -> None:
         with torch.no_grad():
-            if model == "retnet":
+            if model != "llama":
                 out = net(tokens, state=holder["state"], use_cache=True, mode="recurrent")
                 holder["state"] = out.state
             else:
@@ -167,10 +204,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     budget = args.memory_budget_gib * GIB
     rows: list[dict[str, Any]] = []
     started = time.time()
+    variants = {m: RetNetConfig(**variant_config(m, retnet_kwargs)) for m in args.models if m != "llama"}
     for batch, context in _grid(args.contexts, args.batch8_contexts, args.large_batch):
-        for model in MODELS:
+        for model in args.models:
             row: dict[str, Any] = {"model": model, "batch": batch, "context": context}
-            need = llama_cache_bytes(lcfg, batch, context) if model == "llama" else 0
+            if model == "llama":
+                need = llama_cache_bytes(lcfg, batch, context)
+            else:
+                cfg = variants[model]  # the KV caches' part only (hybrid, YOCO): retention states are fixed
+                need = cfg.state_nbytes(context, batch_size=batch) - cfg.state_nbytes(0, batch_size=batch)
             if need > budget:
                 row["error"] = (
                     f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {args.memory_budget_gib:g} GiB"
@@ -201,9 +243,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(rows, args.large_batch)
     summary["retnet_params"] = rcfg.num_parameters()
     summary["llama_params"] = count_parameters_of_config(lcfg)
+    for model, cfg in variants.items():
+        summary[f"{model}_params"] = cfg.num_parameters()
     write_report(
-        "decode",
-        title="Decoding: RetNet (recurrent) vs Llama (HF transformers, SDPA + KV cache)",
+        args.name,
+        title="Decoding: RetNet (recurrent) and its variants vs Llama (HF transformers, SDPA + KV cache)",
         rows=rows,
         out_dir=args.out_dir,
         columns=COLUMNS,
@@ -286,7 +330,15 @@ def summarize(rows: list[dict[str, Any]], large_batch: int) -> dict[str, Any]:
     missing = [
         f"b{r['batch']}@{r['context']}: {r['error']}" for r in rows if r.get("model") == "llama" and "error" in r
     ]
-    s["llama_not_run"] = "; ".join(missing) if missing else "none"
+    if any(r.get("model") == "llama" for r in rows):
+        s["llama_not_run"] = "; ".join(missing) if missing else "none"
+    others = [
+        f"{r['model']} b{r['batch']}@{r['context']}: {r['error']}"
+        for r in rows
+        if r.get("model") not in ("retnet", "llama") and "error" in r
+    ]
+    if others:
+        s["variants_not_run"] = "; ".join(others)
     return s
 
 
@@ -297,6 +349,9 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   vocab {rcfg.vocab_size}, {rcfg.num_parameters():,} parameters; Llama (`transformers.LlamaForCausalLM`, SDPA,
   `DynamicCache`) d={lcfg.hidden_size}, {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads,
   intermediate {lcfg.intermediate_size}, {count_parameters_of_config(lcfg):,} parameters. float32, `torch.no_grad`.
+- Variants (at RetNet's size, FFN width solved to match): gated RetNet; hybrid (gated retention with softmax
+  attention every 4th layer, each with its own KV cache); YOCO (gated self-decoder, cross-attention decoder on one
+  shared KV cache). All decode with `mode="recurrent"`.
 - Each (model, batch, context) runs in a fresh process with {args.threads} torch threads. Step time: median of
   {args.steps} single-token steps (logits included) after {args.warmup} warm-up steps.
 - Context: a real prefill (random tokens, one row replicated to the batch; RetNet chunkwise, Llama through its
@@ -307,7 +362,7 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   state / KV cache alone.
 - Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
   process (median time to sum a 512 MiB float32 tensor; 16 MiB with --tiny). `step_over_floor` = step time / floor.
-- Llama cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped
+- Cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped
   with the reason (the machine is shared).
 - Timed under `flock /tmp/retnet-bench.lock` on a machine shared with other jobs; the figures carry that noise.
 """
@@ -329,7 +384,7 @@ def chart(rows: list[dict[str, Any]]):
         if not pts:
             continue
         x = [r["context"] for r in pts]
-        style = "-o" if model == "retnet" else "--s"
+        style = "--s" if model == "llama" else "-o"
         label = f"{model} batch {batch}"
         axes[0].plot(x, [r["step_ms"] for r in pts], style, label=label)
         axes[1].plot(x, [r["tokens_per_s"] for r in pts], style, label=label)
@@ -355,6 +410,11 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _ints_or_none(text: str) -> list[int]:
+    """Comma-separated positive integers, or ``none`` for no cases."""
+    return [] if text.strip().lower() == "none" else _ints(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding latency/throughput/memory vs context, RetNet vs Llama")
     p.add_argument(
@@ -365,9 +425,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--batch8-contexts",
-        type=_ints,
+        type=_ints_or_none,
         default=[1024, 2048, 4096, 8192, 16384, 32768],
-        help="context lengths at the large batch",
+        help="context lengths at the large batch ('none': no large-batch cases)",
     )
     p.add_argument("--large-batch", type=int, default=8)
     p.add_argument("--prefill-max", type=int, default=8192, help="longest context built by a real prefill")
@@ -381,7 +441,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case before it is abandoned")
     p.add_argument("--max-minutes", type=float, default=0.0, help="skip remaining cases after this long (0: no limit)")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default all)")
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.add_argument("--name", default="decode", help="report file name (<name>.json/.md/.png)")
     p.set_defaults(func=lambda a: (print(run(a)), 0)[1])

