@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from retnet.models.config import MODEL_TYPE, ConfigError, RetNetConfig
+from retnet.models.config import MODEL_TYPE, ConfigError, RetNetConfig, read_config_json
 from retnet.models.io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_state_dict_checked
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -24,13 +24,9 @@ def read_config(directory: Path, hf_keys: frozenset[str] = frozenset()) -> RetNe
     """``config.json`` as a :class:`RetNetConfig`; keys in ``hf_keys`` (written by ``transformers``) are allowed."""
     path = directory / CONFIG_NAME
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"config file not found: {path}") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"config file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"config file {path} must hold a JSON object")
+        data = read_config_json(path)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
     if data.get("model_type", MODEL_TYPE) != MODEL_TYPE:
         raise CheckpointError(f"{path}: model_type must be {MODEL_TYPE!r}, got {data['model_type']!r}")
     ours = {k: v for k, v in data.items() if k not in hf_keys or k == "model_type"}
