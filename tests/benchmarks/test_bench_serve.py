@@ -37,3 +37,12 @@ def test_percentile_and_messages():
     assert bench_serve._pct([3.0, 1.0, 2.0], 0.5) == 2.0 and bench_serve._pct([1.0] * 98 + [9.0, 9.0], 0.99) == 9.0
     msg = bench_serve._user_message(2, 5, 120)
     assert len(msg) == 120 and msg != bench_serve._user_message(2, 6, 120)
+
+
+def test_rss_growth_ignores_single_spikes_and_reports_the_trend():
+    flat = [(t / 2, 500 + (40 if t % 7 == 0 else 0)) for t in range(120)]  # 60 s flat with spikes of +8%
+    start, end, slope = bench_serve.rss_growth(flat, edge_s=10)
+    assert start == end == 500 and abs(slope) < 0.2
+    leak = [(t / 2, 500 + t) for t in range(120)]  # +1 per half second: 2 per second
+    start, end, slope = bench_serve.rss_growth(leak, edge_s=10)
+    assert start == 510 and end == 609 and abs(slope - 2.0) < 1e-9

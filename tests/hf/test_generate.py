@@ -173,3 +173,24 @@ def test_bfloat16_load_generates_with_a_float32_state(model_path):
     out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
     assert out.sequences.shape == (1, 8)
     assert all(s.dtype == torch.float32 for s in out.past_key_values.state.layers)
+
+
+def test_yoco_prefill_runs_the_cross_decoder_on_the_kept_positions_only():
+    """``generate`` passes ``logits_to_keep=1`` at prefill; a YOCO model must then skip its cross-decoder for
+    every other prompt position (the saving YOCO exists for) and still produce the same logits and tokens."""
+    core = tiny_core(120, seed=5, dtype=torch.float64, architecture="yoco", num_layers=4)
+    hf = RetNetHFForCausalLM.from_retnet(core)
+    cross = core.model.layers[-1]
+    seen: list[int] = []
+    cross.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+    prompt = torch.randint(0, 120, (2, 37))
+    full = hf(prompt).logits
+    kept = hf(prompt, logits_to_keep=1).logits
+    assert seen == [37, 1] and kept.shape == (2, 1, 120)
+    torch.testing.assert_close(kept, full[:, -1:], rtol=0, atol=1e-10)
+    seen.clear()
+    ours, _ = retnet_generate(core, prompt[:1], max_new_tokens=12, temperature=0)
+    theirs = hf.generate(prompt[:1], max_new_tokens=12, do_sample=False)
+    assert theirs.tolist() == ours.tolist() and seen[:1] == [1]  # prefill: one position through the cross-decoder
+    with pytest.raises(ValueError, match="labels cannot be combined"):
+        hf(prompt, labels=prompt, logits_to_keep=1)

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="model directory (default: random weights, --preset)")
     p.add_argument("--preset", default="tiny", help="preset for the random model (default tiny)")
     p.add_argument("--turns", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=3, help="conversations per mode; TTFT is their median")
+    p.add_argument("--repeats", type=int, default=9, help="stored-state conversations; TTFT is their median")
+    p.add_argument("--resend-repeats", type=int, default=3, help="re-sending conversations (slow: whole history)")
     p.add_argument("--user-chars", type=int, default=120, help="length of each user message")
     p.add_argument("--reply-tokens", type=int, default=16)
     p.add_argument("--clients", type=int, default=32)
@@ -144,22 +145,24 @@ async def _turns(url: str, args) -> list[dict]:
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
     convs: list[str | None] = [None] * args.repeats
-    histories: list[list[dict]] = [[] for _ in range(args.repeats)]
+    histories: list[list[dict]] = [[] for _ in range(args.resend_repeats)]
     rows = []
     for k in range(1, args.turns + 1):
         stateful, resend, stateful_tokens, resend_tokens = [], [], [], []
-        for r in range(args.repeats):
+        for r in range(max(args.repeats, args.resend_repeats)):
             user = {"role": "user", "content": _user_message(r, k, args.user_chars)}
-            extra = {"conversation_id": convs[r]} if convs[r] else {"store": True}
-            ttft, _, usage, conv = await _stream_turn(client, [user], args.reply_tokens, extra)
-            convs[r] = conv
-            stateful.append(ttft)
-            stateful_tokens.append(usage.get("prompt_tokens", 0))
-            histories[r].append(user)
-            ttft, reply, usage, _ = await _stream_turn(client, histories[r], args.reply_tokens, {})
-            histories[r].append({"role": "assistant", "content": reply})
-            resend.append(ttft)
-            resend_tokens.append(usage.get("prompt_tokens", 0))
+            if r < args.repeats:
+                extra = {"conversation_id": convs[r]} if convs[r] else {"store": True}
+                ttft, _, usage, conv = await _stream_turn(client, [user], args.reply_tokens, extra)
+                convs[r] = conv
+                stateful.append(ttft)
+                stateful_tokens.append(usage.get("prompt_tokens", 0))
+            if r < args.resend_repeats:
+                histories[r].append(user)
+                ttft, reply, usage, _ = await _stream_turn(client, histories[r], args.reply_tokens, {})
+                histories[r].append({"role": "assistant", "content": reply})
+                resend.append(ttft)
+                resend_tokens.append(usage.get("prompt_tokens", 0))
         rows.append(
             {
                 "turn": k,
@@ -179,6 +182,21 @@ async def _turns(url: str, args) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------- part 2: load
+def rss_growth(samples: list[tuple[float, int]], edge_s: float) -> tuple[float, float, float]:
+    """(start, end, slope per second) of an RSS series: medians of its first and last ``edge_s`` seconds, so
+    that one sample taken mid-step (RSS moves by tens of MiB as batches come and go) decides nothing, and the
+    least-squares slope over the whole series, which shows a steady leak however noisy the samples."""
+    t0, t1 = samples[0][0], samples[-1][0]
+    first = [b for t, b in samples if t <= t0 + edge_s]
+    last = [b for t, b in samples if t >= t1 - edge_s]
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    mb = sum(b for _, b in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    slope = sum((t - mt) * (b - mb) for t, b in samples) / var if var > 0 else 0.0
+    return statistics.median(first), statistics.median(last), slope
+
+
 def _pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -215,11 +233,11 @@ async def _load(server: _Server, args) -> dict:
     async def sample_rss() -> None:
         while time.perf_counter() < end:
             rss.append((time.perf_counter() - start, server.rss_bytes()))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
 
     await asyncio.gather(sample_rss(), *(one_client(i) for i in range(args.clients)))
-    base = next(b for t, b in rss if t >= args.warmup) if any(t >= args.warmup for t, _ in rss) else rss[0][1]
-    final = rss[-1][1]
+    window = [(t, b) for t, b in rss if t >= args.warmup] or rss
+    base, final, slope = rss_growth(window, edge_s=min(10.0, args.duration / 4))
     lat = [r["latency"] for r in results]
     ttft = [r["ttft"] for r in results]
     tokens = sum(r["tokens"] for r in results)
@@ -236,8 +254,12 @@ async def _load(server: _Server, args) -> dict:
         "ttft_p99_ms": 1000 * _pct(ttft, 0.99),
         "rss_start_mb": base / 2**20,
         "rss_end_mb": final / 2**20,
-        "rss_max_mb": max(b for t, b in rss if t >= args.warmup) / 2**20 if len(rss) > 1 else final / 2**20,
         "rss_growth_pct": 100 * (final - base) / base,
+        "rss_trend_mb_per_min": slope * 60 / 2**20,
+        "rss_first_sample_mb": window[0][1] / 2**20,
+        "rss_last_sample_mb": window[-1][1] / 2**20,
+        "rss_min_mb": min(b for _, b in window) / 2**20,
+        "rss_max_mb": max(b for _, b in window) / 2**20,
         "rss_series": [(round(t, 1), round(b / 2**20, 2)) for t, b in rss],
     }
 
@@ -305,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
     from retnet.serving.random_model import write_random_model
 
     if args.quick:
-        args.turns, args.repeats, args.clients = min(args.turns, 3), 1, min(args.clients, 2)
+        args.turns, args.repeats, args.resend_repeats, args.clients = min(args.turns, 3), 1, 1, min(args.clients, 2)
         args.duration, args.warmup, args.reply_tokens, args.load_max_tokens = 2.0, 0.5, 4, 4
         args.user_chars = min(args.user_chars, 40)
     with tempfile.TemporaryDirectory(prefix="retnet-bench-serve-") as tmp:
@@ -325,16 +347,19 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
     summary = summarize(rows, load, health_after_turns["state_bytes_per_conversation"], args)
     notes = f"""
-Part 1 holds {args.repeats} conversations per mode, {args.turns} turns each; user messages of {args.user_chars}
-characters, replies of {args.reply_tokens} tokens (greedy), streamed; TTFT is measured by the `openai` client
-from sending the request to the first chunk (sent with the first sampled token) and is the median over the
-conversations. "Stored state" sends only the new message with `conversation_id`; "re-send" sends the whole
-history to the same server without a conversation (what any client of a stateless server must do).
+Part 1 holds {args.repeats} stored-state and {args.resend_repeats} re-sending conversations, {args.turns} turns
+each; user messages of {args.user_chars} characters, replies of {args.reply_tokens} tokens (greedy), streamed.
+TTFT is measured by the `openai` client from sending the request to the first chunk (sent with the first
+sampled token) and is the median over the conversations of its mode. "Stored state" sends only the new
+message with `conversation_id`; "re-send" sends the whole history to the same server without a conversation
+(what any client of a stateless server must do).
 
 Part 2: {args.clients} concurrent streaming clients (`openai.AsyncOpenAI`), each holding its own conversation
 (60-character messages, `max_tokens={args.load_max_tokens}`), for {args.warmup:g} s of warm-up and then
 {args.duration:g} s measured. Tokens/s counts completion tokens of requests that started and finished in the
-measured window; RSS growth compares the server's resident memory at the start of the window with the end.
+measured window. RSS is sampled every 0.5 s; growth compares the median of the window's first 10 s with the
+median of its last 10 s (single samples swing by tens of MiB as batches are built and freed: first/last sample,
+min and max are listed too), and the trend is the least-squares slope over the window. The JSON holds the series.
 Client and server share the machine's cores.
 """
     write_report(
@@ -345,6 +370,7 @@ Client and server share the machine's cores.
         summary=summary,
         notes=notes,
         chart=_chart(rows, load, args),
+        data={"rss_series_s_mib": load["rss_series"]},
     )
     print({k: v for k, v in summary.items()})
     return 0

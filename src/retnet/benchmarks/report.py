@@ -91,14 +91,18 @@ def write_report(
     summary: dict[str, Any] | None = None,
     notes: str = "",
     chart: Any = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``<name>.json``, ``<name>.md`` and (if ``chart`` is a matplotlib Figure) ``<name>.png``.
 
-    ``summary`` holds the headline figures (ratios, goals met); ``notes`` is Markdown shown under the table.
+    ``summary`` holds the headline figures (ratios, goals met); ``notes`` is Markdown shown under the table;
+    ``data`` (e.g. a time series) goes into the JSON only.
     """
     out = Path(out_dir)
     meta = {"command": command_line(), "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     payload = {"name": name, "title": title, **meta, "summary": summary or {}, "rows": list(rows)}
+    if data:
+        payload["data"] = data
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
     _atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
     m = meta["machine"]

@@ -170,6 +170,9 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
             if bool(mask.all()):
                 mask = None  # no padding here: the fast path
 
+        n_keep = logits_to_keep if isinstance(logits_to_keep, int) and logits_to_keep > 0 else 0
+        if n_keep and labels is not None:
+            raise ValueError("labels cannot be combined with logits_to_keep")
         state = past_key_values.state if past_key_values is not None else None
         hidden, new_state = self.model(
             input_ids,
@@ -178,18 +181,16 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             mode=retention_mode,
             inputs_embeds=inputs_embeds,
+            logits_to_keep=0 if output_hidden_states else n_keep,  # YOCO: cross-decoder on kept rows only
         )
         cache = None
         if use_cache:
             cache = past_key_values if past_key_values is not None else RetNetCache()
             cache.set_state(new_state, T)
 
-        keep = hidden[:, -logits_to_keep:] if isinstance(logits_to_keep, int) and logits_to_keep > 0 else hidden
-        logits = self.lm_head(keep)
+        logits = self.lm_head(hidden[:, -n_keep:] if n_keep else hidden)
         loss = None
         if labels is not None:
-            if keep is not hidden:
-                raise ValueError("labels cannot be combined with logits_to_keep")
             if mask is not None:
                 labels = labels.masked_fill(mask == 0, -100)  # padded positions never count, as in RetNetForCausalLM
             loss = self.loss_function(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import itertools
 import json
@@ -86,6 +87,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        gc.collect()
+        gc.freeze()  # the model, torch and the libraries are permanent: keep full collections off them
         engine.start()
 
         async def housekeeping():

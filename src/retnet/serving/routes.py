@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
@@ -37,6 +38,28 @@ class Turn:
         self.events: asyncio.Queue = asyncio.Queue()
         self.seq: Sequence | None = None
         self.saved = False
+        self.closed = False
+
+
+class TurnStream(StreamingResponse):
+    """A streaming response that closes its turn however the response ends.
+
+    The body generator closes the turn in its ``finally``, but a client that disconnects before the first
+    chunk leaves the generator unstarted, and an unstarted generator runs no ``finally``: the conversation
+    would stay busy. This wrapper closes the turn after the response in every case (shielded from the
+    cancellation that a disconnect brings).
+    """
+
+    def __init__(self, body, on_close, **kwargs) -> None:
+        super().__init__(body, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.on_close()
 
 
 class Generator:
@@ -115,8 +138,14 @@ class Generator:
         return Turn(kind, None, created_conv=False)
 
     async def close_turn(self, turn: Turn) -> None:
+        """Release everything the turn holds (idempotent): the engine sequence, the conversation's lock, and a
+        conversation created for this turn that never got its first state."""
+        if turn.closed:
+            return
+        turn.closed = True
         if turn.seq is not None:
-            turn.seq.cancel()
+            turn.seq.cancel()  # also breaks the turn <-> sequence reference cycle
+            turn.seq = None
         if turn.conv is not None:
             self.store.release(turn.conv.id)
             if turn.created_conv and not turn.saved:
@@ -204,7 +233,7 @@ class Generator:
             finally:
                 await self.close_turn(turn)
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return TurnStream(stream(), lambda: self.close_turn(turn), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _usage(fin: Finished) -> dict:
