@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from retnet.benchmarks.bench_retention import _run_case, crossover, estimate_peak_bytes
+from retnet.benchmarks.bench_retention import CASE_TARGET, crossover, estimate_peak_bytes
+from retnet.benchmarks.measure import run_isolated
 from retnet.cli.main import main
 
 TOY = ["--heads", "2", "--dk", "4", "--dv", "8", "--chunk-size", "8", "--repeats", "1", "--threads", "1"]
@@ -66,7 +67,7 @@ def test_crossover_is_last_length_before_chunkwise_wins():
 def test_subprocess_case_reports_time_and_memory():
     spec = {"mode": "chunkwise", "T": 32, "batch": 1, "heads": 2, "dk": 4, "dv": 8, "dtype": "float32"}
     spec.update(chunk_size=8, repeats=1, threads=1, backward=True, max_seconds=None)
-    res = _run_case(spec, timeout=120)
+    res = run_isolated(CASE_TARGET, {"spec": spec}, timeout_s=120, threads=1)
     assert "error" not in res, res
     assert res["time_ms"] > 0 and res["peak_bytes"] >= 0 and res["baseline_rss_bytes"] > 10 * 2**20
 

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 ARCHS = ("retnet-parallel", "retnet-chunkwise", "transformer")
+CASE_TIMEOUT_S = 3600.0
 
 
 def encoder_case(arch: str, seq_len: int, batch: int, hidden: int, layers: int, heads: int, repeats: int) -> dict:
@@ -64,7 +65,7 @@ def parallel_bytes_estimate(seq_len: int, batch: int, heads: int, layers: int) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from retnet.benchmarks.isolate import run_isolated
+    from retnet.benchmarks.measure import run_isolated
     from retnet.benchmarks.report import write_report
 
     rows: list[dict[str, Any]] = []
@@ -77,26 +78,30 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(row)
                 print(f"{arch:18s} T={seq_len:6d} skipped: {row['skipped']}", flush=True)
                 continue
-            try:
-                res = run_isolated(
-                    "retnet.benchmarks.bench_encoder:encoder_case",
-                    arch=arch,
-                    seq_len=seq_len,
-                    batch=args.batch,
-                    hidden=args.hidden,
-                    layers=args.layers,
-                    heads=args.heads,
-                    repeats=args.repeats,
-                    threads=args.threads,
-                )
+            res = run_isolated(
+                "retnet.benchmarks.bench_encoder:encoder_case",
+                {
+                    "arch": arch,
+                    "seq_len": seq_len,
+                    "batch": args.batch,
+                    "hidden": args.hidden,
+                    "layers": args.layers,
+                    "heads": args.heads,
+                    "repeats": args.repeats,
+                },
+                CASE_TIMEOUT_S,
+                threads=args.threads,
+                baseline_rss=True,
+            )
+            if "error" in res:
+                row["skipped"] = res["error"].splitlines()[0][:200]
+            else:
                 row.update(
                     ms=res["ms"],
                     tokens_per_s=res["tokens_per_s"],
-                    peak_mb=res["peak_rss_delta_mb"],
+                    peak_mb=(res["process_peak_rss"] - res["baseline_rss"]) / 2**20,
                     parameters=res["parameters"],
                 )
-            except RuntimeError as exc:
-                row["skipped"] = str(exc).splitlines()[0][:200]
             rows.append(row)
             print(
                 f"{arch:18s} T={seq_len:6d} "

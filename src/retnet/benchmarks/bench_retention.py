@@ -1,9 +1,10 @@
 """``retnet bench retention``: time and peak memory of the three retention forms against sequence length.
 
-Each (mode, T) runs in a fresh subprocess (:mod:`retnet.benchmarks.retention_case`) so peak RSS is not
-contaminated by earlier cases. Cases whose estimated memory exceeds a budget are not run (reported with the
-estimate); the recurrent form, a Python loop per step, is capped by length. A second sweep over short lengths
-finds where ``mode="auto"`` should switch from the parallel to the chunkwise form.
+Each (mode, T) runs :func:`retnet.benchmarks.retention_case.run_case` in a fresh process (through
+:func:`retnet.benchmarks.measure.run_case`) so peak RSS is not contaminated by earlier cases. Cases whose
+estimated memory exceeds a budget are not run (reported with the estimate); the recurrent form, a Python loop
+per step, is capped by length. A second sweep over short lengths finds where ``mode="auto"`` should switch
+from the parallel to the chunkwise form.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
@@ -24,6 +23,7 @@ DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 4, "float16": 4}  # compu
 DEFAULT_LENGTHS = "512,1024,2048,4096,8192,16384"
 DEFAULT_AUTO_LENGTHS = "64,128,192,256,384,512,768,1024"
 MiB = 2**20
+CASE_TARGET = "retnet.benchmarks.retention_case:run_case"
 
 
 def _int_list(text: str, name: str) -> list[int]:
@@ -54,31 +54,6 @@ def estimate_peak_bytes(mode: str, T: int, spec: dict[str, Any]) -> int:
     return 8 * B * H * T * min(C, T) * s + 4 * B * H * Dk * Dv * s * (-(-T // C)) + linear
 
 
-def _run_case(spec: dict[str, Any], timeout: float, in_process: bool = False) -> dict[str, Any]:
-    """Run one case in a fresh interpreter and return its JSON result, or ``{"error": ...}``.
-
-    ``in_process`` runs it here instead: fast (for smoke tests), but peak memory then only counts what
-    exceeds the high-water mark of earlier cases.
-    """
-    if in_process:
-        from retnet.benchmarks.retention_case import run_case
-
-        return run_case(spec)
-    src = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
-    cmd = [sys.executable, "-m", "retnet.benchmarks.retention_case", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit code {proc.returncode}: {tail}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (other processes share the machine), or None where unknown."""
     try:
@@ -98,6 +73,8 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 
 def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[str, Any]]:
     """Forward+backward time and peak memory for every (mode, T), or why a case was not run."""
+    from retnet.benchmarks.measure import run_case
+
     rows = []
     for T in args.lengths:
         for mode in args.modes:
@@ -111,7 +88,10 @@ def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[st
             elif mode == "recurrent" and T > args.recurrent_max_len:
                 row["status"] = f"skipped: recurrent capped at T <= {args.recurrent_max_len}"
             else:
-                res = _run_case({**base, "mode": mode, "T": T}, args.case_timeout, args.in_process)
+                # In this process with --in-process: fast, but peak memory then only counts what exceeds
+                # the high-water mark of earlier cases.
+                spec = {**base, "mode": mode, "T": T}
+                res = run_case(args, CASE_TARGET, {"spec": spec}, args.case_timeout, threads=spec["threads"])
                 if "error" in res:
                     row["status"] = f"failed: {res['error']}"
                 else:
@@ -132,16 +112,16 @@ def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[st
 
 def auto_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[str, Any]]:
     """Parallel vs chunkwise at short lengths, forward+backward and forward only, measured side by side."""
+    from retnet.benchmarks import retention_case
+
     rows = []
     for backward in (True, False):
         for T in args.auto_lengths:
             times = {}
             for mode in ("parallel", "chunkwise"):
                 # Time only, so in this process: 2 x 2 x len(T) interpreter starts would cost minutes.
-                res = _run_case({**base, "mode": mode, "T": T, "backward": backward}, args.case_timeout, True)
+                res = retention_case.run_case({**base, "mode": mode, "T": T, "backward": backward})
                 times[mode] = res.get("time_ms")
-                if "error" in res:
-                    _log(args, f"[retention auto] {mode} T={T} failed: {res['error']}")
             p, c = times["parallel"], times["chunkwise"]
             rows.append(
                 {

@@ -10,10 +10,7 @@ token. The goal: peak RSS after 10,000 tokens within 2% of that after 100.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,20 +66,6 @@ def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, thre
     }
 
 
-def run_in_subprocess(**kwargs: Any) -> dict:
-    """:func:`decode_once` in a fresh interpreter (its own peak RSS)."""
-    import retnet
-
-    env = dict(os.environ)
-    root = str(Path(retnet.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "retnet.benchmarks.bench_state_memory", json.dumps(kwargs)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"decoding subprocess failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def state_table(batch_size: int = 1) -> list[dict[str, Any]]:
     """State bytes per layer and in total for every preset (float32)."""
     from retnet.models import PRESETS, RetNetConfig
@@ -107,20 +90,25 @@ def state_table(batch_size: int = 1) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from retnet.benchmarks.measure import run_isolated
     from retnet.models import RetNetConfig
 
     counts = args.tokens
     config = RetNetConfig.preset(args.preset)
     runs = []
     for n in counts:
-        res = run_in_subprocess(
-            preset=args.preset,
-            tokens=n,
-            prompt_len=args.prompt_len,
-            batch_size=args.batch_size,
-            threads=args.threads,
-            seed=args.seed,
-        )
+        kwargs = {
+            "preset": args.preset,
+            "tokens": n,
+            "prompt_len": args.prompt_len,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "seed": args.seed,
+        }
+        # A fresh interpreter per count, so each peak RSS is its own; no timeout, as before.
+        res = run_isolated("retnet.benchmarks.bench_state_memory:decode_once", kwargs, timeout_s=None)
+        if "error" in res:
+            raise RuntimeError(f"state-memory decoding subprocess ({n} tokens) failed: {res['error']}")
         runs.append(
             {
                 "preset": args.preset,
@@ -236,7 +224,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
     p.set_defaults(func=run)
-
-
-if __name__ == "__main__":  # the subprocess of run_in_subprocess
-    print(json.dumps(decode_once(**json.loads(sys.argv[1]))))

@@ -119,15 +119,32 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, step
     return times
 
 
-def run_isolated(target: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def run_isolated(
+    target: str,
+    kwargs: dict[str, Any],
+    timeout_s: float | None,
+    *,
+    threads: int | None = None,
+    baseline_rss: bool = False,
+) -> dict[str, Any]:
     """Run ``module:function(**kwargs)`` in a fresh process; its dict result, or ``{"error": reason}``.
 
-    An out-of-memory kill, a crash or the timeout becomes an ``error`` row, never a crash of the benchmark.
+    The result also holds ``process_peak_rss`` (the process's peak RSS, bytes). ``threads``: the child's
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and ``torch.set_num_threads``. ``baseline_rss``: also return the
+    child's RSS right after importing the target module (``baseline_rss``, bytes), so callers can report the
+    peak above it. ``timeout_s`` None waits as long as the case runs. An out-of-memory kill, a crash, an
+    exception or the timeout becomes an ``error`` row, never a crash of the benchmark.
     """
     src = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "retnet.benchmarks.worker", target, json.dumps(kwargs)]
+    cmd = [sys.executable, "-m", "retnet.benchmarks.worker"]
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        cmd += ["--threads", str(threads)]
+    if baseline_rss:
+        cmd.append("--baseline-rss")
+    cmd += [target, json.dumps(kwargs)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
@@ -143,11 +160,16 @@ def run_isolated(target: str, kwargs: dict[str, Any], timeout_s: float) -> dict[
     return {"error": f"exit code {proc.returncode}: {tail[:300]}"}
 
 
-def run_case(args: Any, target: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """:func:`run_isolated`, or a direct call when ``args.in_process`` (toy smoke runs)."""
+def run_case(
+    args: Any, target: str, kwargs: dict[str, Any], timeout_s: float | None, *, threads: int | None = None
+) -> dict[str, Any]:
+    """:func:`run_isolated`, or a direct call when ``args.in_process`` (toy smoke runs; ``threads`` then sets
+    this process's torch threads)."""
     if not getattr(args, "in_process", False):
-        return run_isolated(target, kwargs, timeout_s)
+        return run_isolated(target, kwargs, timeout_s, threads=threads)
     module, func = target.split(":")
     import importlib
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     return dict(getattr(importlib.import_module(module), func)(**kwargs))

@@ -1,17 +1,15 @@
 """One retention benchmark case, meant to run in a fresh process: time and peak memory of one (mode, T).
 
-Run as ``python -m retnet.benchmarks.retention_case '<json spec>'``; prints one JSON line with the result.
+``retnet bench retention`` runs :func:`run_case` through :func:`retnet.benchmarks.measure.run_case`.
 A fresh process per case keeps peak memory honest: ``ru_maxrss`` is a high-water mark of the whole process,
 so a case can only be measured against a baseline taken after its own setup, never after another case.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -84,15 +82,3 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "baseline_rss_bytes": baseline,
         "load_avg": round((load_before + os.getloadavg()[0]) / 2, 2),
     }
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m retnet.benchmarks.retention_case '<json spec>'", file=sys.stderr)
-        return 2
-    print(json.dumps(run_case(json.loads(argv[0]))), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,25 +1,39 @@
-"""``python -m retnet.benchmarks.worker module:function JSON``: one benchmark case in its own process.
+"""``python -m retnet.benchmarks.worker [--threads N] [--baseline-rss] module:function JSON``: one case, own process.
 
-Prints the function's dict result (plus the process's peak RSS) on a line starting with the result marker.
+Prints the function's dict result (plus the process's peak RSS, and with ``--baseline-rss`` its RSS right
+after importing the target module) on a line starting with the result marker.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
 
-from retnet.benchmarks.measure import RESULT_MARKER, peak_rss
+import torch
+
+from retnet.benchmarks.measure import RESULT_MARKER, current_rss, peak_rss
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or ":" not in argv[0]:
-        print("usage: python -m retnet.benchmarks.worker module:function JSON", file=sys.stderr)
-        return 2
-    module, func = argv[0].split(":", 1)
+    parser = argparse.ArgumentParser(prog="python -m retnet.benchmarks.worker")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in this process")
+    parser.add_argument("--baseline-rss", action="store_true", help="report RSS after importing the target")
+    parser.add_argument("target", help="module:function")
+    parser.add_argument("kwargs", help="the function's keyword arguments as a JSON object")
+    opts = parser.parse_args(argv)
+    if ":" not in opts.target:
+        parser.error(f"target must be module:function, got {opts.target!r}")
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    module, func = opts.target.split(":", 1)
     fn = getattr(importlib.import_module(module), func)
-    result = dict(fn(**json.loads(argv[1])))
+    baseline = current_rss()
+    result = dict(fn(**json.loads(opts.kwargs)))
     result.setdefault("process_peak_rss", peak_rss())
+    if opts.baseline_rss:
+        result.setdefault("baseline_rss", baseline)
     print(RESULT_MARKER + json.dumps(result), flush=True)
     return 0
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retnet.layers import BidirectionalRetention, GatedFFN, Retention2D, RetNetRotary, RMSNorm
-from retnet.models.config import ConfigError
+from retnet.models.config import ConfigError, read_config_json
 
 
 @dataclass
@@ -202,12 +202,15 @@ def load_encoder(directory: str | Path) -> nn.Module:
     from retnet.models.io import CheckpointError, load_state_dict_checked
 
     directory = Path(directory)
+    path = directory / "config.json"
     try:
-        config = EncoderConfig.from_dict(json.loads((directory / "config.json").read_text()))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"config file not found: {directory / 'config.json'}") from exc
-    except (json.JSONDecodeError, ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{directory / 'config.json'}: {exc}") from exc
+        data = read_config_json(path)
+    except ConfigError as exc:  # its message names the file
+        raise CheckpointError(str(exc)) from exc
+    try:
+        config = EncoderConfig.from_dict(data)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     model = build_encoder(config)
     load_state_dict_checked(
         model, load_file(str(directory / "model.safetensors")), str(directory / "model.safetensors")

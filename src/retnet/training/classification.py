@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from retnet.data.tasks import TaskData, load_task
 from retnet.models.baselines import TransformerTextClassifier, ViTClassifier
-from retnet.models.config import ConfigError
+from retnet.models.config import ConfigError, read_config_json
 from retnet.models.encoder import EncoderConfig, build_encoder, load_encoder, save_encoder
 from retnet.models.io import CheckpointError, atomic_write_bytes, load_state_dict_checked
 
@@ -240,12 +240,10 @@ def load_classifier(directory: str | Path) -> torch.nn.Module:
 
     directory = Path(directory)
     try:
-        raw = json.loads((directory / "config.json").read_text())
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"config file not found: {directory / 'config.json'}") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{directory / 'config.json'} is not valid JSON: {exc}") from exc
-    baseline = raw.pop("baseline", None) if isinstance(raw, dict) else None
+        raw = read_config_json(directory / "config.json")
+    except ConfigError as exc:  # its message names the file
+        raise CheckpointError(str(exc)) from exc
+    baseline = raw.pop("baseline", None)
     if baseline is None:
         return load_encoder(directory)
     try:

@@ -1,0 +1,58 @@
+"""``measure.run_isolated``'s options: threads reach the child, the post-import RSS baseline, failures as rows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from retnet.benchmarks.measure import run_isolated
+
+HERE = Path(__file__).resolve().parent
+
+
+def report_threads() -> dict:
+    """Run in the child: what it sees of its thread settings."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "mkl": os.environ.get("MKL_NUM_THREADS"),
+    }
+
+
+def allocate(mib: int) -> dict:
+    """Run in the child: touch ``mib`` MiB, so the peak lies that far above the baseline."""
+    x = torch.ones(mib * 2**18)
+    return {"sum": float(x.sum())}
+
+
+def fail(message: str) -> dict:
+    raise ValueError(message)
+
+
+def _run(monkeypatch, func: str, kwargs: dict, **options) -> dict:
+    monkeypatch.setenv("PYTHONPATH", str(HERE))  # the child imports this file as ``test_measure``
+    return run_isolated(f"test_measure:{func}", kwargs, timeout_s=120, **options)
+
+
+def test_threads_reach_the_child(monkeypatch):
+    res = _run(monkeypatch, "report_threads", {}, threads=1)
+    assert (res["torch_threads"], res["omp"], res["mkl"]) == (1, "1", "1"), res
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    res = _run(monkeypatch, "report_threads", {})  # without threads: the environment is left alone
+    assert res["omp"] is None and res["mkl"] is None
+
+
+def test_baseline_rss_only_when_asked_and_below_the_peak(monkeypatch):
+    res = _run(monkeypatch, "allocate", {"mib": 64}, baseline_rss=True)
+    assert 10 * 2**20 < res["baseline_rss"]
+    assert res["process_peak_rss"] - res["baseline_rss"] >= 60 * 2**20
+    assert "baseline_rss" not in _run(monkeypatch, "allocate", {"mib": 1})
+
+
+def test_failing_target_is_an_error_naming_the_exception(monkeypatch):
+    res = _run(monkeypatch, "fail", {"message": "bad case 42"}, threads=1)
+    assert set(res) == {"error"}
+    assert res["error"].startswith("exit code 1") and "ValueError: bad case 42" in res["error"]
