@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from retnet.runtime.malloc import describe as malloc_describe
+
 DEFAULT_OUT_DIR = Path("docs/benchmarks")
 
 
@@ -27,6 +29,7 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "device": "cpu",
+        "malloc": malloc_describe(),
     }
     try:
         with open("/proc/cpuinfo") as fh:

@@ -14,6 +14,7 @@ import sys
 import torch
 
 from retnet.benchmarks.measure import RESULT_MARKER, current_rss, peak_rss
+from retnet.runtime.malloc import retain_freed_memory
 
 
 def main(argv: list[str]) -> int:
@@ -27,6 +28,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"target must be module:function, got {opts.target!r}")
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
+    retain_freed_memory()  # as `retnet train` does: repeated passes reuse memory instead of faulting it in again
     module, func = opts.target.split(":", 1)
     fn = getattr(importlib.import_module(module), func)
     baseline = current_rss()

@@ -136,6 +136,9 @@ def run_classification(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from retnet.runtime.malloc import retain_freed_memory
+
+    retain_freed_memory()  # every step allocates the same large tensors: keep them instead of faulting pages in
     if args.task:
         return run_classification(args)
     from retnet.training.distributed import teardown

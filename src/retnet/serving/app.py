@@ -17,11 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from retnet.models import load_pretrained
+from retnet.runtime.malloc import limit_arenas, trim
 from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
 from retnet.serving.config import ServerConfig
 from retnet.serving.engine import Engine
 from retnet.serving.errors import APIError, install_error_handlers
-from retnet.serving.memory import trim, tune_malloc
 from retnet.serving.middleware import LimitsAndAuth
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.store import ConversationBusy, ConversationNotFound, ConversationStore
@@ -53,7 +53,7 @@ def model_fingerprint(model_dir: Path) -> str:
 
 def create_app(config: ServerConfig) -> FastAPI:
     """Load the model, tokenizer and store (errors raise here, before serving) and build the app."""
-    tune_malloc()
+    limit_arenas()
     if config.threads:
         torch.set_num_threads(config.threads)
     model = load_pretrained(config.model_dir, dtype=DTYPES[config.dtype])

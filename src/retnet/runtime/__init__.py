@@ -1,0 +1,1 @@
+"""Process-level settings shared by the CLI's long-running jobs (stdlib only; imports nothing of retnet)."""
