@@ -44,10 +44,10 @@ class Turn:
 class TurnStream(StreamingResponse):
     """A streaming response that closes its turn however the response ends.
 
-    The body generator closes the turn in its ``finally``, but a client that disconnects before the first
-    chunk leaves the generator unstarted, and an unstarted generator runs no ``finally``: the conversation
-    would stay busy. This wrapper closes the turn after the response in every case (shielded from the
-    cancellation that a disconnect brings).
+    A ``finally`` in the body generator would not do: a client that disconnects before the first chunk
+    leaves the generator unstarted, and an unstarted generator runs no ``finally``, so the conversation would
+    stay busy. This wrapper closes the turn after the response in every case (shielded from the cancellation
+    that a disconnect brings).
     """
 
     def __init__(self, body, on_close, **kwargs) -> None:
@@ -211,27 +211,24 @@ class Generator:
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        async def stream() -> AsyncIterator[str]:
-            try:
-                while True:
-                    kind, value = await turn.events.get()
-                    if kind == "first":  # the role chunk goes out with the first token: its arrival is the TTFT
-                        yield _sse(make_chunk(None))
-                    elif kind == "text":
-                        yield _sse(make_chunk(value))
-                    elif kind == "error":
-                        yield _sse(error_body(503, value, None, "engine_error"))
-                        return
-                    else:
-                        await self.finish(turn, value)
-                        final = make_final("", value)
-                        yield _sse(make_chunk("", finish_reason=value.finish_reason))
-                        if include_usage:
-                            yield _sse({**make_chunk(None, usage_only=True), "usage": final["usage"]})
-                        yield _sse("[DONE]")
-                        return
-            finally:
-                await self.close_turn(turn)
+        async def stream() -> AsyncIterator[str]:  # TurnStream closes the turn, however the stream ends
+            while True:
+                kind, value = await turn.events.get()
+                if kind == "first":  # the role chunk goes out with the first token: its arrival is the TTFT
+                    yield _sse(make_chunk(None))
+                elif kind == "text":
+                    yield _sse(make_chunk(value))
+                elif kind == "error":
+                    yield _sse(error_body(503, value, None, "engine_error"))
+                    return
+                else:
+                    await self.finish(turn, value)
+                    final = make_final("", value)
+                    yield _sse(make_chunk("", finish_reason=value.finish_reason))
+                    if include_usage:
+                        yield _sse({**make_chunk(None, usage_only=True), "usage": final["usage"]})
+                    yield _sse("[DONE]")
+                    return
 
         return TurnStream(stream(), lambda: self.close_turn(turn), media_type="text/event-stream", headers=SSE_HEADERS)
 
