@@ -8,6 +8,7 @@ classification head. Their configs are small dataclasses saved as ``config.json`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -197,22 +198,34 @@ def save_encoder(model: nn.Module, directory: str | Path) -> Path:
 
 def load_encoder(directory: str | Path) -> nn.Module:
     """Load a classifier saved by :func:`save_encoder`; errors name the file, field or tensor."""
+    directory = Path(directory)
+    return load_with_config(directory, read_checkpoint_config(directory), build_encoder)
+
+
+def read_checkpoint_config(directory: Path) -> dict:
+    """``directory/config.json`` as a dict; a missing or malformed file is a ``CheckpointError`` naming it."""
+    from retnet.models.io import CheckpointError
+
+    try:
+        return read_config_json(directory / "config.json")
+    except ConfigError as exc:  # its message names the file
+        raise CheckpointError(str(exc)) from exc
+
+
+def load_with_config(directory: Path, data: dict, build: Callable[[EncoderConfig], nn.Module]) -> nn.Module:
+    """``build(EncoderConfig.from_dict(data))`` with ``directory/model.safetensors`` loaded into it, in eval
+    mode (one loader for the retention encoders and the attention baselines)."""
     from safetensors.torch import load_file
 
     from retnet.models.io import CheckpointError, load_state_dict_checked
 
-    directory = Path(directory)
-    path = directory / "config.json"
-    try:
-        data = read_config_json(path)
-    except ConfigError as exc:  # its message names the file
-        raise CheckpointError(str(exc)) from exc
     try:
         config = EncoderConfig.from_dict(data)
     except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-    model = build_encoder(config)
-    load_state_dict_checked(
-        model, load_file(str(directory / "model.safetensors")), str(directory / "model.safetensors")
-    )
+        raise CheckpointError(f"{directory / 'config.json'}: {exc}") from exc
+    model = build(config)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"weights file not found: {weights}")
+    load_state_dict_checked(model, load_file(str(weights)), str(weights))
     return model.eval()

@@ -19,9 +19,14 @@ import torch.nn.functional as F
 
 from retnet.data.tasks import TaskData, load_task
 from retnet.models.baselines import TransformerTextClassifier, ViTClassifier
-from retnet.models.config import ConfigError, read_config_json
-from retnet.models.encoder import EncoderConfig, build_encoder, load_encoder, save_encoder
-from retnet.models.io import CheckpointError, atomic_write_bytes, load_state_dict_checked
+from retnet.models.encoder import (
+    EncoderConfig,
+    build_encoder,
+    load_with_config,
+    read_checkpoint_config,
+    save_encoder,
+)
+from retnet.models.io import atomic_write_bytes
 
 ARCHS = ("retnet", "transformer")
 
@@ -236,23 +241,12 @@ def save_classifier(model: torch.nn.Module, directory: str | Path, arch: str) ->
 
 def load_classifier(directory: str | Path) -> torch.nn.Module:
     """Load what :func:`save_classifier` wrote; errors name the file, field or tensor."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    try:
-        raw = read_config_json(directory / "config.json")
-    except ConfigError as exc:  # its message names the file
-        raise CheckpointError(str(exc)) from exc
-    baseline = raw.pop("baseline", None)
-    if baseline is None:
-        return load_encoder(directory)
-    try:
-        config = EncoderConfig.from_dict(raw)
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{directory / 'config.json'}: {exc}") from exc
-    model = TransformerTextClassifier(config) if config.kind == "text" else ViTClassifier(config)
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"weights file not found: {weights}")
-    load_state_dict_checked(model, load_file(str(weights)), str(weights))
-    return model.eval()
+    raw = read_checkpoint_config(directory)
+    if raw.pop("baseline", None) is None:
+        return load_with_config(directory, raw, build_encoder)
+    return load_with_config(
+        directory,
+        raw,
+        lambda config: TransformerTextClassifier(config) if config.kind == "text" else ViTClassifier(config),
+    )
