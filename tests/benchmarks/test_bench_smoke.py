@@ -181,6 +181,15 @@ def test_train_smoke(tmp_path, monkeypatch):
     _assert_equal_size(data)
 
 
+def test_train_max_minutes_skips_the_remaining_cases_and_still_reports(tmp_path, monkeypatch):
+    argv = ["bench", "train", "--tiny", "--in-process", "--lengths", "32,64", "--steps", "1", "--warmup-len", "16"]
+    argv += ["--threads", "1", "--max-minutes", "1e-9", "--out-dir", str(tmp_path)]
+    assert _main(monkeypatch, argv) == 0
+    rows = _load(tmp_path, "train")["rows"]
+    assert len(rows) == 6 and all(r["error"] == "skipped: --max-minutes 1e-09 reached" for r in rows)
+    assert (tmp_path / "train.md").is_file() and (tmp_path / "train.png").is_file()
+
+
 def test_isolated_worker_reports_result_peak_memory_and_errors():
     ok = run_isolated("retnet.benchmarks.report:machine_info", {}, timeout_s=120)
     assert ok["torch"] == torch.__version__ and ok["process_peak_rss"] > 10 * 1024**2

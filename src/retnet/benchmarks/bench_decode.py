@@ -28,6 +28,7 @@ from retnet.benchmarks.baseline import (
 )
 from retnet.benchmarks.measure import (
     GIB,
+    TimeBudget,
     current_rss,
     measure_bandwidth,
     peak_memory,
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rcfg, lcfg = build_pair(retnet_kwargs)
     budget = args.memory_budget_gib * GIB
     rows: list[dict[str, Any]] = []
-    started = time.time()
+    time_budget = TimeBudget(args.max_minutes)
     variants = {m: RetNetConfig(**variant_config(m, retnet_kwargs)) for m in args.models if m != "llama"}
     for batch, context in _grid(args.contexts, args.batch8_contexts, args.large_batch):
         for model in args.models:
@@ -217,8 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["error"] = (
                     f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {args.memory_budget_gib:g} GiB"
                 )
-            elif args.max_minutes and time.time() - started > args.max_minutes * 60:
-                row["error"] = f"skipped: --max-minutes {args.max_minutes:g} reached"
+            elif over := time_budget.exhausted():
+                row["error"] = over
             else:
                 row = run_case(
                     args,
@@ -440,7 +441,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--memory-budget-gib", type=float, default=10.0, help="skip Llama cases whose KV cache would exceed this"
     )
     p.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case before it is abandoned")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="skip remaining cases after this long (0: no limit)")
+    TimeBudget.add_argument(p)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default all)")
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")

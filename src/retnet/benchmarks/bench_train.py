@@ -8,7 +8,6 @@ its own; the peak is reset after the model is built and warmed up, so it covers 
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from retnet.benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build
 from retnet.benchmarks.bench_decode import _ints
 from retnet.benchmarks.measure import (
     GIB,
+    TimeBudget,
     current_rss,
     peak_memory,
     pick_device,
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rcfg, lcfg = build_pair(retnet_kwargs)
     budget = args.memory_budget_gib * GIB
     rows: list[dict[str, Any]] = []
-    started = time.time()
+    time_budget = TimeBudget(args.max_minutes)
     for seq_len in args.lengths:
         for model, mode in VARIANTS:
             row: dict[str, Any] = {"model": model, "mode": mode, "batch": args.batch, "seq_len": seq_len}
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"skipped: parallel form's T x T matrices need ~{need / GIB:.0f} GiB > budget "
                     f"{args.memory_budget_gib:g} GiB"
                 )
-            elif args.max_minutes and time.time() - started > args.max_minutes * 60:
-                row["error"] = f"skipped: --max-minutes {args.max_minutes:g} reached"
+            elif over := time_budget.exhausted():
+                row["error"] = over
             else:
                 row = run_case(
                     args,
@@ -249,7 +249,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--memory-budget-gib", type=float, default=10.0)
     p.add_argument("--case-timeout", type=float, default=1800.0)
-    p.add_argument("--max-minutes", type=float, default=0.0, help="skip remaining cases after this long (0: no limit)")
+    TimeBudget.add_argument(p)
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))

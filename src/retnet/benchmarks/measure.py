@@ -173,3 +173,24 @@ def run_case(
     if threads is not None:
         torch.set_num_threads(threads)
     return dict(getattr(importlib.import_module(module), func)(**kwargs))
+
+
+class TimeBudget:
+    """``--max-minutes``: once a benchmark has run this long, its remaining cases are recorded as skipped
+    (with this reason) instead of run, so a long grid still ends with a report. 0 means no limit."""
+
+    def __init__(self, minutes: float) -> None:
+        self.minutes = minutes
+        self.started = time.monotonic()
+
+    @staticmethod
+    def add_argument(parser: Any) -> None:
+        parser.add_argument(
+            "--max-minutes", type=float, default=0.0, help="skip remaining cases after this long (0: no limit)"
+        )
+
+    def exhausted(self) -> str | None:
+        """The skip reason once the budget is spent, else None."""
+        if self.minutes and time.monotonic() - self.started > self.minutes * 60:
+            return f"skipped: --max-minutes {self.minutes:g} reached"
+        return None

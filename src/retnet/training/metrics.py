@@ -13,7 +13,8 @@ FIELDS = ["step", "tokens", "lr", "loss", "val_loss", "val_bpb", "tokens_per_s",
 
 
 class MetricsLog:
-    """Appends one CSV row per step; on resume, rows after the checkpoint's step are dropped first."""
+    """Appends one CSV row per step; on resume, rows after the checkpoint's step are dropped first (and
+    TensorBoard, when installed, purges its events after that step the same way)."""
 
     def __init__(self, run_dir: str | Path, *, resume_step: int | None, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / METRICS_FILE
@@ -26,7 +27,8 @@ class MetricsLog:
                 writer.writerow({k: r.get(k, "") for k in FIELDS})
         self._fh = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._fh, fieldnames=FIELDS)
-        self._tb = _tensorboard_writer(Path(run_dir) / "tensorboard") if tensorboard else None
+        purge = None if resume_step is None else resume_step + 1
+        self._tb = _tensorboard_writer(Path(run_dir) / "tensorboard", purge) if tensorboard else None
 
     def log(self, row: dict[str, Any]) -> None:
         self._writer.writerow({k: _fmt(row.get(k)) for k in FIELDS})
@@ -50,12 +52,12 @@ def _fmt(value: Any) -> Any:
     return value
 
 
-def _tensorboard_writer(path: Path):
+def _tensorboard_writer(path: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
+    except ImportError:  # tensorboard is optional; torch raises ImportError when the package is absent
         return None
-    return SummaryWriter(str(path))
+    return SummaryWriter(str(path), purge_step=purge_step)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:

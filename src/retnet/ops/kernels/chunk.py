@@ -12,6 +12,7 @@ over time; it runs in PyTorch after the kernels.
 from __future__ import annotations
 
 import torch
+import triton
 
 from retnet.ops.kernels.chunk_kernels import CONFIGS, chunk_bwd_kernel, chunk_fwd_kernel
 from retnet.ops.kernels.config import chunk_slice, fixed_launch_options, pow2
@@ -41,7 +42,7 @@ class ChunkRetentionFunction(torch.autograd.Function):
         BK, BV = pow2(Dk), chunk_slice(Dk, Dv, slice_size)
         o = torch.empty_like(v)
         sT = torch.empty(B, H, Dk, Dv, device=q.device, dtype=torch.float32)
-        grid = (triton_cdiv(Dv, BV), B * H)
+        grid = (triton.cdiv(Dv, BV), B * H)
         chunk_fwd_kernel[grid](
             q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, o, sT, scale, T,
             H=H, DK=Dk, DV=Dv, BK=BK, BV=BV,
@@ -70,7 +71,7 @@ class ChunkRetentionFunction(torch.autograd.Function):
         BKs = chunk_slice(Dv, Dk, ctx.slice_size)  # dq, dk: key slice x all value columns
         BVs = chunk_slice(Dk, Dv, ctx.slice_size)  # dv: all key rows x value slice
         for part, (BK, BV, n) in enumerate(
-            ((BKs, pow2(Dv), triton_cdiv(Dk, BKs)),) * 2 + ((pow2(Dk), BVs, triton_cdiv(Dv, BVs)),)
+            ((BKs, pow2(Dv), triton.cdiv(Dk, BKs)),) * 2 + ((pow2(Dk), BVs, triton.cdiv(Dv, BVs)),)
         ):
             chunk_bwd_kernel[(n, B * H)](
                 q, k, v, g, mask if mask is not None else q, s0 if s0 is not None else sT, do,
@@ -97,10 +98,6 @@ def _log_decay_grad(q, k, dq, dk, g, mask, sT, dsT) -> torch.Tensor:
     if g.dim() == 1:
         dg = dg.sum((0, 1))
     return dg.to(g.dtype)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def chunk_retention(

@@ -6,8 +6,9 @@ Forward only (decoding and short prompts under ``torch.no_grad``); training uses
 from __future__ import annotations
 
 import torch
+import triton
 
-from retnet.ops.kernels.chunk import _check_kernel_args, triton_cdiv
+from retnet.ops.kernels.chunk import _check_kernel_args
 from retnet.ops.kernels.config import INTERPRET, pow2, recurrent_block_v
 from retnet.ops.kernels.recurrent_kernels import recurrent_fwd_kernel
 
@@ -20,7 +21,7 @@ def _launch(q, k, v, log_decay, scale, s0, sT, mask) -> torch.Tensor:
     g = log_decay if log_decay.dtype == torch.float32 and log_decay.is_contiguous() else log_decay.float().contiguous()
     m = None if mask is None else mask.to(torch.float32).contiguous()
     scale = float(1.0 if scale is None else scale)
-    recurrent_fwd_kernel[(triton_cdiv(Dv, BV), B * H)](
+    recurrent_fwd_kernel[(triton.cdiv(Dv, BV), B * H)](
         q, k, v, g, m if m is not None else g, s0 if s0 is not None else sT, o, sT, scale, T,
         H=H, DK=Dk, DV=Dv, BK=BK, BV=BV,
         GATED=g.dim() == 3, HAS_MASK=m is not None, HAS_S0=s0 is not None,
