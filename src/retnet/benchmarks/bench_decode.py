@@ -37,7 +37,7 @@ from retnet.benchmarks.measure import (
     run_case,
     time_steps,
 )
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 from retnet.models import RetNetConfig
 
 MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
@@ -390,14 +390,7 @@ def chart(rows: list[dict[str, Any]]):
         axes[0].plot(x, [r["step_ms"] for r in pts], style, label=label)
         axes[1].plot(x, [r["tokens_per_s"] for r in pts], style, label=label)
         axes[2].plot(x, [r["memory_mib"] for r in pts], style, label=label)
-    for ax, ylabel in zip(axes, ("ms per step", "tokens/s", "peak memory (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:  # nothing to label when every case was skipped
-        axes[0].legend()
+    style_log_axes(axes, "context length (tokens)", ("ms per step", "tokens/s", "peak memory (MiB)"))
     fig.suptitle("Decoding: RetNet recurrent vs Llama + KV cache (same parameter count)")
     return fig
 

@@ -24,7 +24,7 @@ from retnet.benchmarks.measure import (
     run_case,
     time_steps,
 )
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 MIB = 1024**2
 VARIANTS = (("retnet", "parallel"), ("retnet", "chunkwise"), ("llama", "sdpa"))
@@ -228,14 +228,7 @@ def chart(rows: list[dict[str, Any]]):
         label = f"{model} ({mode})"
         axes[0].plot(x, [r["tokens_per_s"] for r in pts], "-o", label=label)
         axes[1].plot(x, [r["memory_mib"] for r in pts], "-o", label=label)
-    for ax, ylabel in zip(axes, ("tokens/s (forward+backward)", "peak memory (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:  # nothing to label when every case was skipped
-        axes[0].legend()
+    style_log_axes(axes, "sequence length (tokens)", ("tokens/s (forward+backward)", "peak memory (MiB)"))
     fig.suptitle("Training step: RetNet vs Llama (same parameter count)")
     return fig
 

@@ -130,3 +130,16 @@ def write_report(
         md += ["", notes.strip()]
     _atomic_write_text(paths["md"], "\n".join(md) + "\n")
     return paths
+
+
+def style_log_axes(axes: Sequence[Any], xlabel: str, ylabels: Sequence[str]) -> None:
+    """Length-sweep charts: log-2 x and log y, labels and grid on each axis, and a legend on the first when
+    it has labelled lines (none when every case was skipped)."""
+    for ax, ylabel in zip(axes, ylabels):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend()
