@@ -31,15 +31,17 @@ print(type(AutoConfig.from_pretrained(d)).__name__, type(AutoModelForCausalLM.fr
 """
 
 
-def test_auto_classes_work_after_import_retnet_in_either_order(model_path):
-    """Fresh interpreters: `import retnet` first (imports no transformers), or transformers first."""
+def test_auto_classes_work_after_import_retnet_hf_in_either_order(model_path):
+    """Fresh interpreters: `import retnet.hf` before or after transformers' Auto classes; `import retnet` alone
+    stays free of transformers (the command line does not pay for it)."""
     first = AUTO_SCRIPT.format(
-        first="import retnet\nassert 'transformers' not in sys.modules, 'import retnet imported transformers'",
+        first="import retnet\nassert 'transformers' not in sys.modules, 'import retnet imported transformers'\n"
+        "import retnet.hf",
         second="",
         order=False,
     )
     second = AUTO_SCRIPT.format(
-        first="import transformers.models.auto.modeling_auto", second="import retnet", order=True
+        first="import transformers.models.auto.modeling_auto", second="import retnet.hf", order=True
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     procs = [
@@ -52,7 +54,8 @@ def test_auto_classes_work_after_import_retnet_in_either_order(model_path):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()[-2000:]
         names = out.decode().split()
-        assert names[:3] == ["RetNetHFConfig", "RetNetHFForCausalLM", "TokenizersBackend"], out
+        assert names[:2] == ["RetNetHFConfig", "RetNetHFForCausalLM"], out
+        assert names[2] in ("TokenizersBackend", "PreTrainedTokenizerFast"), out  # the class's name by release
 
 
 def test_auto_classes_in_process(model_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -10,18 +11,61 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStream
 
 from retnet.generation import generate as retnet_generate
 from retnet.hf import RetNetCache, RetNetHFForCausalLM
+from retnet.hf.cache import output_cache as out_cache
+from retnet.hf.modeling import OUTPUT_CACHE_FIELD, MissingStateError
+from retnet.ops.retention import PARALLEL_MAX_LEN
 from tests.hf.helpers import tiny_core
 
+VARIANTS = {
+    "plain": {},
+    "gated": {"gated": True},
+    "hybrid": {"block_types": "GA", "num_layers": 2},
+    "yoco": {"architecture": "yoco", "num_layers": 4},
+}
 
-@pytest.mark.parametrize("gated", [False, True])
-def test_greedy_equals_retnet_generate_token_for_token(gated):
-    core = tiny_core(120, seed=3, gated=gated)
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_greedy_equals_retnet_generate_token_for_token(variant):
+    core = tiny_core(120, seed=3, **VARIANTS[variant])
     hf = RetNetHFForCausalLM.from_retnet(core)
-    for length in (1, 7, 300):  # 300 > 256: the prompt is prefilled in chunkwise form
+    assert 300 > PARALLEL_MAX_LEN  # the longest prompt is prefilled in chunkwise form
+    for length in (1, 7, 300):
         prompt = torch.randint(0, 120, (1, length))
         ours, _ = retnet_generate(core, prompt, max_new_tokens=40, temperature=0)
         theirs = hf.generate(prompt, max_new_tokens=40, do_sample=False)
-        assert theirs.tolist() == ours.tolist()
+        assert theirs.tolist() == ours.tolist(), f"{variant}, prompt of {length} tokens"
+
+
+def test_a_step_past_position_0_without_its_state_raises():
+    """Decoding must never silently restart from an empty state (what a renamed cache argument once caused)."""
+    hf = RetNetHFForCausalLM.from_retnet(tiny_core(50, seed=2, dtype=torch.float64))
+    prompt = torch.randint(0, 50, (1, 6))
+    out = hf(prompt, use_cache=True)
+    step = torch.randint(0, 50, (1, 1))
+    wide_mask = torch.ones(1, 7, dtype=torch.long)
+    with pytest.raises(MissingStateError, match="no RetNet state was passed"):
+        hf(step, attention_mask=wide_mask)  # generate's step, cache dropped
+    with pytest.raises(MissingStateError, match="no RetNet state was passed"):
+        hf(step, attention_mask=wide_mask, cache=RetNetCache())  # an empty cache is no state either
+    with pytest.raises(MissingStateError, match="cache_position starts at 6"):
+        hf(step, cache_position=torch.tensor([6]))
+    with pytest.raises(MissingStateError, match="the cache has seen 6"):
+        hf(step, attention_mask=torch.ones(1, 9, dtype=torch.long), cache=out_cache(out))
+    # the same step with its state, under either name, continues the sequence exactly
+    full = hf(torch.cat([prompt, step], 1)).logits[:, -1]
+    for name in ("cache", "past_key_values"):
+        cache = out_cache(hf(prompt, use_cache=True))
+        logits = hf(step, attention_mask=wide_mask, **{name: cache}).logits[:, -1]
+        torch.testing.assert_close(logits, full, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="pass the cache once"):
+        hf(step, cache=out_cache(out), past_key_values=out_cache(out))
+
+
+def test_the_cache_comes_back_under_the_installed_release_field():
+    hf = RetNetHFForCausalLM.from_retnet(tiny_core(30))
+    out = hf(torch.randint(0, 30, (1, 3)), use_cache=True)
+    assert OUTPUT_CACHE_FIELD in {f.name for f in dataclasses.fields(out)}
+    assert isinstance(getattr(out, OUTPUT_CACHE_FIELD), RetNetCache)
 
 
 def test_left_padded_batch_equals_each_prompt_alone():
@@ -102,7 +146,7 @@ def test_cache_size_is_the_same_after_10_and_1000_tokens():
     for n in (10, 1000):
         out = hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, return_dict_in_generate=True)
         assert out.sequences.shape[1] == 5 + n
-        cache = out.past_key_values
+        cache = out_cache(out)
         assert isinstance(cache, RetNetCache) and cache.get_seq_length() in (5 + n - 1, 5 + n)
         sizes[n] = cache.nbytes()
     cfg = core.config
@@ -115,7 +159,7 @@ def test_generation_continues_from_a_returned_cache():
     turn1 = torch.randint(0, 70, (1, 6))
     out = hf.generate(turn1, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
     turn2 = torch.cat([out.sequences, torch.randint(0, 70, (1, 4))], 1)
-    resumed = hf.generate(turn2, past_key_values=out.past_key_values, max_new_tokens=6, do_sample=False)
+    resumed = hf.generate(turn2, **{OUTPUT_CACHE_FIELD: out_cache(out)}, max_new_tokens=6, do_sample=False)
     fresh = hf.generate(turn2, max_new_tokens=6, do_sample=False)
     assert resumed.tolist() == fresh.tolist()
 
@@ -123,7 +167,7 @@ def test_generation_continues_from_a_returned_cache():
 def test_cache_reorders_and_refuses_to_crop():
     hf = RetNetHFForCausalLM.from_retnet(tiny_core(30))
     out = hf(torch.randint(0, 30, (3, 4)), use_cache=True)
-    cache = out.past_key_values
+    cache = out_cache(out)
     first = cache.state.layers[0].clone()
     cache.reorder_cache(torch.tensor([2, 2, 0]))
     assert torch.equal(cache.state.layers[0], first[[2, 2, 0]]) and cache.batch_size == 3
@@ -172,7 +216,7 @@ def test_bfloat16_load_generates_with_a_float32_state(model_path):
     assert model.dtype == torch.bfloat16
     out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
     assert out.sequences.shape == (1, 8)
-    assert all(s.dtype == torch.float32 for s in out.past_key_values.state.layers)
+    assert all(s.dtype == torch.float32 for s in out_cache(out).state.layers)
 
 
 def test_yoco_prefill_runs_the_cross_decoder_on_the_kept_positions_only():

@@ -137,11 +137,14 @@ def decode_case(
         else:
             from transformers import DynamicCache
 
+            from retnet.hf.cache import cache_argument
+
+            cache_kw = cache_argument(net)  # the same name for LlamaModel and LlamaForCausalLM
             cache = DynamicCache(config=lcfg)
             if real:
                 ids = torch.randint(0, vocab, (1, context), generator=gen).to(dev)
                 for start in range(0, context, prefill_block):
-                    net.model(input_ids=ids[:, start : start + prefill_block], past_key_values=cache, use_cache=True)
+                    net.model(input_ids=ids[:, start : start + prefill_block], **{cache_kw: cache}, use_cache=True)
                 if batch > 1:
                     cache.batch_repeat_interleave(batch)
             else:
@@ -165,7 +168,7 @@ def decode_case(
                 out = net(tokens, state=holder["state"], use_cache=True, mode="recurrent")
                 holder["state"] = out.state
             else:
-                net(input_ids=tokens, past_key_values=holder["cache"], use_cache=True)
+                net(input_ids=tokens, **{cache_kw: holder["cache"]}, use_cache=True)
 
     times = time_steps(step, dev, warmup, steps)
     step_s = sorted(times)[len(times) // 2]

@@ -33,10 +33,12 @@ class _Stamps:
 
 def per_token_hf(hf, prompt: torch.Tensor, tokens: int) -> tuple[list[float], int, int]:
     """Seconds per generated token (from the second on), cache bytes after 10 and after ``tokens`` tokens."""
+    from retnet.hf.cache import output_cache
+
     sizes = []
     for n in (10, tokens):
         out = hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, return_dict_in_generate=True)
-        sizes.append(out.past_key_values.nbytes())
+        sizes.append(output_cache(out).nbytes())
     stamps = _Stamps()
     hf.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=stamps)
     t = stamps.times[1:]  # [0] is the prompt; t[0] is the first token (after the prefill)

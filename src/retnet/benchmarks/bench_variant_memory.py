@@ -54,8 +54,10 @@ def measure(name: str, context: int, shape: str = "small") -> int:
     ids = torch.randint(0, 256, (1, context))
     with torch.no_grad():
         if name == "llama":
+            from retnet.hf.cache import output_cache
+
             model = llama_for(shape)
-            return cache_nbytes(model(ids, use_cache=True).past_key_values)
+            return cache_nbytes(output_cache(model(ids, use_cache=True)))
         model = RetNetForCausalLM(RetNetConfig.preset(shape + VARIANTS[name])).eval()
         return model(ids, use_cache=True, mode="chunkwise", logits_to_keep=1).state.nbytes()
 

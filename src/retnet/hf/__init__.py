@@ -1,8 +1,7 @@
 """Hugging Face ``transformers`` integration: Auto classes, ``generate``, ``pipeline``, ``Trainer``, PEFT.
 
-After ``import retnet``, ``AutoConfig``, ``AutoModelForCausalLM`` and ``AutoTokenizer`` load our model
-directories (see :mod:`retnet.hf.registration` for how this stays free at import time). The classes are imported
-lazily from here, because importing ``transformers`` takes seconds:
+Importing this package registers RetNet with ``AutoConfig``, ``AutoModelForCausalLM`` and ``AutoTokenizer``
+(:func:`register`), so ``AutoModelForCausalLM.from_pretrained(DIR)`` loads our model directories:
 
 - :class:`RetNetHFConfig` (``retnet.hf.configuration``): a ``PreTrainedConfig`` with our ``RetNetConfig`` fields;
 - :class:`RetNetHFForCausalLM` (``retnet.hf.modeling``): ``PreTrainedModel`` + ``GenerationMixin`` around our
@@ -13,24 +12,23 @@ lazily from here, because importing ``transformers`` takes seconds:
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
-from retnet.hf.registration import install, register
+from retnet.hf.cache import RetNetCache
+from retnet.hf.configuration import RetNetHFConfig
+from retnet.hf.modeling import MissingStateError, RetNetHFForCausalLM, RetNetPreTrainedModel
+from retnet.hf.registration import register
 from retnet.hf.tokenizer import load_tokenizer, save_tokenizer
+from retnet.hf.validation import check_model_directory
 
-_LAZY = {
-    "RetNetHFConfig": "retnet.hf.configuration",
-    "RetNetHFForCausalLM": "retnet.hf.modeling",
-    "RetNetPreTrainedModel": "retnet.hf.modeling",
-    "RetNetCache": "retnet.hf.cache",
-    "check_model_directory": "retnet.hf.validation",
-}
+register()
 
-__all__ = ["install", "register", "save_tokenizer", "load_tokenizer", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'retnet.hf' has no attribute {name!r}")
+__all__ = [
+    "MissingStateError",
+    "RetNetCache",
+    "RetNetHFConfig",
+    "RetNetHFForCausalLM",
+    "RetNetPreTrainedModel",
+    "check_model_directory",
+    "load_tokenizer",
+    "register",
+    "save_tokenizer",
+]

@@ -9,6 +9,10 @@ non-zero number of tokens raises.
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import fields
+from typing import Any
+
 import torch
 from transformers.cache_utils import Cache
 
@@ -87,3 +91,14 @@ class RetNetCache(Cache):
 
     def activate_past_recording(self) -> None:
         raise ValueError("RetNetCache cannot record past states (assisted decoding is not supported)")
+
+
+def output_cache(output: Any) -> Cache | None:
+    """The cache of a ``transformers`` model output: field ``cache`` in newer releases, ``past_key_values`` before."""
+    names = {f.name for f in fields(output)}
+    return getattr(output, "cache" if "cache" in names else "past_key_values")
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The keyword under which ``model.forward`` takes its cache (``cache``, or ``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

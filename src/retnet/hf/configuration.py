@@ -14,40 +14,38 @@ import json
 import os
 from typing import Any
 
-from transformers.configuration_utils import PreTrainedConfig
+from transformers import PretrainedConfig as PreTrainedConfig
 
 from retnet.models.config import MODEL_TYPE, ConfigError, RetNetConfig
 
 RETNET_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RetNetConfig))
 
 # Keys ``transformers`` itself writes into or passes through a config dict; anything else in a ``config.json``
-# that is not a RetNetConfig field is a mistake and is reported by name.
-_HF_KEYS = frozenset(
-    {f.name for f in dataclasses.fields(PreTrainedConfig)}
-    | {
-        "model_type",
-        "transformers_version",
-        "architectures",
-        "torch_dtype",
-        "dtype",
-        "_name_or_path",
-        "name_or_path",
-        "use_cache",
-        "num_labels",
-        "output_attentions",
-        "attn_implementation",
-        "experts_implementation",
-        "_commit_hash",
-        "auto_map",
-    }
-)
+# that is not a RetNetConfig field is a mistake and is reported by name. The base class's attributes are read from
+# a default instance (public API), not from its internals.
+_HF_KEYS = frozenset(PreTrainedConfig().to_dict()) | {
+    "model_type",
+    "transformers_version",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+    "name_or_path",
+    "use_cache",
+    "num_labels",
+    "output_attentions",
+    "attn_implementation",
+    "experts_implementation",
+    "_commit_hash",
+    "auto_map",
+}
 
 
 class RetNetHFConfig(PreTrainedConfig):
     """``transformers`` view of a :class:`RetNetConfig` (same field names and values)."""
 
     model_type = MODEL_TYPE
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     # Names other ``transformers`` code looks for.
     attribute_map = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
 
@@ -57,16 +55,8 @@ class RetNetHFConfig(PreTrainedConfig):
         for name in RETNET_FIELDS:
             setattr(self, name, getattr(retnet_config, name))
         use_cache = kwargs.pop("use_cache", True)
-        # PreTrainedConfig is a dataclass: set its own fields' defaults, then run its __post_init__ with the rest.
-        for f in dataclasses.fields(PreTrainedConfig):
-            if f.name in kwargs:
-                setattr(self, f.name, kwargs.pop(f.name))
-            elif f.default is not dataclasses.MISSING:
-                setattr(self, f.name, f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                setattr(self, f.name, f.default_factory())
+        super().__init__(**kwargs)
         self.use_cache = use_cache
-        self.__post_init__(**kwargs)
 
     # ------------------------------------------------------------------ conversions
     def to_retnet_config(self) -> RetNetConfig:

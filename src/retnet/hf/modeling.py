@@ -7,14 +7,18 @@ One implementation: the decoder is :class:`retnet.models.RetNetModel` itself, he
 ``RetNetForCausalLM``'s own.
 
 Generation: the state is carried in a :class:`RetNetCache`. The prompt is prefilled in one call (``mode="auto"``:
-parallel up to 256 tokens, chunkwise beyond, as ``retnet generate`` does), then ``generate`` feeds one token per
-step, which runs the O(1) recurrent form. ``generate`` passes the whole 2D attention mask every step; only its
-last ``T`` columns (those of the current input) are used: padding already seen is in the state.
+parallel up to ``retnet.ops.retention.PARALLEL_MAX_LEN`` tokens, chunkwise beyond, as ``retnet generate`` does),
+then ``generate`` feeds one token per step, which runs the O(1) recurrent form. ``generate`` passes the whole 2D
+attention mask every step; only its last ``T`` columns (those of the current input) are used: padding already seen
+is in the state. ``transformers`` renamed the cache argument (``past_key_values`` -> ``cache``); both names are
+accepted, and a step that continues a sequence without its state raises :class:`MissingStateError`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,58 @@ from retnet.layers.norm import HeadNorm, RMSNorm
 from retnet.models.retnet import RetNetForCausalLM, RetNetModel
 
 RETENTION_MODES = ("auto", "parallel", "chunkwise", "recurrent")
+
+# The output field that carries the cache: ``cache`` in newer ``transformers`` releases, ``past_key_values`` before.
+# Read from the installed release's own output class, so ``generate`` finds the state where it looks for it
+# (:func:`retnet.hf.cache.output_cache` reads it back).
+OUTPUT_CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+# Whether the installed release's PreTrainedModel._initialize_weights takes ``is_custom_code`` (newer releases).
+_INIT_TAKES_CUSTOM_CODE = "is_custom_code" in inspect.signature(PreTrainedModel._initialize_weights).parameters
+
+
+class MissingStateError(ValueError):
+    """A forward call continues a sequence, but the recurrent state of the tokens before it was not passed."""
+
+
+def _one_cache(*candidates: Any) -> RetNetCache | None:
+    """The cache, whichever name it came under (``cache``, ``past_key_values``, ``cache_params``); at most one."""
+    given = [c for c in candidates if c is not None]
+    if len(given) > 1:
+        raise ValueError("pass the cache once: as cache or as past_key_values, not both")
+    if not given:
+        return None
+    if not isinstance(given[0], RetNetCache):
+        raise TypeError(f"the cache must be a RetNetCache, got {type(given[0]).__name__}")
+    return given[0]
+
+
+def _check_continuation(
+    cache: RetNetCache | None, attention_mask: torch.Tensor | None, cache_position: torch.Tensor | None, T: int
+) -> None:
+    """Refuse a call that continues a sequence without the state of what came before.
+
+    ``generate`` signals a continuation by an ``attention_mask`` wider than the input (the columns already seen)
+    and, in older releases, by ``cache_position``. Without the state those tokens would be silently forgotten.
+    """
+    seen = cache.seen_tokens if cache is not None and cache.is_initialized else 0
+    if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] > T:
+        past = attention_mask.shape[1] - T
+        if seen == 0:
+            raise MissingStateError(
+                f"attention_mask covers {past} column(s) before the input, but no RetNet state was passed "
+                "(cache/past_key_values is missing or empty): the model would decode without its state"
+            )
+        if past != seen:
+            raise MissingStateError(
+                f"attention_mask covers {past} column(s) before the input, but the cache has seen {seen}"
+            )
+    if seen == 0 and cache_position is not None and cache_position.numel() > 0 and int(cache_position[0]) > 0:
+        raise MissingStateError(
+            f"cache_position starts at {int(cache_position[0])}, but no RetNet state was passed "
+            "(cache/past_key_values is missing or empty): the model would decode without its state"
+        )
 
 
 class RetNetPreTrainedModel(PreTrainedModel):
@@ -56,11 +112,13 @@ class RetNetPreTrainedModel(PreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
-        # transformers skips parameter-less modules of "custom code" (ours, the model and each retention layer own
-        # the init of their children). Our init goes through torch.nn.init, which transformers guards while it
-        # initialises, so weights already loaded are left alone.
-        super()._initialize_weights(module, is_custom_code=False)
+    def _initialize_weights(self, module: nn.Module, *args: Any, **kwargs: Any) -> None:
+        # Newer transformers releases pass ``is_custom_code`` and then skip parameter-less modules of "custom code"
+        # (ours: the model and each retention layer own the init of their children). Our init goes through
+        # torch.nn.init, which transformers guards while it initialises, so weights already loaded are left alone.
+        if _INIT_TAKES_CUSTOM_CODE:
+            return super()._initialize_weights(module, is_custom_code=False)
+        return super()._initialize_weights(module)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -124,7 +182,7 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: RetNetCache | None = None,
+        cache: RetNetCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -132,14 +190,19 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
         retention_mode: str = "auto",
+        past_key_values: RetNetCache | None = None,
+        cache_position: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         """Logits (and the loss for ``labels``, shifted inside as in ``transformers``) and the updated cache.
 
-        ``attention_mask`` may cover the cached columns as well (``generate`` passes it so); its last ``T``
-        columns must describe ``input_ids``. ``output_hidden_states`` returns only the final (normed) hidden
-        state. ``retention_mode`` picks the retention form (``auto``: recurrent for one token, parallel up to 256,
-        chunkwise beyond).
+        The cache arrives as ``cache`` or, under the name older ``transformers`` releases use, ``past_key_values``;
+        it is returned under the name the installed release's output class declares. ``attention_mask`` may cover
+        the cached columns as well (``generate`` passes it so); its last ``T`` columns must describe ``input_ids``.
+        A call that continues a sequence (a mask longer than the input, or ``cache_position`` past 0) without the
+        state raises: decoding never silently restarts from nothing. ``output_hidden_states`` returns only the final
+        (normed) hidden state. ``retention_mode`` picks the retention form (``auto``: recurrent for one token,
+        parallel up to ``retnet.ops.retention.PARALLEL_MAX_LEN`` tokens, chunkwise beyond).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -151,13 +214,13 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
             )
         if kwargs.get("output_attentions"):
             raise ValueError("RetNet has no attention weights to return (output_attentions=True is not supported)")
-        if past_key_values is not None and not isinstance(past_key_values, RetNetCache):
-            raise TypeError(f"past_key_values must be a RetNetCache, got {type(past_key_values).__name__}")
+        cache = _one_cache(cache, past_key_values, kwargs.pop("cache_params", None))
         x = input_ids if input_ids is not None else inputs_embeds
         B, T = x.shape[:2]
+        _check_continuation(cache, attention_mask, cache_position, T)
         if use_cache is None:
             use_cache = bool(self.config.use_cache) and not self.training
-        use_cache = use_cache or past_key_values is not None
+        use_cache = use_cache or cache is not None
 
         mask = None
         if attention_mask is not None:
@@ -173,7 +236,7 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
         n_keep = logits_to_keep if isinstance(logits_to_keep, int) and logits_to_keep > 0 else 0
         if n_keep and labels is not None:
             raise ValueError("labels cannot be combined with logits_to_keep")
-        state = past_key_values.state if past_key_values is not None else None
+        state = cache.state if cache is not None else None
         hidden, new_state = self.model(
             input_ids,
             attention_mask=mask,
@@ -183,10 +246,10 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             logits_to_keep=0 if output_hidden_states else n_keep,  # YOCO: cross-decoder on kept rows only
         )
-        cache = None
+        out_cache = None
         if use_cache:
-            cache = past_key_values if past_key_values is not None else RetNetCache()
-            cache.set_state(new_state, T)
+            out_cache = cache if cache is not None else RetNetCache()
+            out_cache.set_state(new_state, T)
 
         logits = self.lm_head(hidden[:, -n_keep:] if n_keep else hidden)
         loss = None
@@ -203,8 +266,8 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
         out = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=cache,
             hidden_states=(hidden,) if output_hidden_states else None,
+            **{OUTPUT_CACHE_FIELD: out_cache},
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
