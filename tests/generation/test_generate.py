@@ -79,3 +79,13 @@ def test_filters():
     assert int(sample_next(logits, temperature=0)[0]) == 3
     with pytest.raises(ValueError, match="top_p"):
         filter_logits(logits, top_p=0)
+
+
+def test_vocab_size_limits_sampling_to_the_tokenizer_ids():
+    """A tokenizer smaller than the model's (padded) embedding: ids at or past its size are never sampled."""
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(0)
+    seqs, _ = generate(model, torch.randint(0, 97, (4, 3)), max_new_tokens=64, vocab_size=10, generator=gen)
+    assert int(seqs[:, 3:].max()) < 10
+    seqs, _ = generate(model, torch.randint(0, 97, (4, 3)), max_new_tokens=64, generator=gen)
+    assert int(seqs[:, 3:].max()) >= 10  # without the limit the whole vocabulary is sampled

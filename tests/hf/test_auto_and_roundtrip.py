@@ -14,8 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from retnet.hf import RetNetHFConfig, RetNetHFForCausalLM
-from retnet.models import ConfigError, RetNetForCausalLM
-from retnet.models.io import CheckpointError
+from retnet.models import CheckpointError, ConfigError, RetNetForCausalLM
 from tests.hf.helpers import model_dir, tiny_core
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,3 +158,15 @@ def test_missing_weights_file_is_named(tmp_path, model_path):
     (bad / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors"):
         AutoModelForCausalLM.from_pretrained(bad)
+
+
+def test_config_file_is_read_with_a_size_limit(tmp_path, model_path):
+    from retnet.models.directory import MAX_CONFIG_BYTES
+
+    bad = model_dir(tmp_path / "bad", RetNetForCausalLM.from_pretrained(model_path))
+    with open(bad / "config.json", "wb") as fh:
+        fh.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(CheckpointError, match="config.json is too large"):
+        RetNetHFConfig.from_pretrained(bad)
+    with pytest.raises(CheckpointError, match="config.json is too large"):
+        RetNetHFForCausalLM.from_pretrained(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from retnet.models import CheckpointError
 from retnet.models.baselines import TransformerTextClassifier, ViTClassifier
 from retnet.models.encoder import (
     EncoderConfig,
@@ -13,7 +14,6 @@ from retnet.models.encoder import (
     load_encoder,
     save_encoder,
 )
-from retnet.models.io import CheckpointError
 from tests.models.helpers import rel_err
 
 TEXT = dict(

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from retnet.training.config import TRAIN_PRESETS, build_config, read_config_file
@@ -51,3 +53,19 @@ def test_unknown_preset_lists_known_ones():
         build_config("gigantic")
     with pytest.raises(TrainError, match="does not exist"):
         read_config_file("/nonexistent/c.yaml")
+
+
+def test_config_file_is_read_with_a_size_limit(tmp_path):
+    from retnet.models.directory import MAX_CONFIG_BYTES
+
+    if Path("/dev/zero").exists():
+        (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+        with pytest.raises(TrainError, match="zero.yaml is not a regular file"):
+            read_config_file(tmp_path / "zero.yaml")
+    with open(tmp_path / "huge.json", "wb") as fh:
+        fh.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(TrainError, match="huge.json is too large"):
+        read_config_file(tmp_path / "huge.json")
+    (tmp_path / "bad.json").write_text('{"steps": 3,}')
+    with pytest.raises(TrainError, match=r"bad.json is not valid JSON: .* line 1 column"):
+        read_config_file(tmp_path / "bad.json")

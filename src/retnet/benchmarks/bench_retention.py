@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 from retnet.cli.errors import CLIError
+from retnet.models.directory import atomic_write_json
 
 MODES = ("parallel", "chunkwise", "recurrent")
 DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 4, "float16": 4}  # compute dtype is float32 or float64
@@ -307,9 +307,7 @@ def run(args: argparse.Namespace) -> int:
     if auto:  # keep the auto-switch sweep machine-readable next to the main rows
         data = json.loads(paths["json"].read_text())
         data["auto_switch_rows"] = auto
-        tmp = paths["json"].with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, paths["json"])
+        atomic_write_json(paths["json"], data)
     for key, value in summary.items():
         print(f"{key}: {value}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import torch
 
+from retnet.models.directory import atomic_write, atomic_write_json, atomic_write_text
 from retnet.runtime.malloc import describe as malloc_describe
 
 DEFAULT_OUT_DIR = Path("docs/benchmarks")
@@ -60,14 +59,6 @@ def command_line() -> str:
     return " ".join([prog, *argv[1:]])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A GitHub Markdown table; floats get 4 significant digits."""
     if not rows:
@@ -107,7 +98,7 @@ def write_report(
     if data:
         payload["data"] = data
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
-    _atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_json(paths["json"], payload)
     m = meta["machine"]
     md = [f"# {title}", "", f"Command: `{meta['command']}`", ""]
     md.append(
@@ -123,12 +114,11 @@ def write_report(
     md += ["## Results", "", markdown_table(rows, columns)]
     if chart is not None:
         paths["png"] = out / f"{name}.png"
-        out.mkdir(parents=True, exist_ok=True)
-        chart.savefig(paths["png"], dpi=120, bbox_inches="tight")
+        atomic_write(paths["png"], lambda tmp: chart.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
         md += ["", f"![{title}]({name}.png)"]
     if notes:
         md += ["", notes.strip()]
-    _atomic_write_text(paths["md"], "\n".join(md) + "\n")
+    atomic_write_text(paths["md"], "\n".join(md) + "\n")
     return paths
 
 

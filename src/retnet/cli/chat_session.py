@@ -71,6 +71,7 @@ class ChatSession:
             max_new_tokens=self.max_new_tokens,
             generator=self.generator,
             state=self.state,
+            vocab_size=self.tokenizer.vocab_size,
             **self.sampling,
         )
         self.history.extend(ids)

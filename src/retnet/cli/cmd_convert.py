@@ -64,18 +64,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="chunk length of chunkwise prefill (default 64)")
     for name in ("bos", "eos", "pad"):
         p.add_argument(f"--{name}-token-id", type=int, default=None, help=f"{name} token id to record in config.json")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="a Hugging Face tokenizer.json to copy into the model directory (torchscale checkpoints carry none; "
+        "`retnet generate` and `retnet serve` need one); at most as many tokens as the model's vocabulary",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing model directory")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from retnet.models.convert_torchscale import ConversionError, convert_checkpoint
-    from retnet.models.io import CONFIG_NAME, CheckpointError
+def read_tokenizer_arg(path: Path) -> tuple[str, int]:
+    """The text of the ``--tokenizer`` file and its token count; a one-line error unless it loads with
+    ``tokenizers``."""
+    from retnet.models.directory import MAX_TOKENIZER_BYTES, CheckpointError, parse_tokenizer, read_text
 
-    if (args.out_dir / CONFIG_NAME).exists() and not args.force:
-        raise CLIError(f"{args.out_dir} already holds a model ({CONFIG_NAME}); pass --force to overwrite it")
+    try:
+        text = read_text(path, MAX_TOKENIZER_BYTES, what="--tokenizer file")
+        return text, parse_tokenizer(text, path).get_vocab_size(with_added_tokens=True)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from retnet.hf.tokenizer import save_tokenizer
+    from retnet.models.convert_torchscale import ConversionError, convert_checkpoint
+    from retnet.models.directory import CONFIG_FILE, TOKENIZER_FILE, CheckpointError, atomic_write_text
+
+    if (args.out_dir / CONFIG_FILE).exists() and not args.force:
+        raise CLIError(f"{args.out_dir} already holds a model ({CONFIG_FILE}); pass --force to overwrite it")
     if not args.norm_eps >= 0:
         raise CLIError(f"--norm-eps must be >= 0, got {args.norm_eps}")
+    tokenizer = read_tokenizer_arg(args.tokenizer) if args.tokenizer is not None else None  # before converting
     overrides = {
         f"{name}_token_id": getattr(args, f"{name}_token_id")
         for name in ("bos", "eos", "pad")
@@ -86,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, report = convert_checkpoint(
             args.checkpoint,
-            args.out_dir,
             activation=args.activation,
             embed_scale=args.embed_scale,
             norm_eps=args.norm_eps,
@@ -95,7 +115,16 @@ def run(args: argparse.Namespace) -> int:
             dtype=DTYPES[args.dtype],
             **overrides,
         )
-    except (ConversionError, CheckpointError) as exc:
+        if tokenizer is not None and tokenizer[1] > model.config.vocab_size:
+            raise CLIError(
+                f"--tokenizer {args.tokenizer} has {tokenizer[1]} tokens but the checkpoint's vocabulary only "
+                f"{model.config.vocab_size}: they belong to different models"
+            )
+        model.save_pretrained(args.out_dir)
+        if tokenizer is not None:
+            atomic_write_text(args.out_dir / TOKENIZER_FILE, tokenizer[0])
+            save_tokenizer(args.out_dir)  # tokenizer_config.json, for transformers' AutoTokenizer
+    except (ConversionError, CheckpointError, OSError) as exc:
         raise CLIError(str(exc)) from exc
     c = model.config
     where = f" under key {report.nested_key!r}" if report.nested_key else ""
@@ -109,4 +138,6 @@ def run(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     print(f"wrote {args.out_dir} ({model.num_parameters():,} parameters, {args.dtype})")
+    if tokenizer is not None:
+        print(f"copied {args.tokenizer} ({tokenizer[1]} tokens) to {args.out_dir / TOKENIZER_FILE}")
     return 0

@@ -42,7 +42,7 @@ def run_classification(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from retnet.data.tasks import load_task
-    from retnet.models.io import CheckpointError
+    from retnet.models.directory import CheckpointError, read_json_file
     from retnet.training.classification import evaluate as evaluate_classifier
     from retnet.training.classification import load_classifier
 
@@ -54,7 +54,11 @@ def run_classification(args: argparse.Namespace) -> int:
     if model.config.kind != wanted:
         raise CLIError(f"{args.model_dir} holds a {model.config.kind} classifier, not one for task {args.task!r}")
     metrics_file = Path(args.model_dir) / "metrics.json"
-    task_kwargs = json.loads(metrics_file.read_text()).get("task_kwargs", {}) if metrics_file.is_file() else {}
+    try:
+        metrics = read_json_file(metrics_file, what="metrics file") if metrics_file.exists() else {}
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    task_kwargs = metrics.get("task_kwargs", {})
     figures = {"task": args.task, **evaluate_classifier(model, load_task(args.task, "test", **task_kwargs))}
     if args.json:
         print(json.dumps(figures, indent=2))

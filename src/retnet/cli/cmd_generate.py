@@ -79,6 +79,7 @@ def generate_text(
             top_k=top_k,
             top_p=top_p,
             generator=generator,
+            vocab_size=tokenizer.vocab_size,
         ):
             text = stream.push(int(tokens[0]))
             if text:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from retnet.cli.errors import CLIError
-from retnet.cli.model_dir import check_model_dir, training_info
+from retnet.cli.model_dir import check_model_dir, load_tokenizer, read_model_config, training_info
+from retnet.models.directory import TOKENIZER_FILE
 
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "value_dim", "ffn_dim", "gated")
 
@@ -52,21 +53,14 @@ def _describe_preset(name: str) -> None:
 
 
 def _describe_model_dir(path: Path) -> None:
-    import json
-
     path = check_model_dir(path)
-    config_dict = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    from retnet.models import RetNetConfig
-
-    config = RetNetConfig.from_dict(config_dict)
+    config = read_model_config(path)
+    has_tokenizer = (path / TOKENIZER_FILE).exists()  # a link to a device is an error, not "no tokenizer"
+    tokenizer = load_tokenizer(path, config.vocab_size) if has_tokenizer else None  # before any output
     print(f"model {path}: {config.num_parameters():,} parameters")
     print(f"  shape: {_shape(config.to_dict())}")
-    tok = path / "tokenizer.json"
-    if tok.is_file():
-        from retnet.data.tokenizers import Tokenizer
-
-        t = Tokenizer.load(path)
-        print(f"  tokenizer: {t.describe()}")
+    if tokenizer is not None:
+        print(f"  tokenizer: {tokenizer.describe()}")
     info = training_info(path)
     if info:
         tc = info.get("train_config", {})

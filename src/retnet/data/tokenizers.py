@@ -17,7 +17,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-TOKENIZER_FILE = "tokenizer.json"
+from retnet.models.directory import TOKENIZER_FILE, atomic_write_text, read_tokenizer, tokenizer_path
+
 KINDS = ("bpe", "byte")
 
 
@@ -92,20 +93,16 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
-        """Load ``tokenizer.json`` from a model directory; the kind is recognised from its content."""
-        path = Path(directory) / TOKENIZER_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no {TOKENIZER_FILE} in {str(directory)!r}")
+        """Load ``tokenizer.json`` from a model directory (or the file itself); the kind is recognised from its
+        content. A missing file is a ``FileNotFoundError``, a bad one a ``ValueError``; both name the file."""
+        hf = read_tokenizer(directory)
         try:
-            hf = HFTokenizer.from_file(str(path))
-        except Exception as exc:
-            raise ValueError(f"{str(path)!r} is not a valid tokenizer file: {exc}") from exc
-        return cls(hf, "byte" if _is_byte_tokenizer(path) else "bpe")
+            return cls(hf, "byte" if _is_byte_tokenizer(hf) else "bpe")
+        except ValueError as exc:
+            raise ValueError(f"{tokenizer_path(directory)}: {exc}") from None
 
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.json`` into ``directory`` atomically; returns its path."""
-        from retnet.data.atomic import atomic_write_text
-
         path = Path(directory) / TOKENIZER_FILE
         atomic_write_text(path, self.hf.to_str(pretty=True))
         return path
@@ -149,9 +146,11 @@ def paragraphs(text: str) -> list[str]:
 _PARAGRAPH_END = re.compile(r"(?<=\n\n)")
 
 
-def _is_byte_tokenizer(path: Path) -> bool:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    model = data.get("model", {})
+def _is_byte_tokenizer(hf: HFTokenizer) -> bool:
+    """A BPE without merges whose 256 tokens are the bytes in order: our byte tokenizer."""
+    if hf.get_vocab_size(with_added_tokens=True) != 256:
+        return False
+    model = json.loads(hf.to_str()).get("model", {})
     vocab = model.get("vocab", {})
     alphabet = byte_to_char()
     return (

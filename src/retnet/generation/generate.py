@@ -17,7 +17,8 @@ class TokenStream:
     """Iterates over generated tokens (``[B]`` long tensors, one per step); ``.state`` is the state after.
 
     After the stream is exhausted, ``state`` covers the prompt and all yielded tokens (a consumer that stops
-    early gets a state without the last yielded token).
+    early gets a state without the last yielded token). ``vocab_size`` restricts sampling to the ids below it
+    (a tokenizer with fewer tokens than the model's padded embedding rows).
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class TokenStream:
         state=None,
         eos_token_id: int | None = None,
         prefill_mode: str = "auto",
+        vocab_size: int | None = None,
     ) -> None:
         if input_ids.dim() != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"input_ids must have shape [B, T] with T >= 1, got {tuple(input_ids.shape)}")
@@ -41,6 +43,7 @@ class TokenStream:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.model, self.input_ids, self.attention_mask = model, input_ids, attention_mask
         self.max_new_tokens, self.eos_token_id, self.prefill_mode = max_new_tokens, eos_token_id, prefill_mode
+        self.vocab_size = vocab_size
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         self.state = state
         self.num_prefill_tokens = 0
@@ -60,7 +63,7 @@ class TokenStream:
             logits = out.logits[:, -1]
             finished = torch.zeros(self.input_ids.shape[0], dtype=torch.bool, device=self.input_ids.device)
             for _ in range(self.max_new_tokens):
-                token = sample_next(logits, **self.sampling)
+                token = sample_next(logits[:, : self.vocab_size], **self.sampling)
                 if self.eos_token_id is not None:
                     token = token.masked_fill(finished, self.eos_token_id)
                     finished |= token == self.eos_token_id

@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig as PreTrainedConfig
 
-from retnet.models.config import MODEL_TYPE, ConfigError, RetNetConfig
+from retnet.models.config import MODEL_TYPE, ConfigError, RetNetConfig, config_fields
+from retnet.models.directory import CONFIG_FILE, atomic_write_text, read_json_file
 
 RETNET_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RetNetConfig))
 
@@ -71,13 +73,13 @@ class RetNetHFConfig(PreTrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
         """Build from a ``config.json`` dict; a key that is neither ours nor ``transformers``' is an error."""
-        model_type = config_dict.get("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ConfigError(f"model_type must be {MODEL_TYPE!r}, got {model_type!r}")
-        unknown = sorted(set(config_dict) - set(RETNET_FIELDS) - _HF_KEYS)
-        if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        config_fields(config_dict, _HF_KEYS)  # ConfigError names a wrong model_type or unknown key
         return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        """``transformers``' config-file reader, replaced by our size-limited one (errors name the file)."""
+        return cls._decode_special_floats(read_json_file(json_file))
 
     def to_dict(self) -> dict[str, Any]:
         """Our ``config.json`` format: the RetNetConfig fields and ``model_type`` (what ``RetNetConfig.load`` reads)."""
@@ -93,12 +95,7 @@ class RetNetHFConfig(PreTrainedConfig):
         """Write ``config.json`` atomically in our format (``push_to_hub`` is delegated to ``transformers``)."""
         if push_to_hub:
             return super().save_pretrained(save_directory, push_to_hub=True, **kwargs)
-        from pathlib import Path
-
-        from retnet.models.io import CONFIG_NAME, atomic_write_bytes
-
         directory = Path(save_directory)
         if directory.is_file():
             raise ConfigError(f"save_directory {directory} is a file, not a directory")
-        text = self.to_json_string()
-        atomic_write_bytes(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        atomic_write_text(directory / CONFIG_FILE, self.to_json_string())

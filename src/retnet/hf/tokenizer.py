@@ -14,15 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+from retnet.models.directory import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, atomic_write_text, read_tokenizer_json
 
 
 def _vocab(tokenizer_json: Path) -> dict[str, int]:
-    try:
-        data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{tokenizer_json} is not valid JSON: {exc}") from exc
+    data = read_tokenizer_json(tokenizer_json)
     vocab = dict(data.get("model", {}).get("vocab", {}) or {})
     vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", []) or []})
     return vocab
@@ -42,8 +38,6 @@ def save_tokenizer(
     Special tokens, when given, must be tokens of the vocabulary (our tokenizers have none by default).
     Returns the path written. Raises ``FileNotFoundError`` when there is no ``tokenizer.json``.
     """
-    from retnet.models.io import atomic_write_bytes
-
     directory = Path(directory)
     tokenizer_json = directory / TOKENIZER_FILE
     if not tokenizer_json.is_file():
@@ -72,8 +66,7 @@ def save_tokenizer(
             raise ValueError(f"{name} {token!r} is not a token of {tokenizer_json}")
         config[name] = token
     path = directory / TOKENIZER_CONFIG_FILE
-    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-    atomic_write_bytes(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from retnet.models.directory import CONFIG_FILE, CheckpointError, atomic_write_json, read_config_json, read_json_file
 
 MODEL_TYPE = "retnet"
 
@@ -48,6 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "13b": dict(hidden_size=5120, value_dim=8560, ffn_dim=8560, num_layers=40, num_heads=20),
     "65b": dict(hidden_size=8192, value_dim=13824, ffn_dim=13824, num_layers=64, num_heads=32),
 }
+
+
+# Sizes no real model reaches: a config beyond them is a mistake, refused before anything is allocated.
+MAX_LAYERS = 10_000
+MAX_WIDTH = 1 << 24  # any other size field (vocabulary, widths, heads, chunk)
+MAX_PARAMETERS = 10**11
 
 
 class ConfigError(ValueError):
@@ -98,6 +108,9 @@ class RetNetConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+            limit = MAX_LAYERS if name == "num_layers" else MAX_WIDTH
+            if value > limit:
+                raise ConfigError(f"{name} must be <= {limit}, got {value}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads")
         if self.value_dim % self.num_heads:
@@ -117,12 +130,8 @@ class RetNetConfig:
         for name in ("gated", "tie_word_embeddings", "layernorm_embedding", "normalize_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if (
-            isinstance(self.embed_scale, bool)
-            or not isinstance(self.embed_scale, (int, float))
-            or self.embed_scale <= 0
-        ):
-            raise ConfigError(f"embed_scale must be a positive number, got {self.embed_scale!r}")
+        _check_number("embed_scale", self.embed_scale, "a positive number", lambda v: v > 0)
+        _check_number("rotary_base", self.rotary_base, "a positive number", lambda v: v > 0)
         if self.normalize_decay and self.gated:
             raise ConfigError("normalize_decay applies to fixed-decay retention only, not gated=true")
         if self.architecture not in ARCHITECTURES:
@@ -141,12 +150,21 @@ class RetNetConfig:
             )
         if self.normalize_decay and any(kind != "retention" for kind in self.layer_kinds):
             raise ConfigError("normalize_decay applies to fixed-decay retention layers only")
-        if not self.norm_eps >= 0:
-            raise ConfigError(f"norm_eps must be >= 0, got {self.norm_eps!r}")
-        if not self.gate_temperature > 0:
-            raise ConfigError(f"gate_temperature must be > 0, got {self.gate_temperature!r}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check_number("norm_eps", self.norm_eps, ">= 0", lambda v: v >= 0)
+        _check_number("gate_temperature", self.gate_temperature, "> 0", lambda v: v > 0)
+        _check_number("dropout", self.dropout, "in [0, 1)", lambda v: 0 <= v < 1)
+        if self.initializer_range is not None:
+            _check_number("initializer_range", self.initializer_range, "> 0 or null", lambda v: v > 0)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{name} must be a non-negative int or null, got {value!r}")
+        if self.num_parameters() > MAX_PARAMETERS:
+            raise ConfigError(
+                f"vocab_size {self.vocab_size}, hidden_size {self.hidden_size}, num_layers {self.num_layers}, "
+                f"value_dim {self.value_dim} and ffn_dim {self.ffn_dim} make {self.num_parameters():.3g} "
+                f"parameters, over the limit of {MAX_PARAMETERS:.0e}"
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -228,44 +246,51 @@ class RetNetConfig:
         return {"model_type": MODEL_TYPE, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RetNetConfig:
-        """Build from a dict; unknown fields raise :class:`ConfigError` naming them."""
-        data = dict(data)
-        model_type = data.pop("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ConfigError(f"model_type must be {MODEL_TYPE!r}, got {model_type!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:  # pragma: no cover - defensive
-            raise ConfigError(str(exc)) from exc
+    def from_dict(cls, data: dict[str, Any], allowed: frozenset[str] = frozenset()) -> RetNetConfig:
+        """Build from a dict; unknown fields raise :class:`ConfigError` naming them (keys in ``allowed``,
+        such as those ``transformers`` writes, are ignored)."""
+        return cls(**config_fields(data, allowed))
 
     def replace(self, **changes: Any) -> RetNetConfig:
         return dataclasses.replace(self, **changes)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON to ``path`` atomically."""
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> RetNetConfig:
-        return cls.from_dict(read_config_json(path))
+    def load(cls, path: str | os.PathLike) -> RetNetConfig:
+        """Read a config JSON file (size-limited; a :class:`CheckpointError` names a missing or bad file)."""
+        return cls.from_dict(read_json_file(path))
 
 
-def read_config_json(path: str | Path) -> dict[str, Any]:
-    """The JSON object in ``path``; :class:`ConfigError` names the file when it is missing, invalid or not an object."""
-    path = Path(path)
+def config_fields(data: dict[str, Any], allowed: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The :class:`RetNetConfig` fields of a config dict; :class:`ConfigError` names a wrong ``model_type``
+    or any key that is neither a field nor in ``allowed``."""
+    model_type = data.get("model_type", MODEL_TYPE)
+    if model_type != MODEL_TYPE:
+        raise ConfigError(f"model_type must be {MODEL_TYPE!r}, got {model_type!r}")
+    known = {f.name for f in fields(RetNetConfig)}
+    unknown = sorted(set(data) - known - allowed - {"model_type"})
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+    return {k: v for k, v in data.items() if k in known}
+
+
+def load_model_config(directory: str | os.PathLike, allowed: frozenset[str] = frozenset()) -> RetNetConfig:
+    """The validated :class:`RetNetConfig` of a model directory's ``config.json``; a
+    :class:`CheckpointError` names the file and the bad field."""
+    data = read_config_json(directory)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object")
-    return data
+        return RetNetConfig.from_dict(data, allowed)
+    except ConfigError as exc:
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: {exc}") from None
+
+
+def _check_number(name: str, value: Any, requirement: str, ok: Callable[[float], bool]) -> None:
+    """A finite int or float meeting ``ok``; otherwise a :class:`ConfigError` naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"{name} must be {requirement}, got {value!r}")
 
 
 def _normalise_block_types(value: Any, num_layers: int, architecture: str) -> list[str] | None:

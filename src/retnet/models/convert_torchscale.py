@@ -317,7 +317,8 @@ def convert_torchscale(
     obj: Any, *, source: str = "checkpoint", dtype: torch.dtype = torch.float32, **options: Any
 ) -> tuple[Any, ConversionReport]:
     """A :class:`RetNetForCausalLM` (eval mode) from a loaded torchscale checkpoint object; see :func:`infer_config`."""
-    from retnet.models.io import CheckpointError, load_state_dict_checked
+    from retnet.models.directory import CheckpointError
+    from retnet.models.io import load_state_dict_checked
     from retnet.models.retnet import RetNetForCausalLM
 
     sd, report = find_state_dict(obj, source)
@@ -330,8 +331,7 @@ def convert_torchscale(
         load_state_dict_checked(model, tensors, source)
     except CheckpointError as exc:  # pragma: no cover - infer_config checks every name and shape first
         raise ConversionError(str(exc)) from exc
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tie_weights()
     return model.eval(), report
 
 

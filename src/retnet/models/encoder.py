@@ -7,7 +7,6 @@ classification head. Their configs are small dataclasses saved as ``config.json`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -18,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from retnet.layers import BidirectionalRetention, GatedFFN, Retention2D, RetNetRotary, RMSNorm
-from retnet.models.config import ConfigError, read_config_json
+from retnet.models.config import ConfigError
+from retnet.models.directory import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config_json
+from retnet.models.io import load_weights, save_pretrained
 
 
 @dataclass
@@ -184,48 +185,20 @@ def build_encoder(config: EncoderConfig) -> nn.Module:
 
 def save_encoder(model: nn.Module, directory: str | Path) -> Path:
     """``config.json`` + ``model.safetensors`` for a classifier, written atomically."""
-    from safetensors.torch import save_file
-
-    from retnet.models.io import atomic_write_bytes
-
-    directory = Path(directory)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / "model.safetensors", lambda p: save_file(tensors, p))
-    text = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    atomic_write_bytes(directory / "config.json", lambda p: Path(p).write_text(text))
-    return directory
+    return save_pretrained(model, directory)
 
 
 def load_encoder(directory: str | Path) -> nn.Module:
     """Load a classifier saved by :func:`save_encoder`; errors name the file, field or tensor."""
     directory = Path(directory)
-    return load_with_config(directory, read_checkpoint_config(directory), build_encoder)
-
-
-def read_checkpoint_config(directory: Path) -> dict:
-    """``directory/config.json`` as a dict; a missing or malformed file is a ``CheckpointError`` naming it."""
-    from retnet.models.io import CheckpointError
-
-    try:
-        return read_config_json(directory / "config.json")
-    except ConfigError as exc:  # its message names the file
-        raise CheckpointError(str(exc)) from exc
+    return load_with_config(directory, read_config_json(directory), build_encoder)
 
 
 def load_with_config(directory: Path, data: dict, build: Callable[[EncoderConfig], nn.Module]) -> nn.Module:
     """``build(EncoderConfig.from_dict(data))`` with ``directory/model.safetensors`` loaded into it, in eval
     mode (one loader for the retention encoders and the attention baselines)."""
-    from safetensors.torch import load_file
-
-    from retnet.models.io import CheckpointError, load_state_dict_checked
-
     try:
         config = EncoderConfig.from_dict(data)
     except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{directory / 'config.json'}: {exc}") from exc
-    model = build(config)
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"weights file not found: {weights}")
-    load_state_dict_checked(model, load_file(str(weights)), str(weights))
-    return model.eval()
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from exc
+    return load_weights(build(config), directory / WEIGHTS_FILE).eval()

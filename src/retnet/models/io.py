@@ -1,39 +1,28 @@
-"""Model directories: ``config.json`` + ``model.safetensors``, written atomically, loaded without pickle."""
+"""Model weights in a model directory: ``config.json`` + ``model.safetensors`` written atomically, loaded without
+pickle, every tensor name and shape checked against the model (from the file header) before anything is
+allocated. File names, reading and atomic writing are :mod:`retnet.models.directory`'s."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from retnet.models.config import ConfigError, RetNetConfig
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A model directory or weights file that cannot be loaded; the message names the file or tensor."""
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from retnet.models.config import RetNetConfig, load_model_config
+from retnet.models.directory import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    MissingFileError,
+    atomic_write,
+    atomic_write_json,
+    check_model_dir,
+)
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -44,25 +33,28 @@ def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
-def save_pretrained(model, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+def save_model_dir(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` then ``config.json`` into ``directory`` (created if needed), each atomically."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"cannot create model directory {directory}: {exc.strerror}") from exc
-    tensors = state_dict_for_saving(model)
-    atomic_write_bytes(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    text = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    atomic_write_bytes(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write_json(directory / CONFIG_FILE, config)
     return directory
 
 
-def load_state_dict_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``tensors`` into ``model`` strictly, naming any missing, unexpected or mis-shaped tensor."""
+def save_pretrained(model, directory: str | os.PathLike) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` of a model with a ``config`` into ``directory``."""
+    return save_model_dir(directory, state_dict_for_saving(model), model.config.to_dict())
+
+
+def check_state_dict(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise :class:`CheckpointError` naming any missing, unexpected or mis-shaped tensor of ``shapes``."""
     expected = state_dict_for_saving(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     if missing:
         raise CheckpointError(
             f"{source}: missing tensor(s): {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
@@ -72,37 +64,70 @@ def load_state_dict_checked(model: torch.nn.Module, tensors: dict[str, torch.Ten
             f"{source}: unexpected tensor(s): {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
         )
     for name, ref in expected.items():
-        if tensors[name].shape != ref.shape:
+        if tuple(shapes[name]) != tuple(ref.shape):
             raise CheckpointError(
-                f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(ref.shape)}"
+                f"{source}: tensor {name} has shape {tuple(shapes[name])}, expected {tuple(ref.shape)}"
             )
+
+
+def load_state_dict_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``tensors`` into ``model`` strictly, naming any missing, unexpected or mis-shaped tensor."""
+    check_state_dict(model, {name: tuple(t.shape) for name, t in tensors.items()}, source)
     model.load_state_dict(tensors, strict=False)
 
 
-def load_pretrained(directory: str | os.PathLike, *, map_location="cpu", dtype: torch.dtype | None = None):
-    """Load a model directory written by :func:`save_pretrained` (or ``retnet train`` / ``retnet convert``)."""
-    from retnet.models.retnet import RetNetForCausalLM
+def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in safetensors files, from their headers (no tensor is read)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                for name in fh.keys():
+                    shapes[name] = tuple(fh.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
+    return shapes
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"model directory not found: {directory}")
-    try:
-        config = RetNetConfig.load(directory / CONFIG_NAME)
-    except ConfigError as exc:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from exc
-    weights = directory / WEIGHTS_NAME
+
+def check_weight_files(model: torch.nn.Module, files: list[Path]) -> None:
+    """The tensors of ``files`` (headers only) against ``model``'s, which may live on the meta device."""
+    source = str(files[0]) if len(files) == 1 else f"{files[0].parent} (sharded weights)"
+    check_state_dict(model, tensor_shapes(files), source)
+
+
+def load_weights(model: torch.nn.Module, weights: Path, *, map_location="cpu") -> torch.nn.Module:
+    """``model`` with ``weights`` loaded, checked first from the header; a model on the meta device is
+    materialised on ``map_location`` only after that check passes."""
     if not weights.is_file():
-        raise CheckpointError(f"weights file not found: {weights}")
+        raise MissingFileError(f"weights file not found: {weights}")
+    check_weight_files(model, [weights])
     try:
         tensors = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read weights file {weights}: {exc}") from exc
+    if any(p.is_meta for p in model.parameters()):
+        model = model.to_empty(device=map_location)
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
+def load_model(
+    build: Callable[[RetNetConfig], torch.nn.Module],
+    directory: str | os.PathLike,
+    *,
+    map_location="cpu",
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """``build(config)`` with the weights of a model directory written by :func:`save_pretrained` (or
+    ``retnet train`` / ``retnet convert``), in eval mode. The config is validated and the weights checked
+    before any parameter is allocated."""
+    directory = check_model_dir(directory)
+    config = load_model_config(directory)
     with torch.device("meta"):
-        model = RetNetForCausalLM(config)
-    model = model.to_empty(device=map_location)
-    load_state_dict_checked(model, tensors, str(weights))
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        model = build(config)
+    model = load_weights(model, directory / WEIGHTS_FILE, map_location=map_location)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

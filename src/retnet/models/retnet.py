@@ -26,6 +26,7 @@ from retnet.layers import (
     SharedKV,
 )
 from retnet.models.config import RetNetConfig
+from retnet.models.io import load_model, save_pretrained
 from retnet.models.state import RetNetState
 from retnet.ops import decay_weight_sum
 
@@ -221,7 +222,12 @@ class RetNetForCausalLM(nn.Module):
         self.model = RetNetModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.reset_parameters()
-        if config.tie_word_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with the output projection when the config says so (again after
+        ``to_empty``, which unshares them)."""
+        if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def reset_parameters(self) -> None:
@@ -288,12 +294,13 @@ class RetNetForCausalLM(nn.Module):
 
     # Saving and loading live in retnet.models.io; these are thin conveniences.
     def save_pretrained(self, directory) -> None:
-        from retnet.models.io import save_pretrained
-
         save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory, *, map_location="cpu", dtype: torch.dtype | None = None) -> RetNetForCausalLM:
-        from retnet.models.io import load_pretrained
+        return load_model(cls, directory, map_location=map_location, dtype=dtype)
 
-        return load_pretrained(directory, map_location=map_location, dtype=dtype)
+
+def load_pretrained(directory, *, map_location="cpu", dtype: torch.dtype | None = None) -> RetNetForCausalLM:
+    """Load a model directory written by ``save_pretrained`` (or ``retnet train`` / ``retnet convert``)."""
+    return RetNetForCausalLM.from_pretrained(directory, map_location=map_location, dtype=dtype)

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from retnet.models import load_pretrained
+from retnet.models.directory import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from retnet.runtime.malloc import limit_arenas, trim
 from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
 from retnet.serving.config import ServerConfig
@@ -25,7 +26,7 @@ from retnet.serving.errors import APIError, install_error_handlers
 from retnet.serving.middleware import LimitsAndAuth
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.store import ConversationBusy, ConversationNotFound, ConversationStore
-from retnet.serving.tokenizer import TOKENIZER_NAME, ServingTokenizer
+from retnet.serving.tokenizer import ServingTokenizer
 
 log = logging.getLogger("retnet.serving")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,7 +36,7 @@ FULL_HASH_LIMIT = 1 << 30
 def model_fingerprint(model_dir: Path) -> str:
     """A hash of config, tokenizer, chat template and weights: stored states only fit the model they came from."""
     h = hashlib.sha256()
-    for name in ("config.json", TOKENIZER_NAME, TEMPLATE_NAME, "model.safetensors"):
+    for name in (CONFIG_FILE, TOKENIZER_FILE, TEMPLATE_NAME, WEIGHTS_FILE):
         path = model_dir / name
         if not path.is_file():
             h.update(f"{name}:absent".encode())
@@ -60,7 +61,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     tokenizer = ServingTokenizer.from_dir(config.model_dir, model.config.eos_token_id)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
-            f"{config.model_dir / TOKENIZER_NAME} has {tokenizer.vocab_size} tokens but the model's vocab_size "
+            f"{config.model_dir / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model's vocab_size "
             f"is {model.config.vocab_size}"
         )
     template = ChatTemplate.from_dir(config.model_dir)

@@ -11,6 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from retnet.models import RetNetConfig, RetNetForCausalLM
+from retnet.models.directory import TOKENIZER_FILE, atomic_write_text
 
 SPECIAL = "<|endoftext|>"
 
@@ -48,5 +49,5 @@ def write_random_model(directory: str | Path, config: RetNetConfig | None = None
     model = RetNetForCausalLM(config).eval()
     directory = Path(directory)
     model.save_pretrained(directory)
-    byte_tokenizer().save(str(directory / "tokenizer.json"))
+    atomic_write_text(directory / TOKENIZER_FILE, byte_tokenizer().to_str(pretty=True))
     return directory

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from retnet.layers.attention import KVCache
 from retnet.models import RetNetState
-from retnet.models.io import atomic_write_bytes
+from retnet.models.directory import atomic_write
 
 
 def _flatten(x: Any, prefix: str, out: dict[str, torch.Tensor]) -> Any:
@@ -51,7 +51,7 @@ def save_state(path: Path, state: RetNetState, metadata: dict[str, str] | None =
     tensors["offset"] = state.offset.detach().contiguous().cpu()
     structure = json.dumps(spec)
     meta = {"format": "retnet-state", "structure": structure, "shared": json.dumps(shared), **(metadata or {})}
-    atomic_write_bytes(path, lambda p: save_file(tensors, p, metadata=meta))
+    atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
     return path.stat().st_size
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-TOKENIZER_NAME = "tokenizer.json"
+from retnet.models.directory import CheckpointError, read_tokenizer
+
 # Special tokens that end a document or a turn, if the tokenizer has them.
 EOS_CANDIDATES = ("<|endoftext|>", "<|end|>", "</s>", "<eos>", "<|eos|>", "<|im_end|>")
 
@@ -28,13 +29,10 @@ class ServingTokenizer:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, eos_token_id: int | None = None) -> ServingTokenizer:
-        path = Path(model_dir) / TOKENIZER_NAME
-        if not path.is_file():
-            raise TokenizerError(f"tokenizer file not found: {path}")
         try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as exc:  # the Rust library raises a bare Exception
-            raise TokenizerError(f"cannot read tokenizer file {path}: {exc}") from exc
+            tok = read_tokenizer(model_dir)
+        except CheckpointError as exc:
+            raise TokenizerError(str(exc)) from None
         return cls(tok, eos_token_id)
 
     def encode(self, text: str) -> list[int]:

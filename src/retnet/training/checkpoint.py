@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retnet.data.atomic import atomic_write
+from retnet.models.directory import atomic_write
 from retnet.training.errors import TrainError
 
 CHECKPOINT_DIR = "checkpoints"

@@ -7,7 +7,6 @@ held-out split and writes the model directory plus ``metrics.json``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ import torch.nn.functional as F
 
 from retnet.data.tasks import TaskData, load_task
 from retnet.models.baselines import TransformerTextClassifier, ViTClassifier
+from retnet.models.directory import atomic_write_json, read_config_json
 from retnet.models.encoder import (
     EncoderConfig,
     build_encoder,
     load_with_config,
-    read_checkpoint_config,
     save_encoder,
 )
-from retnet.models.io import atomic_write_bytes
+from retnet.models.io import save_model_dir, state_dict_for_saving
 
 ARCHS = ("retnet", "transformer")
 
@@ -220,8 +219,7 @@ def run_task(
     if out_dir is not None:
         out = Path(out_dir)
         save_classifier(model, out, arch)
-        text = json.dumps({**result.to_dict(), "task_kwargs": defaults["task_kwargs"]}, indent=2) + "\n"
-        atomic_write_bytes(out / "metrics.json", lambda p: Path(p).write_text(text))
+        atomic_write_json(out / "metrics.json", {**result.to_dict(), "task_kwargs": defaults["task_kwargs"]})
     return result
 
 
@@ -229,20 +227,13 @@ def save_classifier(model: torch.nn.Module, directory: str | Path, arch: str) ->
     """Save a RetNet classifier (``save_encoder``) or a baseline (its config marked ``"baseline": arch``)."""
     if arch == "retnet":
         return save_encoder(model, directory)
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / "model.safetensors", lambda p: save_file(tensors, p))
-    text = json.dumps({"baseline": arch, **model.config.to_dict()}, indent=2) + "\n"
-    atomic_write_bytes(directory / "config.json", lambda p: Path(p).write_text(text))
-    return directory
+    return save_model_dir(directory, state_dict_for_saving(model), {"baseline": arch, **model.config.to_dict()})
 
 
 def load_classifier(directory: str | Path) -> torch.nn.Module:
     """Load what :func:`save_classifier` wrote; errors name the file, field or tensor."""
     directory = Path(directory)
-    raw = read_checkpoint_config(directory)
+    raw = read_config_json(directory)
     if raw.pop("baseline", None) is None:
         return load_with_config(directory, raw, build_encoder)
     return load_with_config(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retnet.models.directory import MAX_CONFIG_BYTES, parse_json_object, read_text
 from retnet.training.errors import TrainError
 
 
@@ -141,9 +141,9 @@ def preset_settings(name: str) -> dict[str, Any]:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a YAML, TOML or JSON file (keys are :class:`TrainConfig` fields; ``preset`` allowed)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TrainError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, MAX_CONFIG_BYTES, what="config file", error=TrainError)
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -154,7 +154,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         elif path.suffix == ".json":
-            data = json.loads(text)
+            data = parse_json_object(text, path, what="config file", error=TrainError)
         else:
             raise TrainError(f"config file {str(path)!r} must end in .yaml, .yml, .toml or .json")
     except TrainError:

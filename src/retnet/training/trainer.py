@@ -9,7 +9,6 @@ The run folder (``TrainConfig.out``) is a model directory: ``config.json`` + ``m
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import tempfile
@@ -23,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retnet.data.atomic import atomic_write_text
 from retnet.data.batching import DataPosition, WindowSampler, encode_tensor, num_windows
 from retnet.data.corpus import CorpusError, load_corpus, split_corpus
-from retnet.data.tokenizers import TOKENIZER_FILE, Tokenizer, paragraphs
+from retnet.data.tokenizers import Tokenizer, paragraphs
 from retnet.hf.tokenizer import save_tokenizer  # plain JSON: imports no transformers
 from retnet.models import RetNetConfig, RetNetForCausalLM
+from retnet.models.directory import TOKENIZER_FILE, TRAINING_INFO_FILE, atomic_write_json
 from retnet.training import checkpoint as ckpt
 from retnet.training import distributed as dist_utils
 from retnet.training.config import TrainConfig
@@ -36,8 +35,6 @@ from retnet.training.errors import TrainError
 from retnet.training.evaluate import EvalResult, evaluate
 from retnet.training.metrics import MetricsLog, plot_losses
 from retnet.training.schedule import warmup_cosine
-
-TRAINING_INFO_FILE = "training.json"
 
 
 @dataclass
@@ -423,4 +420,4 @@ def _write_training_info(
         "elapsed_s": elapsed,
         "torch": torch.__version__,
     }
-    atomic_write_text(out / TRAINING_INFO_FILE, json.dumps(info, indent=2) + "\n")
+    atomic_write_json(out / TRAINING_INFO_FILE, info)
