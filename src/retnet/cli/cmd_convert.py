@@ -88,9 +88,14 @@ def read_tokenizer_arg(path: Path) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retnet.hf.tokenizer import save_tokenizer
     from retnet.models.convert_torchscale import ConversionError, convert_checkpoint
-    from retnet.models.directory import CONFIG_FILE, TOKENIZER_FILE, CheckpointError, atomic_write_text
+    from retnet.models.directory import (
+        CONFIG_FILE,
+        TOKENIZER_FILE,
+        CheckpointError,
+        atomic_write_text,
+        write_tokenizer_config,
+    )
 
     if (args.out_dir / CONFIG_FILE).exists() and not args.force:
         raise CLIError(f"{args.out_dir} already holds a model ({CONFIG_FILE}); pass --force to overwrite it")
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         model.save_pretrained(args.out_dir)
         if tokenizer is not None:
             atomic_write_text(args.out_dir / TOKENIZER_FILE, tokenizer[0])
-            save_tokenizer(args.out_dir)  # tokenizer_config.json, for transformers' AutoTokenizer
+            write_tokenizer_config(args.out_dir)  # tokenizer_config.json, for transformers' AutoTokenizer
     except (ConversionError, CheckpointError, OSError) as exc:
         raise CLIError(str(exc)) from exc
     c = model.config

@@ -25,9 +25,8 @@ from torch import nn
 from retnet.data.batching import DataPosition, WindowSampler, encode_tensor, num_windows
 from retnet.data.corpus import CorpusError, load_corpus, split_corpus
 from retnet.data.tokenizers import Tokenizer, paragraphs
-from retnet.hf.tokenizer import save_tokenizer  # plain JSON: imports no transformers
 from retnet.models import RetNetConfig, RetNetForCausalLM
-from retnet.models.directory import TOKENIZER_FILE, TRAINING_INFO_FILE, atomic_write_json
+from retnet.models.directory import TOKENIZER_FILE, TRAINING_INFO_FILE, atomic_write_json, write_tokenizer_config
 from retnet.training import checkpoint as ckpt
 from retnet.training import distributed as dist_utils
 from retnet.training.config import TrainConfig
@@ -233,7 +232,7 @@ def train(
             for _, old in ckpt.list_checkpoints(out):
                 old.unlink()
             tokenizer.save(out)
-            save_tokenizer(out)  # tokenizer_config.json: AutoTokenizer loads it as a PreTrainedTokenizerFast
+            write_tokenizer_config(out)  # tokenizer_config.json: AutoTokenizer loads it as a PreTrainedTokenizerFast
         _write_training_info(out, cfg, model_config, tokenizer, corpus.describe(), n_params, None)
     dist_utils.barrier(info)
     metrics = MetricsLog(out, resume_step=start_step if payload else None) if info.is_main else None
