@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from retnet.ops import official_log_decay, paper_log_decay, retention
+from retnet.ops.validation import validate_retention_args
 
 
 def _ok(B=2, T=5, H=3, Dk=4, Dv=6):
@@ -50,3 +51,41 @@ def test_decay_schedules():
     assert (official_log_decay(32) < 0).all()
     with pytest.raises(ValueError, match="num_heads"):
         official_log_decay(0)
+
+
+def _bad_values(device):
+    q, k, v, _ = (t.to(device) for t in _ok())
+    return q, k, v, torch.full((3,), 0.5, device=device), torch.full((2, 5), 2, device=device)
+
+
+def test_bad_values_raise_on_the_cpu_unless_told_not_to():
+    q, k, v, g, mask = _bad_values("cpu")
+    with pytest.raises(ValueError, match="log_decay must be <= 0"):
+        retention(q, k, v, g)
+    with pytest.raises(ValueError, match="attention_mask must hold only 0"):
+        retention(q, k, v, -g, attention_mask=mask)
+    o, _ = retention(q, k, v, g, check_values=False)
+    assert o.shape == v.shape
+
+
+def test_off_the_cpu_only_shapes_are_checked_unless_values_are_asked_for():
+    # A meta tensor has no values: reading one (bool(), .item()) raises where a device would synchronise.
+    q, k, v, g, mask = _bad_values("meta")
+    with pytest.raises(RuntimeError):
+        bool((g > 0).any())
+    s0 = torch.zeros(2, 3, 4, 6, device="meta")
+    for mode in ("auto", "parallel", "chunkwise", "recurrent"):
+        validate_retention_args(q, k, v, g, mode, 64, None, s0, mask)
+    validate_retention_args(q, k, v, g, "auto", 64, None, None, mask, backend="triton", check_values=False)
+    with pytest.raises(ValueError, match="log_decay must have shape"):
+        validate_retention_args(q, k, v, torch.zeros(4, device="meta"), "auto", 64, None, None, None)
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        validate_retention_args(q, k, v, g, "auto", 64, None, None, torch.ones(2, 4, device="meta"))
+    with pytest.raises(RuntimeError):
+        validate_retention_args(q, k, v, g, "auto", 64, None, None, mask, check_values=True)
+
+
+def test_backend_names_the_argument():
+    q, k, v, g = _ok()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        retention(q, k, v, g, backend="cuda")

@@ -149,7 +149,8 @@ def check_case(B: int, T: int, H: int, D: int, gated: bool, pad: int) -> dict[st
 
     kw = dict(output_final_state=True, attention_mask=mask)
     ours = run(lambda q, k, v, g, s: chunk_retention(q, k, v, g, initial_state=s, **kw), torch.bfloat16)
-    ref = run(lambda q, k, v, g, s: retention(q, k, v, g, mode="chunkwise", initial_state=s, **kw), torch.float32)
+    kw_ref = dict(kw, mode="chunkwise", backend="torch")  # the PyTorch form, not the kernels under test
+    ref = run(lambda q, k, v, g, s: retention(q, k, v, g, initial_state=s, **kw_ref), torch.float32)
     errs = {name: _rel_rms(ours[name], ref[name]) for name in ref}
     return {"B": B, "T": T, "H": H, "D": D, "gated": gated, "left_pad": pad, **errs}
 
@@ -168,7 +169,14 @@ def check_decode(B: int, H: int, D: int, steps: int = 16) -> dict[str, Any]:
             fused_recurrent_step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], g, state)[0] for t in range(steps)
         ]
         o_ref, s_ref = retention(
-            q.float(), k.float(), v.float(), g, mode="recurrent", initial_state=s0, output_final_state=True
+            q.float(),
+            k.float(),
+            v.float(),
+            g,
+            mode="recurrent",
+            backend="torch",
+            initial_state=s0,
+            output_final_state=True,
         )
     o = torch.cat(outs, 1)
     return {"B": B, "T": steps, "H": H, "D": D, "gated": False, "left_pad": 0, "o": _rel_rms(o, o_ref),

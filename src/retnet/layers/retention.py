@@ -48,7 +48,8 @@ class MultiScaleRetention(nn.Module):
         self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
         self.out_proj = nn.Linear(value_dim, hidden_size, bias=False)
         self.head_norm = HeadNorm(num_heads, self.head_dim, head_norm, norm_eps)
-        # A float32 constant, not a buffer: ``model.to(torch.bfloat16)`` must not round the decays (spec pitfall 2).
+        # A float32 constant, not a buffer: ``model.to(torch.bfloat16)`` must not round the decays
+        # (docs/retention.md, pitfalls).
         self.log_decay = DECAY_SCHEDULES[decay](num_heads)
 
     def reset_parameters(self) -> None:
@@ -74,8 +75,10 @@ class MultiScaleRetention(nn.Module):
         mode: str = "auto",
         use_cache: bool = False,
         row_scale: torch.Tensor | None = None,
+        backend: str = "auto",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``row_scale`` (``[B, T, H]``, optional) multiplies each head's output before the head norm."""
+        """``mode`` (the math form) and ``backend`` go to :func:`retnet.ops.retention` as they are.
+        ``row_scale`` (``[B, T, H]``, optional) multiplies each head's output before the head norm."""
         B, T, _ = x.shape
         H = self.num_heads
         q = apply_rotary(self.q_proj(x).view(B, T, H, self.key_dim), sin, cos)
@@ -87,6 +90,7 @@ class MultiScaleRetention(nn.Module):
             v,
             self.decay(x),
             mode=mode,
+            backend=backend,
             chunk_size=self.chunk_size,
             initial_state=state,
             output_final_state=use_cache,

@@ -87,6 +87,7 @@ class RetNetBlock(nn.Module):
         shared: KVCache | None = None,
         q_start: int = 0,
         row_scale=None,
+        backend: str = "auto",
     ):
         if self.kind == "cross":
             if shared is None:
@@ -104,6 +105,8 @@ class RetNetBlock(nn.Module):
         else:
             norm = self.attention_layer_norm if self.kind == "attention" else self.retention_layer_norm
             extra = {"row_scale": row_scale} if row_scale is not None else {}  # torchscale's decay normalisation
+            if self.kind != "attention":
+                extra["backend"] = backend  # retention's backend (docs/retention.md, "Dispatch")
             h, new_state = self.mixer(
                 norm(x), sin, cos, state=state, attention_mask=attention_mask, mode=mode, use_cache=use_cache, **extra
             )
@@ -161,10 +164,13 @@ class RetNetModel(nn.Module):
         mode: str = "auto",
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        backend: str = "auto",
     ) -> tuple[torch.Tensor, RetNetState | None]:
-        """Hidden states ``[B, T, d]`` and the new state. ``logits_to_keep = n > 0`` promises that only the
-        last ``n`` positions are needed: YOCO then runs its cross-decoder on those alone (prefill skips the
-        cross-decoder beyond filling the shared cache) and returns ``[B, n, d]``; other stacks return all."""
+        """Hidden states ``[B, T, d]`` and the new state. ``mode`` is the math form of every layer and
+        ``backend`` the retention layers' implementation (:func:`retnet.ops.retention`).
+        ``logits_to_keep = n > 0`` promises that only the last ``n`` positions are needed: YOCO then runs its
+        cross-decoder on those alone (prefill skips the cross-decoder beyond filling the shared cache) and
+        returns ``[B, n, d]``; other stacks return all."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
@@ -192,6 +198,7 @@ class RetNetModel(nn.Module):
                 mode=mode,
                 use_cache=use_cache,
                 row_scale=row_scale,
+                backend=backend,
             )
             new_layers.append(s)
         shared = None
@@ -262,6 +269,7 @@ class RetNetForCausalLM(nn.Module):
         mode: str = "auto",
         output_hidden_states: bool = False,
         logits_to_keep: int = 0,
+        backend: str = "auto",
     ) -> CausalLMOutput:
         """``logits_to_keep = n > 0``: logits of the last ``n`` positions only (generation's prefill needs
         one); YOCO then skips its cross-decoder on the other positions. Not allowed with ``labels``."""
@@ -276,6 +284,7 @@ class RetNetForCausalLM(nn.Module):
             use_cache=use_cache,
             mode=mode,
             logits_to_keep=logits_to_keep,
+            backend=backend,
         )
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]

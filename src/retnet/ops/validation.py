@@ -1,10 +1,14 @@
-"""Argument checks for :func:`retnet.ops.retention`: every error names the argument and what was expected."""
+"""Argument checks for :func:`retnet.ops.retention`: every error names the argument and what was expected.
+
+Shapes, dtypes and devices are always checked. Values (``log_decay <= 0``, mask in {0, 1}) are checked for
+CPU tensors, or on request: on an accelerator reading a value back waits for the device, once per call.
+"""
 
 from __future__ import annotations
 
 import torch
 
-MODES = ("auto", "parallel", "chunkwise", "recurrent")
+from retnet.ops.dispatch import BACKENDS, MODES
 
 
 def _check_float(name: str, t: object) -> torch.Tensor:
@@ -25,8 +29,13 @@ def validate_retention_args(
     scale: float | None,
     initial_state: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
+    backend: str = "auto",
+    check_values: bool | None = None,
 ) -> None:
-    """Raise ``TypeError``/``ValueError`` describing the first bad argument, else return ``None``."""
+    """Raise ``TypeError``/``ValueError`` describing the first bad argument, else return ``None``.
+
+    ``check_values``: ``None`` checks values only for CPU tensors; ``True`` always; ``False`` never.
+    """
     for name, t in (("q", q), ("k", k), ("v", v), ("log_decay", log_decay)):
         _check_float(name, t)
     if q.dim() != 4:
@@ -53,6 +62,8 @@ def validate_retention_args(
         raise ValueError(f"q, k, v, log_decay, initial_state and attention_mask must share one device, got {devices}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if scale is not None and not isinstance(scale, (int, float)):
@@ -65,10 +76,17 @@ def validate_retention_args(
                 f"initial_state must have shape [B, H, Dk, Dv] = [{B}, {H}, {Dk}, {Dv}], "
                 f"got {tuple(initial_state.shape)}"
             )
-    if attention_mask is not None:
-        if attention_mask.shape != (B, T):
-            raise ValueError(f"attention_mask must have shape [B, T] = [{B}, {T}], got {tuple(attention_mask.shape)}")
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
-    if not torch.jit.is_tracing() and log_decay.numel() and bool((log_decay.detach() > 0).any()):
+    if attention_mask is not None and attention_mask.shape != (B, T):
+        raise ValueError(f"attention_mask must have shape [B, T] = [{B}, {T}], got {tuple(attention_mask.shape)}")
+    if check_values is None:
+        check_values = q.device.type == "cpu"
+    if check_values and not torch.jit.is_tracing():
+        _check_values(log_decay, attention_mask)
+
+
+def _check_values(log_decay: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """The checks that read tensor values (a host-device synchronisation each off the CPU)."""
+    if attention_mask is not None and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    if log_decay.numel() and bool((log_decay.detach() > 0).any()):
         raise ValueError("log_decay must be <= 0 (a decay gamma in (0, 1]); got a positive value")

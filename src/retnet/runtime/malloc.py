@@ -4,13 +4,11 @@ Two patterns cost RSS or time with glibc's defaults:
 
 - **Serving** allocates and frees state tensors of changing batch sizes from several threads. Freed memory
   stays mapped in many arenas (up to 8 per core); :func:`limit_arenas` and a periodic :func:`trim` return
-  most of it (an in-process engine run under load: 427-434 MiB with the defaults, 295-325 MiB with these, at
-  no cost in speed).
+  most of it (README, "Serving").
 - **Training and benchmarks on the CPU** allocate the same large tensors every step. glibc maps every block
   of 32 MiB or more afresh (``mmap``) and returns freed memory at the top of the heap, so each step pays a
-  page fault per 4 KiB page touched again: chunkwise retention forward+backward at T = 16K (B=1, H=8, 64x128)
-  took 40,000-60,000 faults and ~15% of its time, while at T = 4K (all tensors under 32 MiB) it took none,
-  which made the time grow faster than linearly in T. :func:`retain_freed_memory` serves large blocks from
+  page fault per 4 KiB page touched again, which makes long sequences slower than linear in T (README,
+  "Retention speed and memory"). :func:`retain_freed_memory` serves large blocks from
   the heap and keeps freed memory for the next step, as the caching allocators of GPUs (or jemalloc /
   tcmalloc, which PyTorch's CPU tuning guide recommends) do; the process's RSS then stays at its peak.
 """

@@ -67,8 +67,8 @@ def check_writable(out: Path) -> None:
 def pick_threads(requested: int, processes: int = 1) -> int:
     """CPU threads: ``requested`` if > 0, else the cores not already busy (1-minute load average), >= 1.
 
-    Oversubscribed cores hurt badly: with another busy process on a 2-core machine, two OpenMP threads per
-    step ran 5x slower than one in our measurements (the threads spin-wait for each other).
+    Oversubscribed cores hurt badly: OpenMP threads spin-wait for each other, so a thread that shares its
+    core with another busy process slows every step down.
     """
     if requested > 0:
         return requested

@@ -1,4 +1,4 @@
-"""The fused recurrent kernel (Triton interpreter): prompts, in-place decoding steps, and the dispatch hook."""
+"""The fused recurrent kernel (Triton interpreter): prompts, in-place decoding steps, and the dispatch to it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from retnet.ops import retention
-from retnet.ops.kernels import chunk_retention, dispatch, fused_recurrent_retention, fused_recurrent_step
+from retnet.ops.kernels import chunk_retention, fused_recurrent_retention, fused_recurrent_step
 from tests.ops.helpers import rel_err
 from tests.ops.kernels.helpers import kernel_inputs
 
@@ -57,12 +57,9 @@ def test_recurrent_kernel_refuses_gradients_and_bad_state():
         fused_recurrent_step(q.detach(), k, v, g, s0.double())
 
 
-def test_dispatch_declines_cpu_and_routes_supported_inputs(monkeypatch):
+def test_retention_reaches_the_kernels_through_the_dispatch(monkeypatch):
     q, k, v, g, s0, mask = kernel_inputs(1, 20, 2, 8, 8, state=True, pad=[2])
-    kw = dict(chunk_size=64, scale=None, initial_state=s0, output_final_state=True, attention_mask=mask)
-    assert not dispatch.supports(q, k, v, s0)  # CPU tensors always use the PyTorch forms
-    assert dispatch.fused_retention(q, k, v, g, **kw) is None
-    monkeypatch.setattr(dispatch, "supports", lambda *a: True)
+    kw = dict(initial_state=s0, output_final_state=True, attention_mask=mask)
     calls = []
     for name in ("chunk_retention", "fused_recurrent_retention"):
         real = getattr(__import__("retnet.ops.kernels", fromlist=[name]), name)
@@ -70,12 +67,17 @@ def test_dispatch_declines_cpu_and_routes_supported_inputs(monkeypatch):
             f"retnet.ops.kernels.{name}", lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)
         )
     o_ref, s_ref = _ref(q, k, v, g, s0, mask, scale=1.0)
+    retention(q, k, v, g, **kw)  # CPU tensors: backend="auto" is torch, even under the interpreter
+    assert calls == []
     with torch.no_grad():
-        o, s = dispatch.fused_retention(q[:, :5], k[:, :5], v[:, :5], g, **{**kw, "attention_mask": mask[:, :5]})
-        assert rel_err(o, o_ref[:, :5]) < 1e-5
-        o, s = dispatch.fused_retention(q, k, v, g, **kw)
-    assert rel_err(o, o_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
-    o, s = dispatch.fused_retention(
-        q[:, :5].requires_grad_(), k[:, :5], v[:, :5], g, **{**kw, "attention_mask": mask[:, :5]}
-    )
-    assert calls == ["fused_recurrent_retention", "chunk_retention", "chunk_retention"]
+        for mode in ("recurrent", "auto"):
+            o, s = retention(
+                q[:, :5], k[:, :5], v[:, :5], g, mode=mode, backend="triton", **{**kw, "attention_mask": mask[:, :5]}
+            )
+            assert rel_err(o, o_ref[:, :5]) < 1e-5
+        o, s = retention(q, k, v, g, mode="recurrent", backend="triton", **kw)
+        assert rel_err(o, o_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
+    o, s = retention(q.requires_grad_(), k, v, g, mode="parallel", backend="triton", **kw)
+    assert o.requires_grad and rel_err(o, o_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
+    o, s = retention(q[:, :5], k[:, :5], v[:, :5], g, backend="triton", **{**kw, "attention_mask": mask[:, :5]})
+    assert calls == ["fused_recurrent_retention"] * 3 + ["chunk_retention"] * 2

@@ -1,9 +1,8 @@
 """Fused Triton kernels for retention (chunkwise forward/backward, recurrent decoding).
 
-``retnet.ops`` installs :func:`retnet.ops.kernels.dispatch.fused_retention` as the ``mode="auto"`` hook of
-:func:`retnet.ops.retention` when Triton is installed; the hook only acts on CUDA tensors. The functions
-below also run on CPU tensors under ``TRITON_INTERPRET=1`` (how CI tests them). Triton is imported on
-first use of one of them, so ``import retnet.ops`` stays cheap.
+:func:`retnet.ops.retention` calls them for ``backend="triton"``, which ``backend="auto"`` picks for supported
+CUDA inputs (:func:`retnet.ops.dispatch.choose`). They also run on CPU tensors under ``TRITON_INTERPRET=1``
+(how CI tests them). Triton is imported on first use of one of them, so ``import retnet.ops`` stays cheap.
 """
 
 from __future__ import annotations

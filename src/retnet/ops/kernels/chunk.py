@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 import triton
 
+from retnet.ops.dispatch import KERNEL_DTYPES, KERNEL_MAX_HEAD_DIM, fits_int32_offsets
 from retnet.ops.kernels.chunk_kernels import CONFIGS, chunk_bwd_kernel, chunk_fwd_kernel
 from retnet.ops.kernels.config import chunk_slice, fixed_launch_options, pow2
+from retnet.ops.validation import validate_retention_args
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -142,46 +144,17 @@ def chunk_retention(
 
 
 def _check_kernel_args(q, k, v, log_decay, initial_state, attention_mask) -> None:
-    """Argument checks; on CUDA only shapes and dtypes, so that no check waits on the device.
-
-    On the CPU (the interpreter) this is the full :func:`retnet.ops.validation.validate_retention_args`; on
-    CUDA the value checks (log decay <= 0, mask in {0, 1}) are left to :func:`retnet.ops.retention`, which
-    runs them before dispatching here, because each would force a host-device sync per decoding step.
-    """
-    from retnet.ops.validation import validate_retention_args
-
-    if not q.is_cuda:
-        validate_retention_args(q, k, v, log_decay, "auto", 64, None, initial_state, attention_mask)
-    else:
-        _check_shapes(q, k, v, log_decay, initial_state, attention_mask)
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    """The operator's argument checks (values only for CPU tensors: no check waits on the device), then the
+    kernels' own limits: one dtype among float32/float16/bfloat16, heads up to 256 wide, 32-bit offsets."""
+    validate_retention_args(q, k, v, log_decay, "auto", 64, None, initial_state, attention_mask)
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in KERNEL_DTYPES:
         raise TypeError(
             f"q, k and v must share one dtype among float32, float16, bfloat16 for the fused kernels, "
             f"got {q.dtype}, {k.dtype}, {v.dtype}"
         )
-    if q.shape[-1] > 256 or v.shape[-1] > 256:
-        raise ValueError(f"the fused kernels support Dk and Dv up to 256, got Dk={q.shape[-1]}, Dv={v.shape[-1]}")
+    if q.shape[-1] > KERNEL_MAX_HEAD_DIM or v.shape[-1] > KERNEL_MAX_HEAD_DIM:
+        raise ValueError(
+            f"the fused kernels support Dk and Dv up to {KERNEL_MAX_HEAD_DIM}, got Dk={q.shape[-1]}, Dv={v.shape[-1]}"
+        )
     if not fits_int32_offsets(q.shape[1], q.shape[2], max(q.shape[-1], v.shape[-1])):
         raise ValueError(f"T * H * D must stay below 2^31 for the kernels' 32-bit offsets, got shape {tuple(q.shape)}")
-
-
-def fits_int32_offsets(T: int, H: int, D: int) -> bool:
-    """Per-sequence element offsets (``t * H * D``) are 32-bit inside the kernels."""
-    return T * H * D < 2**31
-
-
-def _check_shapes(q, k, v, log_decay, initial_state, attention_mask) -> None:
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"q, k must be [B, T, H, Dk] and v [B, T, H, Dv], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    B, T, H, Dk = q.shape
-    if log_decay.shape not in ((H,), (B, T, H)):
-        raise ValueError(f"log_decay must have shape [H] or [B, T, H], got {tuple(log_decay.shape)}")
-    if initial_state is not None and initial_state.shape != (B, H, Dk, v.shape[-1]):
-        raise ValueError(f"initial_state must have shape [B, H, Dk, Dv], got {tuple(initial_state.shape)}")
-    if attention_mask is not None and attention_mask.shape != (B, T):
-        raise ValueError(f"attention_mask must have shape [B, T], got {tuple(attention_mask.shape)}")
-    tensors = [t for t in (q, k, v, log_decay, initial_state, attention_mask) if t is not None]
-    if len({t.device for t in tensors}) > 1:
-        raise ValueError("q, k, v, log_decay, initial_state and attention_mask must share one device")

@@ -2,7 +2,7 @@
 
 Each program owns one (batch, head, value slice) and walks the chunks of its sequence in order, keeping the
 float32 state ``S [Dk, BV]`` in registers, so per-chunk states are never written to memory (the chunkwise
-math of ``retnet/ops/chunkwise.py``; spec section 1). Per chunk of ``C`` rows, with ``b`` the inclusive
+math of ``retnet/ops/chunkwise.py``; docs/retention.md, section 2). Per chunk of ``C`` rows, with ``b`` the inclusive
 cumulative log decay inside the chunk, ``bC`` its total and ``D[i, j] = exp(b_i - b_j) [i >= j]``:
 
     O      = (Q K^T * D) V + exp(b) * (Q S)
@@ -13,8 +13,8 @@ The backward kernel is compiled in three parts (``PART``, three launches): one w
 chunk), one for ``dK`` and one for ``dV``. dQ and dK programs own a key slice of the state with all its
 value columns, dV programs a value slice with all key rows, so each gradient is complete in one program
 (no partial sums). Both backward parts rebuild ``dS`` (one extra product per chunk) so that far fewer
-tiles are live at once: with everything in one program the compiler spilled registers heavily (ptxas for
-sm_90: ~1 KB of stack per thread at Dk = 128; see ``retnet bench kernel-resources`` for the split parts):
+tiles are live at once: with everything in one program the compiler spilled registers heavily (register and
+spill figures: ``retnet bench kernel-resources``, docs/benchmarks/kernel_resources.md):
 
     dQ  = scale ((dO V^T * D) K + exp(b) * (dO S^T))
     dK  = scale (dO V^T * D)^T Q + exp(bC - b) * (V dS^T)
@@ -39,8 +39,8 @@ import triton.language as tl
 from retnet.ops.kernels.config import tuned
 
 # On a GPU the chunk length is tuned too: 64 rows fill a Hopper wgmma tile, 32 halves the live [C, D] tiles
-# (at D = 256, ptxas spilled ~400 B/thread with C = 64 and 8 warps, ~70 B with C = 32). Results do not
-# depend on C. Under the interpreter the caller passes C and the launch options itself.
+# and so the register spills at D = 256 (docs/benchmarks/kernel_resources.md). Results do not depend on C.
+# Under the interpreter the caller passes C and the launch options itself.
 _CONFIGS = [
     triton.Config({"C": c}, num_warps=w, num_stages=s) for c in (64, 32) for w, s in ((8, 1), (4, 1), (8, 2), (4, 2))
 ]

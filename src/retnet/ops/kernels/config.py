@@ -12,8 +12,8 @@ import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Largest fp32 state tile ([BK, BV]) one program keeps in registers: 128 x 64. Larger tiles made ptxas spill
-# (sm_90, bf16: e.g. the forward at Dk = Dv = 128 with BV = 128 spilled ~600 B/thread, BV = 64 ~56 B).
+# Largest fp32 state tile ([BK, BV]) one program keeps in registers: 128 x 64. Larger tiles spill registers
+# to local memory on sm_90 (docs/benchmarks/kernel_resources.md).
 MAX_STATE_TILE = 128 * 64
 
 
