@@ -7,7 +7,7 @@ One implementation: the decoder is :class:`retnet.models.RetNetModel` itself, he
 ``RetNetForCausalLM``'s own.
 
 Generation: the state is carried in a :class:`RetNetCache`. The prompt is prefilled in one call (``mode="auto"``:
-parallel up to ``retnet.ops.retention.PARALLEL_MAX_LEN`` tokens, chunkwise beyond, as ``retnet generate`` does),
+parallel up to ``retnet.ops.dispatch.PARALLEL_MAX_LEN`` tokens, chunkwise beyond, as ``retnet generate`` does),
 then ``generate`` feeds one token per step, which runs the O(1) recurrent form. ``generate`` passes the whole 2D
 attention mask every step; only its last ``T`` columns (those of the current input) are used: padding already seen
 is in the state. ``transformers`` renamed the cache argument (``past_key_values`` -> ``cache``); both names are
@@ -33,8 +33,9 @@ from retnet.hf.configuration import RetNetHFConfig
 from retnet.hf.validation import check_model_directory
 from retnet.layers.norm import HeadNorm, RMSNorm
 from retnet.models.retnet import RetNetForCausalLM, RetNetModel
+from retnet.ops.dispatch import MODES
 
-RETENTION_MODES = ("auto", "parallel", "chunkwise", "recurrent")
+RETENTION_MODES = MODES
 
 # The output field that carries the cache: ``cache`` in newer ``transformers`` releases, ``past_key_values`` before.
 # Read from the installed release's own output class, so ``generate`` finds the state where it looks for it
@@ -202,7 +203,7 @@ class RetNetHFForCausalLM(RetNetPreTrainedModel, GenerationMixin):
         A call that continues a sequence (a mask longer than the input, or ``cache_position`` past 0) without the
         state raises: decoding never silently restarts from nothing. ``output_hidden_states`` returns only the final
         (normed) hidden state. ``retention_mode`` picks the retention form (``auto``: recurrent for one token,
-        parallel up to ``retnet.ops.retention.PARALLEL_MAX_LEN`` tokens, chunkwise beyond).
+        parallel up to ``retnet.ops.dispatch.PARALLEL_MAX_LEN`` tokens, chunkwise beyond).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")

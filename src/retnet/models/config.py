@@ -20,7 +20,7 @@ LAYER_TYPES = ("retention", "gated", "attention")
 LAYER_LETTERS = {"R": "retention", "G": "gated", "A": "attention"}
 ARCHITECTURES = ("retnet", "yoco")
 
-# name: (hidden_size, value_dim == ffn_dim, num_layers, num_heads). Official torchscale presets (spec §3)
+# name: (hidden_size, value_dim == ffn_dim, num_layers, num_heads). Official torchscale presets
 # plus two CPU-sized ones.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=192, value_dim=324, ffn_dim=324, num_layers=4, num_heads=2, vocab_size=256),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from retnet.ops.dispatch import PARALLEL_MAX_LEN
 from retnet.ops.retention import _compute_dtype, retention
 from retnet.ops.validation import validate_retention_args
 
@@ -59,7 +60,7 @@ def bidirectional_retention(
         raise ValueError(f"log_decay must have shape [H] for bidirectional retention, got {tuple(log_decay.shape)}")
     T = q.shape[1]
     if mode == "auto":
-        mode = "parallel" if T <= 256 else "chunkwise"
+        mode = "parallel" if T <= PARALLEL_MAX_LEN else "chunkwise"
     if mode == "parallel":
         cd = _compute_dtype(q, k, v)
         with torch.autocast(device_type=q.device.type, enabled=False):
