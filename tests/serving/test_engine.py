@@ -134,3 +134,77 @@ def test_queue_bound(model, tok):
         engine.submit(Sequence([1], SamplingParams(max_tokens=1), lambda ev: None))
     with pytest.raises(EngineOverloaded):
         engine.submit(Sequence([1], SamplingParams(max_tokens=1), lambda ev: None))
+
+
+class FailingRows(torch.nn.Module):
+    """The model, except that a recurrent step raises when a row's offset passes ``poison_from`` (only the
+    poisoned sequence starts there), and a prefill raises on the token ``poison_token``: faults inside the
+    engine that belong to one request."""
+
+    def __init__(self, model, poison_from: int = 10_000, poison_token: int = 7) -> None:
+        super().__init__()
+        self.inner, self.poison_from, self.poison_token = model, poison_from, poison_token
+        self.config = model.config
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def forward(self, ids, *, state=None, mode="auto", **kw):
+        if mode == "recurrent" and state is not None and bool((state.offset >= self.poison_from).any()):
+            raise RuntimeError("injected decode fault")
+        if mode != "recurrent" and bool((ids == self.poison_token).any()):
+            raise RuntimeError("injected prefill fault")
+        return self.inner(ids, state=state, mode=mode, **kw)
+
+
+def test_faults_in_one_sequence_leave_eight_others_exactly_as_alone(model, tok):
+    """A batched decode step that raises because of one row, a prefill that raises, and a row whose state is
+    NaN (its logits are NaN) each fail their own request only; the 8 others produce the tokens they produce
+    alone, and every request gets exactly one ending."""
+    prompts = [torch.randint(8, 256, (n,)).tolist() for n in (3, 11, 5, 20, 8, 2, 14, 6)]
+    params = SamplingParams(max_tokens=12, temperature=0)
+    alone = [run_engine(model, tok, [(p, params, None)])[0] for p in prompts]
+    far = model(torch.tensor([[40, 41]]), use_cache=True).state
+    far.offset = torch.tensor([10_000])  # the poisoned row: its decode steps raise
+    nan_state = model(torch.tensor([[42]]), use_cache=True).state
+    nan_state.layers = [torch.full_like(t, float("nan")) for t in nan_state.layers]
+    jobs = [(p, params, None) for p in prompts[:4]]
+    jobs += [([50, 51], params, far), ([60, 7, 61], params, None), ([70], params, nan_state)]
+    jobs += [(p, params, None) for p in prompts[4:]]
+    outs = run_engine(FailingRows(model), tok, jobs, max_batch=16, prefill_chunk=64)
+    failed = outs[4:7]
+    assert [o.error.code for o in failed] == ["engine_error", "engine_error", "non_finite_logits"]
+    assert all(o.done is None for o in failed)
+    for got, want in zip(outs[:4] + outs[7:], alone):
+        assert got.error is None and "".join(got.text) == "".join(want.text)
+        assert got.done.token_ids == want.done.token_ids
+
+
+def test_non_finite_logits_mid_decode_fail_that_row_only(model, tok):
+    """A model that turns one row's logits NaN after a few steps: that request ends with a named error."""
+
+    class NaNAfter(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        @property
+        def device(self):
+            return self.inner.device
+
+        def forward(self, ids, **kw):
+            out = self.inner(ids, **kw)
+            state = kw.get("state")
+            if state is not None and ids.shape[1] == 1:
+                rows = (state.offset >= 5_000 + 3).nonzero().flatten()
+                out.logits[rows] = float("nan")
+            return out
+
+    params = SamplingParams(max_tokens=10, temperature=0.8, seed=3)
+    far = model(torch.tensor([[40]]), use_cache=True).state
+    far.offset = torch.tensor([5_000])
+    outs = run_engine(NaNAfter(model), tok, [([1, 2], params, None), ([9], params, far), ([3], params, None)])
+    assert outs[1].error.code == "non_finite_logits" and "".join(outs[1].text)  # it had streamed some text
+    (a,) = run_engine(model, tok, [([1, 2], params, None)])
+    assert outs[0].done.token_ids == a.done.token_ids and outs[2].done is not None

@@ -23,6 +23,7 @@ from retnet.serving.tokenizer import ServingTokenizer
 from tests.serving.helpers import ServerProcess, make_model_dir
 
 KEY = "sk-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 MODEL = "tiny-retnet"
 pytestmark = pytest.mark.slow  # one server start (plus a restart): ~10-30 s on 2 cores
 
@@ -103,7 +104,8 @@ def assert_openai_error(resp, status):
 # ---------------------------------------------------------------------------------------------- basics
 def test_models_and_health(server, client):
     assert [m.id for m in client.models.list()] == [MODEL]
-    health = httpx.get(server.base_url + "/health").json()
+    assert httpx.get(server.base_url + "/health").json() == {"status": "ok", "auth": True}  # no key: no details
+    health = httpx.get(server.base_url + "/health", headers=AUTH).json()
     assert health["status"] == "ok" and health["auth"] is True
     assert health["state_bytes_per_conversation"] > 0
     assert {"conversations", "bytes", "max_conversations", "max_bytes", "eviction_policy"} <= set(health["store"])
@@ -224,7 +226,7 @@ def test_concurrent_streams_equal_each_alone_and_a_stalled_client_stalls_nobody(
         assert elapsed < 30
         # the engine finishes the stalled stream without waiting for its reader; the reply waits in the server
         for _ in range(300):
-            if httpx.get(server.base_url + "/health").json()["engine"]["decoding"] == 0:
+            if httpx.get(server.base_url + "/health", headers=AUTH).json()["engine"]["decoding"] == 0:
                 break
             time.sleep(0.1)
         else:
@@ -343,10 +345,10 @@ def test_openai_client_raises_typed_errors(client):
 def test_restart_in_the_middle_of_a_conversation(server, ref):
     c = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=60)
     first = chat_turn(c, TURN1, store=True)
-    count = httpx.get(server.base_url + "/health").json()["store"]["conversations"]
+    count = httpx.get(server.base_url + "/health", headers=AUTH).json()["store"]["conversations"]
     server.stop()
     server.start()
     c = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=60)
-    assert httpx.get(server.base_url + "/health").json()["store"]["conversations"] == count
+    assert httpx.get(server.base_url + "/health", headers=AUTH).json()["store"]["conversations"] == count
     second = chat_turn(c, TURN2, conversation_id=first.conversation_id)
     assert [first.choices[0].message.content, second.choices[0].message.content] == ref.chat([TURN1, TURN2], 12)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 from retnet.models import RetNetState
-from retnet.serving.store import ConversationBusy, ConversationNotFound, ConversationStore, StoreError
+from retnet.serving.store import (
+    MARKER,
+    ConversationBusy,
+    ConversationNotFound,
+    ConversationStore,
+    StoreError,
+    StoreFull,
+)
+from tests.cli.helpers import snapshot
 
 
 def state(fill: float, layers: int = 2) -> RetNetState:
@@ -42,14 +53,121 @@ def test_turns_persist_across_reopen_and_replace_files(tmp_path):
     assert [p.name for p in (tmp_path / "states").iterdir()] == [rec.state_file]
 
 
-def test_orphan_files_are_removed_at_start(tmp_path):
+def test_only_our_own_orphans_are_removed_at_start(tmp_path):
+    store = open_store(tmp_path)
+    conv = store.create("chat")
+    rec = store.save_turn(conv.id, state(1.0), [1], new_tokens=1)
+    states = tmp_path / "states"
+    orphan = "conv_" + "a" * 24 + ".3.safetensors"  # a state file whose index row never committed
+    partial = ".conv_" + "b" * 24 + ".1.safetensors.k2x_9q.tmp"  # a write killed before its rename
+    (states / orphan).write_bytes(b"old")
+    (states / partial).write_bytes(b"partial")
+    theirs = ["notes.txt", "crashed-write.safetensors", "conv_1.safetensors", ".hidden.tmp"]
+    for name in theirs:
+        (states / name).write_text("not ours")
+    (tmp_path / "elsewhere.txt").write_text("keep")
+    (states / ("conv_" + "c" * 24 + ".1.safetensors")).symlink_to(tmp_path / "elsewhere.txt")
+    store.close()
+    open_store(tmp_path)
+    left = sorted(p.name for p in states.iterdir())
+    assert orphan not in left and partial not in left
+    assert set(theirs) | {rec.state_file, "conv_" + "c" * 24 + ".1.safetensors"} == set(left)
+    assert (tmp_path / "elsewhere.txt").read_text() == "keep"
+
+
+def test_a_folder_that_is_not_a_store_is_refused_untouched(tmp_path):
+    """Issue #20.1: --data-dir pointing at a user's folder deleted every file in its states/."""
+    user = tmp_path / "mine"
+    (user / "states").mkdir(parents=True)
+    (user / "states" / "thesis.tex").write_text("years of work")
+    (user / "photo.jpg").write_bytes(b"\xff\xd8")
+    before = snapshot(user)
+    with pytest.raises(StoreError, match="not a retnet conversation store"):
+        open_store(user)
+    assert snapshot(user) == before
+
+
+def test_symlinks_where_the_store_keeps_its_files_are_refused(tmp_path):
+    """Issue #20.1 and #20.3: a symlinked states/ was followed (and emptied); a symlinked index.sqlite got our
+    tables added to someone else's database."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.safetensors").write_text("theirs")
+    foreign_db = tmp_path / "app.db"
+    db = sqlite3.connect(foreign_db)
+    db.execute("CREATE TABLE users (name TEXT)")
+    db.commit()
+    db.close()
+    db_bytes = foreign_db.read_bytes()
+    for name, target in (("states", other), ("index.sqlite", foreign_db)):
+        root = tmp_path / f"store-{name}"
+        root.mkdir()
+        (root / name).symlink_to(target)
+        with pytest.raises(StoreError, match="symbolic link"):
+            open_store(root)
+        assert sorted(p.name for p in root.iterdir()) == [name]  # no marker, no index written there
+    assert (other / "keep.safetensors").read_text() == "theirs" and foreign_db.read_bytes() == db_bytes
+    marked = tmp_path / "marked"
+    open_store(marked).close()
+    (marked / "states").rename(marked / "states-old")
+    (marked / "states").symlink_to(other)
+    with pytest.raises(StoreError, match="symbolic link"):
+        open_store(marked)
+
+
+def test_a_store_from_before_the_marker_is_adopted(tmp_path):
     store = open_store(tmp_path)
     conv = store.create("chat")
     store.save_turn(conv.id, state(1.0), [1], new_tokens=1)
-    (tmp_path / "states" / "crashed-write.safetensors").write_bytes(b"partial")
     store.close()
-    open_store(tmp_path)
-    assert len(list((tmp_path / "states").iterdir())) == 1
+    (tmp_path / MARKER).unlink()
+    reopened = open_store(tmp_path)
+    assert reopened.get(conv.id).turns == 1 and (tmp_path / MARKER).is_file()
+
+
+def test_create_and_lock_is_one_step_and_the_count_bound_holds(tmp_path):
+    """Issue #20.4: with max_count 1, a second stored conversation evicted the first between its creation and
+    its lock (ConversationNotFound, HTTP 500), and the store ended above its bound."""
+    store = open_store(tmp_path, max_count=1)
+    first = store.create("chat", acquire=True)
+    with pytest.raises(StoreFull):
+        store.create("chat", acquire=True)
+    assert store.totals()[0] == 1 and store.get(first.id).id == first.id
+    store.release(first.id)
+    second = store.create("chat", acquire=True)
+    with pytest.raises(ConversationNotFound, match="lru"):
+        store.get(first.id)
+    assert store.totals()[0] == 1 and second.id in store.busy
+
+    def race(_):
+        try:
+            return store.create("completion", acquire=True).id
+        except StoreFull:
+            return None
+
+    store.release(second.id)
+    with ThreadPoolExecutor(8) as pool:
+        got = [c for c in pool.map(race, range(16)) if c is not None]
+    assert len(got) == 1 and store.totals()[0] == 1 and store.busy == {got[0]}
+
+
+def test_listing_pages_through_live_conversations(tmp_path):
+    clock = Clock()
+    store = open_store(tmp_path, clock, ttl_s=100)
+    ids = []
+    for _ in range(5):
+        clock.t += 1
+        ids.append(store.create("chat").id)
+    page, more = store.list(2)
+    assert [c.id for c in page] == ids[::-1][:2] and more
+    page2, more2 = store.list(2, after=page[-1].id)
+    page3, more3 = store.list(2, after=page2[-1].id)
+    assert [c.id for c in page + page2 + page3] == ids[::-1] and more2 and not more3
+    assert [c.id for c in store.list(10, order="asc")[0]] == ids
+    clock.t += 99.5  # the first four are past their ttl
+    assert [c.id for c in store.list(10)[0]] == ids[4:]
+    with pytest.raises(ConversationNotFound):
+        store.list(2, after="conv_" + "0" * 24)
 
 
 def test_lru_eviction_by_count_and_bytes(tmp_path):

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-batch", type=int, default=64, help="sequences decoded together")
     g.add_argument("--max-queue", type=int, default=256, help="waiting requests before HTTP 429")
     g.add_argument("--prefill-chunk", type=int, default=256, help="prompt tokens per scheduler step")
+    g.add_argument(
+        "--request-timeout", type=float, default=30.0, help="seconds to receive a request's headers, and its body"
+    )
     s = p.add_argument_group("conversation store")
     s.add_argument("--max-conversations", type=int, default=10_000)
     s.add_argument("--max-store-bytes", type=int, default=4 << 30)
@@ -46,19 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from retnet.models import CheckpointError
     from retnet.serving.app import create_app
     from retnet.serving.config import ServerConfig
     from retnet.serving.store import StoreError
     from retnet.serving.tokenizer import TokenizerError
+    from retnet.serving.transport import bind, serve
 
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
     api_key = (args.api_key if args.api_key is not None else os.environ.get("RETNET_API_KEY")) or None
     if args.host not in LOOPBACK and api_key is None:
         logging.getLogger("retnet.serving").warning("serving on %s without an API key", args.host)
+    try:  # bound first: a taken port is reported before the model loads, and nothing else can take it meanwhile
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {args.host}:{args.port} (--host/--port): {exc.strerror or exc}") from exc
     try:
         config = ServerConfig(
             model_dir=args.model_dir,
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             max_tokens_limit=args.max_tokens_limit,
             default_max_tokens=args.default_max_tokens,
             max_body_bytes=args.max_body_bytes,
+            request_timeout_s=args.request_timeout,
             max_batch=args.max_batch,
             max_queue=args.max_queue,
             prefill_chunk=args.prefill_chunk,
@@ -81,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
         )
         app = create_app(config)
     except (ValueError, CheckpointError, TokenizerError, StoreError, OSError) as exc:
+        sock.close()
         raise CLIError(str(exc)) from exc
     logging.basicConfig(level=args.log_level.upper())
     print(f"retnet serve: {config.model_name} on http://{args.host}:{args.port} (data: {config.data_dir})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    serve(app, sock, log_level=args.log_level, request_timeout_s=config.request_timeout_s)
     return 0

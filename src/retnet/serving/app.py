@@ -16,21 +16,47 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from retnet.models import load_pretrained
+from retnet.generation.sampling import invalid_rows
+from retnet.models import RetNetState, load_pretrained
 from retnet.models.directory import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from retnet.runtime.malloc import limit_arenas, trim
 from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
 from retnet.serving.config import ServerConfig
 from retnet.serving.engine import Engine
 from retnet.serving.errors import APIError, install_error_handlers
-from retnet.serving.middleware import LimitsAndAuth
+from retnet.serving.middleware import LimitsAndAuth, authorized
 from retnet.serving.routes import Generator, register_generation_routes
-from retnet.serving.store import ConversationBusy, ConversationNotFound, ConversationStore
+from retnet.serving.state_io import first_non_finite, state_tensors
+from retnet.serving.store import CONV_ID, ConversationBusy, ConversationNotFound, ConversationStore, StoreFull
 from retnet.serving.tokenizer import ServingTokenizer
 
 log = logging.getLogger("retnet.serving")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FULL_HASH_LIMIT = 1 << 30
+PROBE_TOKENS = 8
+MAX_LIST_LIMIT = 100
+
+
+class ModelCheckError(ValueError):
+    """The model produces non-finite logits or states on a short probe: it would answer nothing but errors."""
+
+
+def probe_model(model, model_dir: Path, dtype: str) -> RetNetState:
+    """A few tokens through a chunkwise prefill and one recurrent step (the engine's two paths); logits and
+    states must be finite. Returns the final state (a template of the state's layout)."""
+    vocab = model.config.vocab_size
+    ids = (torch.arange(PROBE_TOKENS, device=model.device) * 7919 % vocab)[None]
+    with torch.no_grad():
+        first = model(ids, use_cache=True, mode="auto")
+        step = model(ids[:, -1:], state=first.state, use_cache=True, mode="recurrent")
+    finite_states = first_non_finite(state_tensors(step.state)) is None
+    for out in (first, step):
+        if bool(invalid_rows(out.logits[0].float()).any()) or not finite_states:
+            raise ModelCheckError(
+                f"{model_dir}: the model produces non-finite values (NaN or inf) on a {PROBE_TOKENS}-token probe "
+                f"in {dtype}; check its weights and config.json (e.g. embed_scale, rotary_base)"
+            )
+    return step.state
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -58,6 +84,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     if config.threads:
         torch.set_num_threads(config.threads)
     model = load_pretrained(config.model_dir, dtype=DTYPES[config.dtype])
+    probe = probe_model(model, config.model_dir, config.dtype)  # refuse a broken model; the state layout
     tokenizer = ServingTokenizer.from_dir(config.model_dir, model.config.eos_token_id)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
@@ -81,8 +108,6 @@ def create_app(config: ServerConfig) -> FastAPI:
         prefill_chunk=config.prefill_chunk,
         threads=config.threads,
     )
-    with torch.no_grad():  # one probe forward: the state size and a warm start
-        probe = model(torch.zeros(1, 1, dtype=torch.long), use_cache=True).state
     state_bytes = probe.nbytes()
     started = time.time()
 
@@ -115,36 +140,66 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     model_card = {"id": config.model_name, "object": "model", "created": int(started), "owned_by": "retnet"}
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    async def health(request: Request) -> JSONResponse:
         ok = engine.alive()
-        body = {
-            "status": "ok" if ok else "engine stopped",
-            "model": config.model_name,
-            "uptime_s": round(time.time() - started, 3),
-            "state_bytes_per_conversation": state_bytes,
-            "engine": engine.load(),
-            "store": await asyncio.to_thread(store.stats),
-            "limits": {
-                "max_prompt_tokens": config.max_prompt_tokens,
-                "max_tokens": config.max_tokens_limit,
-                "max_body_bytes": config.max_body_bytes,
-                "max_batch": config.max_batch,
-                "max_queue": config.max_queue,
-            },
-            "auth": config.api_key is not None,
-        }
+        body = {"status": "ok" if ok else "engine stopped", "auth": config.api_key is not None}
+        if authorized(request.headers.get("authorization"), config.api_key):  # counts and limits: key holders only
+            body |= {
+                "model": config.model_name,
+                "uptime_s": round(time.time() - started, 3),
+                "state_bytes_per_conversation": state_bytes,
+                "engine": engine.load(),
+                "store": await asyncio.to_thread(store.stats),
+                "limits": {
+                    "max_prompt_tokens": config.max_prompt_tokens,
+                    "max_tokens": config.max_tokens_limit,
+                    "max_body_bytes": config.max_body_bytes,
+                    "max_batch": config.max_batch,
+                    "max_queue": config.max_queue,
+                },
+            }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models() -> dict:
         return {"object": "list", "data": [model_card]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.api_route("/v1/models/{model_id}", methods=["GET", "HEAD"])
     async def model_info(model_id: str) -> dict:
         if model_id != config.model_name:
             raise APIError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
         return model_card
+
+    @app.api_route("/v1/conversations", methods=["GET", "HEAD"])
+    async def list_conversations(request: Request) -> dict:
+        """Stored conversations, newest first by default; ``limit`` (1-100, default 20), ``after`` (an id from
+        the previous page's ``last_id``) and ``order`` (``desc`` or ``asc``) page through them."""
+        query = request.query_params
+        unknown = sorted(set(query) - {"limit", "after", "order"})
+        if unknown:
+            raise APIError(400, f"unrecognized query parameter: '{unknown[0]}'", param=unknown[0])
+        raw = query.get("limit", "20")
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIST_LIMIT):
+            raise APIError(400, f"'limit' must be an integer from 1 to {MAX_LIST_LIMIT}, got {raw!r}", param="limit")
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise APIError(400, f"'order' must be 'asc' or 'desc', got {order!r}", param="order")
+        after = query.get("after")
+        if after is not None and not CONV_ID.fullmatch(after):
+            raise APIError(400, f"'after' must be a conversation id, got {after!r}", param="after")
+        try:
+            page, more = await asyncio.to_thread(store.list, int(raw), after=after, order=order)
+        except ConversationNotFound as exc:
+            raise APIError(404, str(exc), param="after", code="conversation_not_found") from exc
+        data = [c.public() for c in page]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
 
     @app.post("/v1/conversations")
     async def create_conversation(request: Request) -> dict:
@@ -160,10 +215,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             kind = data.get("kind", "chat")
             if kind not in ("chat", "completion"):
                 raise APIError(400, "'kind' must be 'chat' or 'completion'", param="kind")
-        conv = await asyncio.to_thread(store.create, kind)
+        try:
+            conv = await asyncio.to_thread(store.create, kind)
+        except StoreFull as exc:
+            raise APIError(429, str(exc), code="store_full") from exc
         return conv.public()
 
-    @app.get("/v1/conversations/{conv_id}")
+    @app.api_route("/v1/conversations/{conv_id}", methods=["GET", "HEAD"])
     async def get_conversation(conv_id: str) -> dict:
         try:
             return (await asyncio.to_thread(store.get, conv_id)).public()
@@ -180,5 +238,10 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise APIError(409, str(exc), param="conversation_id", code="conversation_busy") from exc
         return {"id": conv_id, "object": "conversation.deleted", "deleted": True}
 
-    app.add_middleware(LimitsAndAuth, max_body_bytes=config.max_body_bytes, api_key=config.api_key)
+    app.add_middleware(
+        LimitsAndAuth,
+        max_body_bytes=config.max_body_bytes,
+        api_key=config.api_key,
+        body_timeout_s=config.request_timeout_s,
+    )
     return app

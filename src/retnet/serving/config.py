@@ -20,6 +20,7 @@ class ServerConfig:
     default_max_tokens: int = 256  # chat completions without max_tokens (completions default to 16, as OpenAI)
     max_body_bytes: int = 1 << 20
     max_stop: int = 4
+    request_timeout_s: float = 30.0  # to receive a request's headers, and again its body (slow clients)
     # scheduling
     max_batch: int = 64  # sequences decoded together
     max_queue: int = 256  # requests waiting to start; more get HTTP 429
@@ -54,6 +55,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.state_cache_bytes < 0:
             raise ValueError(f"state_cache_bytes must be >= 0, got {self.state_cache_bytes}")
+        if not 0 < self.request_timeout_s < float("inf"):
+            raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s}")
         if not self.conversation_ttl_s > 0:
             raise ValueError(f"conversation_ttl_s must be > 0, got {self.conversation_ttl_s}")
         if self.threads is not None and self.threads < 1:

@@ -6,6 +6,10 @@ sequence joins the decode batch by concatenating its state (``RetNetState.cat``)
 the remaining rows; rows carry their own offsets, so sequences at different positions decode together.
 Results go to per-request callbacks that never block (the HTTP side queues them), so a slow client cannot
 stall the loop. Torch releases the GIL in its kernels, so the asyncio server stays responsive.
+
+A failure belongs to one sequence: a prefill that raises, a row whose logits are not finite, a sampler or
+detokeniser error fail that sequence alone (it gets an ``error`` event; the others go on). A batched decode
+step that raises is retried row by row, so only the rows that fail alone are dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 
 from retnet.generation import sample_next
+from retnet.generation.sampling import NonFiniteLogitsError, check_sampling, invalid_rows
 from retnet.models import RetNetState
 from retnet.serving.stops import StopMatcher
 from retnet.serving.tokenizer import IncrementalDetokenizer, ServingTokenizer
@@ -31,6 +36,28 @@ log = logging.getLogger("retnet.serving")
 
 class EngineOverloaded(RuntimeError):
     """Too many requests waiting to start."""
+
+
+@dataclass
+class Failure:
+    """Why a sequence ended without a reply: an HTTP status, a message and a machine-readable code."""
+
+    status: int
+    message: str
+    code: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+SHUTTING_DOWN = Failure(503, "the server is shutting down", "server_shutting_down")
+NON_FINITE = Failure(500, "the model produced non-finite logits (NaN or inf) for this request", "non_finite_logits")
+
+
+def engine_failure(exc: BaseException) -> Failure:
+    if isinstance(exc, NonFiniteLogitsError):
+        return NON_FINITE
+    return Failure(500, f"the engine failed while processing this request ({type(exc).__name__})", "engine_error")
 
 
 @dataclass
@@ -61,8 +88,9 @@ class Finished:
 
 class Sequence:
     """One request inside the engine. ``emit`` receives ``("first", None)`` when the first token is sampled,
-    then ``("text", str)`` pieces, then ``("done", Finished)`` (or ``("error", str)`` at any point); it is
-    called from the engine thread and must not block."""
+    then ``("text", str)`` pieces, then ``("done", Finished)`` (or ``("error", Failure)`` at any point); it is
+    called from the engine thread and must not block. Exactly one ``done`` or ``error`` ends every sequence
+    that is not cancelled."""
 
     def __init__(
         self,
@@ -73,6 +101,7 @@ class Sequence:
     ) -> None:
         if not prompt_ids:
             raise ValueError("a request needs at least one token to process")
+        check_sampling(params.temperature, params.top_k, params.top_p)
         self.prompt_ids, self.params, self.emit, self.initial_state = prompt_ids, params, emit, state
         self.cancelled = False
         self.generator: torch.Generator | None = None
@@ -132,7 +161,14 @@ class Engine:
         self.wake = threading.Event()
         self.stopping = False
         self.thread: threading.Thread | None = None
-        self.stats = {"steps": 0, "tokens_generated": 0, "tokens_prefilled": 0, "requests": 0, "errors": 0}
+        self.stats = {
+            "steps": 0,
+            "tokens_generated": 0,
+            "tokens_prefilled": 0,
+            "requests": 0,
+            "errors": 0,
+            "failed_requests": 0,
+        }
         self.last_error: str | None = None
 
     # ---------------------------------------------------------------- public, any thread
@@ -179,17 +215,25 @@ class Engine:
                     self._drop_cancelled()
                     self._prefill_step()
                     self._decode_step()
-                except Exception:  # keep serving: fail the requests in flight, reset the batch
+                except Exception as exc:  # a bug outside any one sequence: fail those in flight, keep serving
                     self.last_error = traceback.format_exc()
                     log.error("engine step failed:\n%s", self.last_error)
                     self.stats["errors"] += 1
                     for act in self.prefilling + self.rows:
-                        act.seq.emit(("error", "the engine failed while processing this request"))
+                        act.seq.emit(("error", engine_failure(exc)))
                     self.prefilling, self.rows, self.next_tokens, self.batch_state = [], [], [], None
         for act in self.prefilling + self.rows:
-            act.seq.emit(("error", "the server is shutting down"))
+            act.seq.emit(("error", SHUTTING_DOWN))
         while not self.inbox.empty():
-            self.inbox.get_nowait().emit(("error", "the server is shutting down"))
+            self.inbox.get_nowait().emit(("error", SHUTTING_DOWN))
+
+    def _fail(self, act: _Active, exc: BaseException) -> None:
+        """End one sequence with an error; the others are not touched."""
+        if not isinstance(exc, NonFiniteLogitsError):
+            self.last_error = "".join(traceback.format_exception(exc))
+            log.error("request failed in the engine:\n%s", self.last_error)
+        self.stats["failed_requests"] += 1
+        act.seq.emit(("error", engine_failure(exc)))
 
     def _admit(self) -> None:
         while len(self.prefilling) + len(self.rows) < self.max_batch:
@@ -217,42 +261,82 @@ class Engine:
         budget = self.prefill_chunk
         while budget > 0 and self.prefilling:
             act = self.prefilling[0]
-            seq = act.seq
-            n = min(budget, len(seq.prompt_ids) - seq.prefilled)
-            ids = torch.tensor([seq.prompt_ids[seq.prefilled : seq.prefilled + n]], device=self.model.device)
-            out = self.model(ids, state=act.state, use_cache=True, mode="auto")
-            act.state, act.logits = out.state, out.logits[:, -1]
-            seq.prefilled += n
-            budget -= n
-            self.stats["tokens_prefilled"] += n
-            if seq.prefilled == len(seq.prompt_ids):
+            try:
+                budget -= self._prefill_one(act, budget)
+            except Exception as exc:
                 self.prefilling.pop(0)
-                token = self._sample(act, act.logits)
-                if not self._after_token(act, token, act.state):
-                    self.rows.append(act)
-                    self.next_tokens.append(token)
-                    self.batch_state = (
-                        act.state if self.batch_state is None else RetNetState.cat([self.batch_state, act.state])
-                    )
                 act.state = act.logits = None
+                self._fail(act, exc)
+
+    def _prefill_one(self, act: _Active, budget: int) -> int:
+        """Prefill the next chunk of ``act``; once its prompt is done, sample its first token and move it to the
+        decode batch (``act`` leaves ``prefilling`` only when everything succeeded). Returns tokens used."""
+        seq = act.seq
+        n = min(budget, len(seq.prompt_ids) - seq.prefilled)
+        ids = torch.tensor([seq.prompt_ids[seq.prefilled : seq.prefilled + n]], device=self.model.device)
+        out = self.model(ids, state=act.state, use_cache=True, mode="auto")
+        act.state, act.logits = out.state, out.logits[:, -1]
+        seq.prefilled += n
+        self.stats["tokens_prefilled"] += n
+        if seq.prefilled == len(seq.prompt_ids):
+            token = self._sample(act, act.logits)
+            if self._after_token(act, token, act.state):
+                self.prefilling.pop(0)
+            else:
+                joined = act.state if self.batch_state is None else RetNetState.cat([self.batch_state, act.state])
+                self.prefilling.pop(0)
+                self.batch_state = joined
+                self.rows.append(act)
+                self.next_tokens.append(token)
+            act.state = act.logits = None
+        return n
 
     def _decode_step(self) -> None:
         if not self.rows:
             return
         ids = torch.tensor(self.next_tokens, device=self.model.device)[:, None]
-        out = self.model(ids, state=self.batch_state, use_cache=True, mode="recurrent")
-        self.batch_state = out.state
-        logits = out.logits[:, -1]
+        try:
+            out = self.model(ids, state=self.batch_state, use_cache=True, mode="recurrent")
+            self.batch_state, logits = out.state, out.logits[:, -1]
+        except Exception:
+            logits = self._decode_rows_alone(ids)
+            if logits is None:
+                return
         self.stats["steps"] += 1
-        keep = []
+        bad = invalid_rows(logits).tolist()
         greedy = logits.argmax(-1).tolist()  # one call for every greedy row
+        keep = []
         for i, act in enumerate(self.rows):
-            token = greedy[i] if act.seq.params.temperature == 0 else self._sample(act, logits[i : i + 1])
-            self.next_tokens[i] = token
-            if not self._after_token(act, token, None, row=i):
-                keep.append(i)
+            try:
+                if bad[i]:
+                    raise NonFiniteLogitsError([i])
+                token = greedy[i] if act.seq.params.temperature == 0 else self._sample(act, logits[i : i + 1])
+                self.next_tokens[i] = token
+                if not self._after_token(act, token, None, row=i):
+                    keep.append(i)
+            except Exception as exc:
+                self._fail(act, exc)
         if len(keep) < len(self.rows):
             self._keep_rows(keep)
+
+    def _decode_rows_alone(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """After a batched step raised: step each row alone, fail the rows that raise, keep the others (the
+        state is replaced only where a row succeeded). Returns the survivors' logits, or None if none is left."""
+        log.warning("batched decode step failed; retrying its %d rows one by one", len(self.rows))
+        keep, states, logits = [], [], []
+        for i, act in enumerate(self.rows):
+            try:
+                out = self.model(ids[i : i + 1], state=self.batch_state.select([i]), use_cache=True, mode="recurrent")
+            except Exception as exc:
+                self._fail(act, exc)
+                continue
+            keep.append(i)
+            states.append(out.state)
+            logits.append(out.logits[:, -1])
+        self.rows = [self.rows[i] for i in keep]
+        self.next_tokens = [self.next_tokens[i] for i in keep]
+        self.batch_state = RetNetState.cat(states) if states else None
+        return torch.cat(logits) if logits else None
 
     def _sample(self, act: _Active, logits: torch.Tensor) -> int:
         p = act.seq.params

@@ -16,14 +16,15 @@ from fastapi.responses import StreamingResponse
 from retnet.models import RetNetState
 from retnet.serving.chat_template import ChatTemplate
 from retnet.serving.config import ServerConfig
-from retnet.serving.engine import Engine, EngineOverloaded, Finished, SamplingParams, Sequence
+from retnet.serving.engine import SHUTTING_DOWN, Engine, EngineOverloaded, Finished, SamplingParams, Sequence
 from retnet.serving.errors import APIError, error_body
 from retnet.serving.protocol import ChatCompletionRequest, CompletionRequest
-from retnet.serving.state_io import check_state
-from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, ConversationStore
+from retnet.serving.state_io import StateFileError, check_state
+from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, ConversationStore, StoreFull
 from retnet.serving.tokenizer import ServingTokenizer
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+LIVENESS_S = 5.0  # how often a waiting request checks that the engine thread is still there
 
 
 def _sse(data: dict | str) -> str:
@@ -83,7 +84,7 @@ class Generator:
         max_tokens = req.max_tokens
         if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
             max_tokens = req.max_completion_tokens
-        max_tokens = default_max if max_tokens is None else max_tokens
+        max_tokens = min(default_max, self.config.max_tokens_limit) if max_tokens is None else max_tokens
         if max_tokens > self.config.max_tokens_limit:
             raise APIError(
                 400, f"max_tokens is {max_tokens}, above this server's limit of {self.config.max_tokens_limit}",
@@ -132,8 +133,10 @@ class Generator:
                 )  # fmt: skip
             return Turn(kind, conv, created_conv=False)
         if req.store:
-            conv = await asyncio.to_thread(self.store.create, kind)
-            await asyncio.to_thread(self.store.acquire, conv.id)
+            try:
+                conv = await asyncio.to_thread(self.store.create, kind, acquire=True)
+            except StoreFull as exc:
+                raise APIError(429, str(exc), param="store", code="store_full") from exc
             return Turn(kind, conv, created_conv=True)
         return Turn(kind, None, created_conv=False)
 
@@ -159,10 +162,10 @@ class Generator:
             try:
                 state = await asyncio.to_thread(self.store.load, turn.conv)
                 check_state(state, self.state_template)
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, StateFileError, ValueError) as exc:
                 raise APIError(
                     404, f"conversation {turn.conv.id!r} has an unreadable state ({exc}); delete it and start anew",
-                    param="conversation_id", code="conversation_not_found",
+                    param="conversation_id", code="conversation_state_unreadable",
                 ) from exc  # fmt: skip
             pending = turn.conv.pending
         prompt = pending + new_ids
@@ -175,10 +178,21 @@ class Generator:
                 loop.call_soon_threadsafe(turn.events.put_nowait, event)
 
         turn.seq = Sequence(prompt, params, emit, state=state)
+        if not self.engine.alive():
+            raise APIError(503, "the engine is not running", code="engine_stopped")
         try:
             self.engine.submit(turn.seq)
         except EngineOverloaded as exc:
             raise APIError(429, str(exc), code="server_overloaded") from exc
+
+    async def next_event(self, turn: Turn) -> tuple[str, object]:
+        """The turn's next engine event; an ``error`` if the engine thread is gone, so no request waits forever."""
+        while True:
+            try:
+                return await asyncio.wait_for(turn.events.get(), LIVENESS_S)
+            except TimeoutError:
+                if not self.engine.alive():
+                    return "error", SHUTTING_DOWN
 
     async def finish(self, turn: Turn, fin: Finished) -> None:
         """Fold the turn into the conversation: state, plus pending tokens and the turn's closing."""
@@ -188,7 +202,14 @@ class Generator:
         if turn.kind == "chat":
             pending += self.tokenizer.encode(self.template.closing(fin.ended_turn))
         added = fin.prompt_tokens - len(turn.conv.pending) + len(pending) + fin.completion_tokens - 1
-        await asyncio.to_thread(self.store.save_turn, turn.conv.id, fin.state, pending, added)
+        try:
+            await asyncio.to_thread(self.store.save_turn, turn.conv.id, fin.state, pending, added)
+        except ConversationNotFound as exc:
+            raise APIError(404, str(exc), param="conversation_id", code="conversation_not_found") from exc
+        except OSError as exc:
+            raise APIError(
+                500, f"the conversation's state could not be stored: {exc}", code="store_write_failed"
+            ) from exc
         turn.saved = True
 
     # ---------------------------------------------------------------- responses
@@ -198,11 +219,11 @@ class Generator:
             try:
                 parts: list[str] = []
                 while True:
-                    kind, value = await turn.events.get()
+                    kind, value = await self.next_event(turn)
                     if kind == "text":
                         parts.append(value)
                     elif kind == "error":
-                        raise APIError(503, value, code="engine_error")
+                        raise APIError(value.status, value.message, code=value.code)
                     elif kind == "done":
                         await self.finish(turn, value)
                         return make_final("".join(parts), value)
@@ -213,16 +234,20 @@ class Generator:
 
         async def stream() -> AsyncIterator[str]:  # TurnStream closes the turn, however the stream ends
             while True:
-                kind, value = await turn.events.get()
+                kind, value = await self.next_event(turn)
                 if kind == "first":  # the role chunk goes out with the first token: its arrival is the TTFT
                     yield _sse(make_chunk(None))
                 elif kind == "text":
                     yield _sse(make_chunk(value))
                 elif kind == "error":
-                    yield _sse(error_body(503, value, None, "engine_error"))
+                    yield _sse(error_body(value.status, value.message, None, value.code))
                     return
                 else:
-                    await self.finish(turn, value)
+                    try:
+                        await self.finish(turn, value)
+                    except APIError as exc:
+                        yield _sse(error_body(exc.status, exc.message, exc.param, exc.code))
+                        return
                     final = make_final("", value)
                     yield _sse(make_chunk("", finish_reason=value.finish_reason))
                     if include_usage:

@@ -43,6 +43,19 @@ def _unflatten(spec: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return None
 
 
+def state_tensors(state: RetNetState) -> dict[str, torch.Tensor]:
+    """Every tensor of a state by its dotted name (layers, shared caches and the offsets)."""
+    out: dict[str, torch.Tensor] = {}
+    _flatten([state.layers, state.shared], "layers", out)
+    out["offset"] = state.offset
+    return out
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, or None."""
+    return next((k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+
+
 def save_state(path: Path, state: RetNetState, metadata: dict[str, str] | None = None) -> int:
     """Write atomically; returns the file size in bytes."""
     tensors: dict[str, torch.Tensor] = {}
@@ -55,16 +68,38 @@ def save_state(path: Path, state: RetNetState, metadata: dict[str, str] | None =
     return path.stat().st_size
 
 
+class StateFileError(ValueError):
+    """A state file that cannot be used: missing, not a regular file, damaged, foreign or non-finite."""
+
+
 def load_state(path: Path, device: str | torch.device = "cpu") -> tuple[RetNetState, dict[str, str]]:
-    """Read a state file written by :func:`save_state` (no pickle); returns the state and its metadata."""
-    with safe_open(str(path), framework="pt", device=str(device)) as fh:
-        meta = fh.metadata() or {}
-        if meta.get("format") != "retnet-state":
-            raise ValueError(f"{path} is not a retnet state file")
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    layers = _unflatten(json.loads(meta["structure"]), tensors)
-    shared = _unflatten(json.loads(meta["shared"]), tensors) if "shared" in meta else None
-    return RetNetState(layers, tensors["offset"], shared), meta
+    """Read a state file written by :func:`save_state` (no pickle); returns the state and its metadata.
+
+    Anything wrong with the file (a symlink, truncation, garbage, a foreign layout, NaN or inf values)
+    raises :class:`StateFileError` naming the file and the cause."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        raise StateFileError(f"{path} is not a regular file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != "retnet-state":
+                raise StateFileError(f"{path} is not a retnet state file")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        layers = _unflatten(json.loads(meta["structure"]), tensors)
+        shared = _unflatten(json.loads(meta["shared"]), tensors) if "shared" in meta else None
+        state = RetNetState(layers, tensors["offset"], shared)
+    except StateFileError:
+        raise
+    except Exception as exc:  # safetensors, JSON or structure errors: all mean a damaged or foreign file
+        raise StateFileError(f"{path} is damaged or not a retnet state file ({type(exc).__name__}: {exc})") from exc
+    offset = state.offset
+    if offset.dtype != torch.long or offset.shape != (1,) or int(offset[0]) < 0:
+        raise StateFileError(f"{path} has an invalid offset {offset.tolist()} ({offset.dtype})")
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise StateFileError(f"{path} holds non-finite values (NaN or inf) in {bad}")
+    return state, meta
 
 
 def check_state(state: RetNetState, like: RetNetState) -> None:

@@ -3,14 +3,20 @@
 A conversation's record holds its state file, the ids of tokens generated but not yet folded into the state
 (``pending``: the last sampled token and the turn's closing), and use times. A new turn writes a new state
 file, commits the index row that points to it, then deletes the old file, so a crash at any point leaves a
-consistent pair; files no row points to are removed at start. The store is bounded by count and total bytes
-(least recently used conversations go first) and by a time-to-live since last use. A small write-through
-memory cache keeps hot states off the disk read path.
+consistent pair. The store is bounded by count and total bytes (least recently used conversations go first)
+and by a time-to-live since last use. A small write-through memory cache keeps hot states off the disk read
+path.
+
+The store owns only what it creates. Its folder carries a marker file written when the store is created; a
+non-empty folder without it is refused, and so are a symlinked ``states`` folder, index or marker (so a
+foreign database is never opened and nothing is followed elsewhere). At start only files named like its own
+state files and temporary files, with no index row, are removed; anything else in the folder is left alone.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retnet.models import RetNetState
+from retnet.models.directory import atomic_write_json
 from retnet.serving.state_io import load_state, save_state
 
 SCHEMA = """
@@ -39,10 +46,27 @@ CREATE INDEX IF NOT EXISTS conversations_last_used ON conversations(last_used);
 CREATE TABLE IF NOT EXISTS tombstones (id TEXT PRIMARY KEY, reason TEXT NOT NULL, time REAL NOT NULL);
 """
 MAX_TOMBSTONES = 100_000
+MARKER = "retnet-store.json"
+MARKER_FORMAT = "retnet-conversation-store"
+INDEX = "index.sqlite"
+OWN_FILES = (MARKER, "states", INDEX, INDEX + "-wal", INDEX + "-shm", INDEX + "-journal")
+CONV_ID = re.compile(r"conv_[0-9a-f]{24}")
+STATE_FILE = re.compile(r"(conv_[0-9a-f]{24})\.[0-9]+\.safetensors")
+TEMP_FILE = re.compile(r"\.conv_[0-9a-f]{24}\.[0-9]+\.safetensors\.[A-Za-z0-9_]+\.tmp")  # atomic_write's
 
 
 class StoreError(RuntimeError):
-    """The data folder cannot be used (e.g. it holds states of a different model)."""
+    """The data folder cannot be used (not ours, a symlink, or states of a different model)."""
+
+
+class StoreFull(RuntimeError):
+    """Every conversation is mid-turn, so none can be evicted to make room for a new one."""
+
+    def __init__(self, max_count: int) -> None:
+        super().__init__(
+            f"the conversation store is full ({max_count} conversations, all with a request in progress); "
+            "retry when one ends"
+        )
 
 
 class ConversationNotFound(LookupError):
@@ -95,7 +119,7 @@ class ConversationStore:
     ) -> None:
         self.root = Path(root)
         self.states_dir = self.root / "states"
-        self.states_dir.mkdir(parents=True, exist_ok=True)
+        claim_folder(self.root)
         self.max_count, self.max_bytes, self.ttl_s, self.cache_bytes = max_count, max_bytes, ttl_s, cache_bytes
         self.clock = clock
         self.lock = threading.RLock()
@@ -103,7 +127,7 @@ class ConversationStore:
         self.cache: OrderedDict[str, tuple[str, RetNetState]] = OrderedDict()  # id -> (state_file, state)
         self.cached_bytes = 0
         self.evictions = {"lru": 0, "expired": 0}
-        self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False, isolation_level=None)
+        self.db = sqlite3.connect(self.root / INDEX, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
@@ -111,6 +135,7 @@ class ConversationStore:
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (fingerprint,))
         elif row[0] != fingerprint:
+            self.db.close()
             raise StoreError(
                 f"data folder {self.root} holds conversation states of a different model; "
                 "use another --data-dir (or delete that folder)"
@@ -128,15 +153,22 @@ class ConversationStore:
             return None
         return Conversation(*r[:8], pending=json.loads(r[8]))
 
-    def create(self, kind: str) -> Conversation:
+    def create(self, kind: str, *, acquire: bool = False) -> Conversation:
+        """A new conversation, made room for under the bounds first and, with ``acquire``, marked busy in the
+        same step (so no other request can evict it before its first turn). :class:`StoreFull` when every
+        stored conversation is mid-turn and the count bound is reached."""
         with self.lock:
+            self._enforce_bounds(room=1)
+            if self.totals()[0] + 1 > self.max_count:
+                raise StoreFull(self.max_count)
             now = self.clock()
             conv_id = "conv_" + secrets.token_hex(12)
             self.db.execute(
                 "INSERT INTO conversations (id, kind, created, last_used) VALUES (?, ?, ?, ?)",
                 (conv_id, kind, now, now),
             )
-            self._enforce_bounds(keep=conv_id)
+            if acquire:
+                self.busy.add(conv_id)
             return self._row(conv_id)
 
     def get(self, conv_id: str) -> Conversation:
@@ -158,12 +190,31 @@ class ConversationStore:
                 raise ConversationBusy(conv_id)
             self._delete(conv, "deleted")
 
-    def list(self, limit: int = 100) -> list[Conversation]:
+    def list(
+        self, limit: int = 100, *, after: str | None = None, order: str = "desc"
+    ) -> tuple[list[Conversation], bool]:
+        """Live conversations by creation time (then id), ``order`` "desc" (newest first) or "asc", starting
+        after the conversation ``after``; returns the page and whether more follow."""
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+        cmp, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         with self.lock:
+            where, args = "last_used >= ?", [self.clock() - self.ttl_s]
+            if after is not None:
+                ref = self._row(after)
+                if ref is None:
+                    raise ConversationNotFound(after)
+                where += f" AND (created, id) {cmp} (?, ?)"
+                args += [ref.created, ref.id]
             ids = [
-                r[0] for r in self.db.execute("SELECT id FROM conversations ORDER BY last_used DESC LIMIT ?", (limit,))
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT id FROM conversations WHERE {where} ORDER BY created {direction}, id {direction} LIMIT ?",
+                    (*args, limit + 1),
+                )
             ]
-            return [c for c in (self._row(i) for i in ids) if c is not None]
+            page = [c for c in (self._row(i) for i in ids[:limit]) if c is not None]
+            return page, len(ids) > limit
 
     # ---------------------------------------------------------------- turns
     def acquire(self, conv_id: str) -> Conversation:
@@ -206,8 +257,8 @@ class ConversationStore:
                 "UPDATE conversations SET last_used=?, turns=?, tokens=?, state_file=?, nbytes=?, pending=? WHERE id=?",
                 (self.clock(), turns, conv.tokens + new_tokens, name, nbytes, json.dumps(pending), conv_id),
             )
-            if conv.state_file and conv.state_file != name:
-                (self.states_dir / conv.state_file).unlink(missing_ok=True)
+            if conv.state_file != name:
+                self._unlink_own(conv.state_file)
             self._cache_put(conv_id, name, state)
             self._enforce_bounds(keep=conv_id)
             return self._row(conv_id)
@@ -231,22 +282,23 @@ class ConversationStore:
     def _delete(self, conv: Conversation, reason: str) -> None:
         self.db.execute("DELETE FROM conversations WHERE id=?", (conv.id,))
         self.db.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", (conv.id, reason, self.clock()))
-        if conv.state_file:
-            (self.states_dir / conv.state_file).unlink(missing_ok=True)
+        self._unlink_own(conv.state_file)
         self._cache_drop(conv.id)
         if reason in self.evictions:
             self.evictions[reason] += 1
 
-    def _enforce_bounds(self, keep: str | None = None) -> None:
-        """Drop expired conversations, then the least recently used until count and bytes fit."""
+    def _enforce_bounds(self, keep: str | None = None, room: int = 0) -> None:
+        """Drop expired conversations, then the least recently used until count (plus ``room`` new ones) and
+        bytes fit. Conversations mid-turn are never dropped."""
         cutoff = self.clock() - self.ttl_s
         for (conv_id,) in self.db.execute("SELECT id FROM conversations WHERE last_used < ?", (cutoff,)).fetchall():
             if conv_id not in self.busy and conv_id != keep:
                 self._delete(self._row(conv_id), "expired")
         count, total = self.totals()
-        if count > self.max_count or total > self.max_bytes:
+        limit = self.max_count - room
+        if count > limit or total > self.max_bytes:
             for (conv_id,) in self.db.execute("SELECT id FROM conversations ORDER BY last_used").fetchall():
-                if count <= self.max_count and total <= self.max_bytes:
+                if count <= limit and total <= self.max_bytes:
                     break
                 if conv_id in self.busy or conv_id == keep:
                     continue
@@ -268,12 +320,22 @@ class ConversationStore:
         count, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM conversations").fetchone()
         return int(count), int(total)
 
+    def _unlink_own(self, name: str | None) -> None:
+        """Delete one of our state files (a name we did not write, e.g. from an edited index, is left alone)."""
+        if name and STATE_FILE.fullmatch(name):
+            path = self.states_dir / name
+            if not path.is_symlink():
+                path.unlink(missing_ok=True)
+
     def _remove_orphans(self) -> None:
+        """Remove state files no row points to and temporary files of interrupted writes: only names of the
+        kinds this store writes, only regular files; everything else in the folder is not ours to touch."""
         referenced = {
             r[0] for r in self.db.execute("SELECT state_file FROM conversations WHERE state_file IS NOT NULL")
         }
         for path in self.states_dir.iterdir():
-            if path.name not in referenced:
+            ours = STATE_FILE.fullmatch(path.name) or TEMP_FILE.fullmatch(path.name)
+            if ours and path.name not in referenced and path.is_file() and not path.is_symlink():
                 path.unlink(missing_ok=True)
 
     def stats(self) -> dict:
@@ -295,3 +357,57 @@ class ConversationStore:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def claim_folder(root: Path) -> None:
+    """Create or adopt ``root`` as a conversation store, or raise :class:`StoreError` naming the problem.
+
+    A new or empty folder gets the marker file; a marked folder is ours; a folder laid out by a store of an
+    older version (only our index and ``states``, the index holding our tables) is adopted. Anything else is
+    someone else's: refused, never written to. Symlinks where our files go are refused too."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"data folder {root} exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    for name in OWN_FILES:
+        if (root / name).is_symlink():
+            raise StoreError(f"{root / name} is a symbolic link; the conversation store uses only files it created")
+    marker = root / MARKER
+    if marker.exists():
+        try:
+            ok = json.loads(marker.read_text()).get("format") == MARKER_FORMAT
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise StoreError(f"{marker} is not a retnet conversation store marker; use another --data-dir")
+    else:
+        entries = sorted(p.name for p in root.iterdir())
+        if entries and not _older_store(root, entries):
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise StoreError(
+                f"data folder {root} is not empty and is not a retnet conversation store (it has no {MARKER}); "
+                f"use a new or empty --data-dir (it holds: {shown})"
+            )
+        atomic_write_json(marker, {"format": MARKER_FORMAT, "version": 1})
+    states = root / "states"
+    states.mkdir(exist_ok=True)
+    if not states.is_dir():
+        raise StoreError(f"{states} exists and is not a directory")
+
+
+def _older_store(root: Path, entries: list[str]) -> bool:
+    """A store written before the marker existed: our file names only, and an index with our tables
+    (opened read-only, so a foreign database is not changed)."""
+    if not set(entries) <= set(OWN_FILES) or INDEX not in entries or not (root / INDEX).is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"{(root / INDEX).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            fingerprint = None
+            if "meta" in tables:
+                fingerprint = db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return {"meta", "conversations", "tombstones"} <= tables and fingerprint is not None
