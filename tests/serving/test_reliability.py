@@ -94,10 +94,11 @@ def _poison_state_file(path: Path) -> None:
     save_file(tensors, path, metadata=meta)
 
 
-@pytest.mark.parametrize("damage", ["nan", "truncated", "garbage", "symlink"])
+@pytest.mark.parametrize("damage", ["nan", "truncated", "garbage", "symlink", "folder"])
 def test_a_damaged_state_file_is_a_404_and_the_conversation_is_not_locked(served, damage, tmp_path):
     """Issue #20.2 (a NaN-filled state hung the request) and #20.5 (truncated, garbage or symlinked state files
-    gave 500 with a traceback): each is a 404 naming the cause, and the conversation can still be deleted."""
+    gave 500 with a traceback): each is a 404 naming the cause, and the conversation can still be deleted
+    (leaving a folder or link put in its file's place alone)."""
     conv = cmpl(served, store=True).json()["conversation_id"]
     path = state_path(served, conv)
     data = path.read_bytes()
@@ -107,6 +108,9 @@ def test_a_damaged_state_file_is_a_404_and_the_conversation_is_not_locked(served
         path.write_bytes(data[:100])
     elif damage == "garbage":
         path.write_bytes(bytes(range(256)) * 4)
+    elif damage == "folder":
+        path.unlink()
+        path.mkdir()
     else:
         (tmp_path / "elsewhere.safetensors").write_bytes(data)
         path.unlink()
@@ -119,6 +123,8 @@ def test_a_damaged_state_file_is_a_404_and_the_conversation_is_not_locked(served
     assert served.delete(f"/v1/conversations/{conv}").status_code == 200
     if damage == "symlink":
         assert (tmp_path / "elsewhere.safetensors").read_bytes() == data
+    if damage == "folder":
+        assert path.is_dir()
 
 
 def _broken_model_dir(model_dir: Path, tmp_path: Path, how: str) -> Path:
@@ -148,6 +154,14 @@ def test_a_model_that_makes_non_finite_logits_is_refused_at_start(model_dir, tmp
         assert "non-finite" in err
         with pytest.raises(ModelCheckError, match="non-finite"):
             create_app(config(broken, tmp_path / "d2"))
+
+
+def test_a_stopped_engine_answers_at_once_instead_of_hanging(model_dir, tmp_path):
+    with TestClient(create_app(config(model_dir, tmp_path / "d"))) as client:
+        client.app.state.engine.stop()
+        r = cmpl(client, store=True)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_stopped"
+        assert client.get("/health").status_code == 503 and health(client)["store"]["active_turns"] == 0
 
 
 # ---------------------------------------------------------------------------------------------- issue 4

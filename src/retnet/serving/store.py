@@ -321,10 +321,11 @@ class ConversationStore:
         return int(count), int(total)
 
     def _unlink_own(self, name: str | None) -> None:
-        """Delete one of our state files (a name we did not write, e.g. from an edited index, is left alone)."""
+        """Delete one of our state files (a name we did not write, e.g. from an edited index, is left alone, and so
+        is anything but a regular file)."""
         if name and STATE_FILE.fullmatch(name):
             path = self.states_dir / name
-            if not path.is_symlink():
+            if path.is_file() and not path.is_symlink():  # a folder or link put there is not ours either
                 path.unlink(missing_ok=True)
 
     def _remove_orphans(self) -> None:

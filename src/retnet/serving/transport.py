@@ -62,5 +62,6 @@ class HeadDeadlineH11Protocol(H11Protocol):
 def serve(app, sock: socket.socket, *, log_level: str, request_timeout_s: float) -> None:
     """Serve ``app`` on an already bound socket until SIGINT/SIGTERM."""
     protocol = type("HeadDeadlineH11Protocol", (HeadDeadlineH11Protocol,), {"head_timeout_s": request_timeout_s})
-    config = uvicorn.Config(app, http=protocol, log_level=log_level, timeout_graceful_shutdown=5)
+    host, port = sock.getsockname()[:2]  # for uvicorn's start-up message
+    config = uvicorn.Config(app, host=host, port=port, http=protocol, log_level=log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
