@@ -53,7 +53,7 @@ def probe_model(model, model_dir: Path, dtype: str) -> RetNetState:
     for out in (first, step):
         if bool(invalid_rows(out.logits[0].float()).any()) or not finite_states:
             raise ModelCheckError(
-                f"{model_dir}: the model produces non-finite values (NaN or inf) on a {PROBE_TOKENS}-token probe "
+                f"{model_dir}: the model produces non-finite values (NaN or inf) on a probe of {PROBE_TOKENS} tokens "
                 f"in {dtype}; check its weights and config.json (e.g. embed_scale, rotary_base)"
             )
     return step.state
