@@ -151,3 +151,33 @@ def test_weights_are_checked_from_the_header_before_allocation(tmp_path, monkeyp
     os.remove(d / "model.safetensors")
     with pytest.raises(CheckpointError, match="model.safetensors missing"):
         RetNetForCausalLM.from_pretrained(d)
+
+
+def test_integer_weights_are_refused_and_other_float_precisions_announced(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "m"
+    tiny_model(dtype=torch.float32).save_pretrained(d)
+    tensors = load_file(str(d / "model.safetensors"))
+    name = "model.embed_tokens.weight"
+    save_file({**tensors, name: tensors[name].to(torch.int64)}, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"tensor {name} is stored as I64, but the model's is float32"):
+        RetNetForCausalLM.from_pretrained(d)
+    save_file({k: v.half() for k, v in tensors.items()}, str(d / "model.safetensors"))
+    with pytest.warns(UserWarning, match="weights stored as F16 are loaded as float32"):
+        model = RetNetForCausalLM.from_pretrained(d)
+    torch.testing.assert_close(model.model.embed_tokens.weight, tensors[name].half().float(), rtol=0, atol=0)
+
+
+def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    dead = [d / ".model.safetensors.ab12cd34.tmp", d / ".config.json.x_y9z8w7.tmp"]
+    keep = [d / ".notes.tmp", d / "model.safetensors.tmp", d / ".tokenizer.json.ab12cd34.tmp"]
+    for path in dead + keep:
+        path.write_text("x")
+    (d / ".model.safetensors.linked123.tmp").symlink_to(tmp_path / "elsewhere")
+    tiny_model(dtype=torch.float32).save_pretrained(d)
+    assert not any(p.exists() for p in dead)
+    assert all(p.exists() for p in keep) and (d / ".model.safetensors.linked123.tmp").is_symlink()
+    assert layout.remove_leftover_temp_files(d) == [d / ".tokenizer.json.ab12cd34.tmp"]

@@ -56,6 +56,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_leftover_temp_files(directory: str | os.PathLike, targets: tuple[str, ...] | None = None) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``directory`` when its process was killed
+    mid-write (``.NAME.XXXXXXXX.tmp`` regular files, for every ``NAME`` or those in ``targets``; links and anything
+    else are left alone). Only for files that one process writes; returns what was removed."""
+    removed = []
+    for path in Path(directory).glob(".*.tmp"):
+        if targets is not None and not any(path.name.startswith(f".{t}.") for t in targets):
+            continue
+        if path.is_file() and not path.is_symlink() and _is_our_temp_name(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _is_our_temp_name(name: str) -> bool:
+    """``.{target}.{random}.tmp`` as ``tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp")`` names them."""
+    parts = name[1:-4].rsplit(".", 1)
+    return len(parts) == 2 and bool(parts[0]) and len(parts[1]) >= 8 and parts[1].replace("_", "").isalnum()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

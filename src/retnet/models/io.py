@@ -5,6 +5,7 @@ allocated. File names, reading and atomic writing are :mod:`retnet.models.direct
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from retnet.models.directory import (
     atomic_write,
     atomic_write_json,
     check_model_dir,
+    remove_leftover_temp_files,
 )
 
 
@@ -40,6 +42,7 @@ def save_model_dir(directory: str | os.PathLike, tensors: dict[str, torch.Tensor
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"cannot create model directory {directory}: {exc.strerror}") from exc
+    remove_leftover_temp_files(directory, (WEIGHTS_FILE, CONFIG_FILE))  # of a writer killed mid-save
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write_json(directory / CONFIG_FILE, config)
     return directory
@@ -50,8 +53,20 @@ def save_pretrained(model, directory: str | os.PathLike) -> Path:
     return save_model_dir(directory, state_dict_for_saving(model), model.config.to_dict())
 
 
-def check_state_dict(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], source: str) -> None:
-    """Raise :class:`CheckpointError` naming any missing, unexpected or mis-shaped tensor of ``shapes``."""
+# safetensors' dtype names (the header's "dtype" field): the floating-point ones, and those of torch's dtypes.
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_SAFETENSORS_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def check_state_dict(
+    model: torch.nn.Module,
+    shapes: dict[str, tuple[int, ...]],
+    source: str,
+    dtypes: dict[str, str] | None = None,
+) -> None:
+    """Raise :class:`CheckpointError` naming any missing, unexpected or mis-shaped tensor of ``shapes``, or (with
+    ``dtypes``, safetensors' names) a tensor whose kind differs from the model's: integer weights are never cast
+    into floating-point parameters. Floating-point weights of another precision load, with a warning."""
     expected = state_dict_for_saving(model)
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
@@ -68,31 +83,56 @@ def check_state_dict(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]],
             raise CheckpointError(
                 f"{source}: tensor {name} has shape {tuple(shapes[name])}, expected {tuple(ref.shape)}"
             )
+    if dtypes is None:
+        return
+    cast = set()
+    for name, ref in expected.items():
+        stored = dtypes[name]
+        if ref.dtype.is_floating_point != (stored in FLOAT_DTYPES):
+            model_dtype = str(ref.dtype).removeprefix("torch.")
+            raise CheckpointError(
+                f"{source}: tensor {name} is stored as {stored}, but the model's is {model_dtype} "
+                "(a tensor of another kind is never cast)"
+            )
+        if ref.dtype.is_floating_point and stored != _SAFETENSORS_NAMES.get(ref.dtype):
+            cast.add(stored)
+    if cast:
+        warnings.warn(
+            f"{source}: weights stored as {', '.join(sorted(cast))} are loaded as "
+            f"{str(next(iter(expected.values())).dtype).removeprefix('torch.')}",
+            stacklevel=3,
+        )
 
 
 def load_state_dict_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load ``tensors`` into ``model`` strictly, naming any missing, unexpected or mis-shaped tensor."""
-    check_state_dict(model, {name: tuple(t.shape) for name, t in tensors.items()}, source)
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    dtypes = {name: _SAFETENSORS_NAMES.get(t.dtype, str(t.dtype)) for name, t in tensors.items()}
+    check_state_dict(model, shapes, source, dtypes)
     model.load_state_dict(tensors, strict=False)
 
 
-def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the tensors in safetensors files, from their headers (no tensor is read)."""
+def tensor_headers(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Names, shapes and dtypes (safetensors' names) of the tensors in safetensors files, from their headers (no
+    tensor is read)."""
     shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 for name in fh.keys():
-                    shapes[name] = tuple(fh.get_slice(name).get_shape())
+                    tensor = fh.get_slice(name)
+                    shapes[name], dtypes[name] = tuple(tensor.get_shape()), tensor.get_dtype()
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
-    return shapes
+    return shapes, dtypes
 
 
 def check_weight_files(model: torch.nn.Module, files: list[Path]) -> None:
     """The tensors of ``files`` (headers only) against ``model``'s, which may live on the meta device."""
     source = str(files[0]) if len(files) == 1 else f"{files[0].parent} (sharded weights)"
-    check_state_dict(model, tensor_shapes(files), source)
+    shapes, dtypes = tensor_headers(files)
+    check_state_dict(model, shapes, source, dtypes)
 
 
 def load_weights(model: torch.nn.Module, weights: Path, *, map_location="cpu") -> torch.nn.Module:

@@ -26,7 +26,13 @@ from retnet.data.batching import DataPosition, WindowSampler, encode_tensor, num
 from retnet.data.corpus import CorpusError, load_corpus, split_corpus
 from retnet.data.tokenizers import Tokenizer, paragraphs
 from retnet.models import RetNetConfig, RetNetForCausalLM
-from retnet.models.directory import TOKENIZER_FILE, TRAINING_INFO_FILE, atomic_write_json, write_tokenizer_config
+from retnet.models.directory import (
+    TOKENIZER_FILE,
+    TRAINING_INFO_FILE,
+    atomic_write_json,
+    remove_leftover_temp_files,
+    write_tokenizer_config,
+)
 from retnet.training import checkpoint as ckpt
 from retnet.training import distributed as dist_utils
 from retnet.training.config import TrainConfig
@@ -228,6 +234,9 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrainError(f"output folder {str(out)!r} cannot be created: {exc.strerror or exc}") from None
+        for folder in (out, out / ckpt.CHECKPOINT_DIR):  # a run killed mid-save left its temporary files
+            if folder.is_dir():
+                remove_leftover_temp_files(folder)
         if payload is None:
             for _, old in ckpt.list_checkpoints(out):
                 old.unlink()
