@@ -32,6 +32,7 @@ from retnet.training import distributed as dist_utils
 from retnet.training.config import TrainConfig
 from retnet.training.errors import TrainError
 from retnet.training.evaluate import EvalResult, evaluate
+from retnet.training.memory import check_fits
 from retnet.training.metrics import MetricsLog, plot_losses
 from retnet.training.schedule import warmup_cosine
 
@@ -137,7 +138,14 @@ def train(
     checkpoint is written there, but not the final model.
     """
     cfg.validate()
-    info = dist_utils.setup(cfg.device)
+    if stop_after is not None and stop_after < 1:
+        raise TrainError(f"--stop-after must be >= 1, got {stop_after}")
+    try:
+        info = dist_utils.setup(cfg.device)
+    except dist_utils.DeviceError as exc:
+        raise TrainError(f"device {exc}") from None
+    check_fits(cfg, cfg.vocab_size if cfg.tokenizer == "bpe" else 256, info.device, info.world_size)
+    build_model_config(cfg, 256)  # a bad model_overrides field is named now, not after the tokenizer is trained
     if info.device.type == "cpu":
         torch.set_num_threads(pick_threads(cfg.threads, info.world_size))
     out = Path(cfg.out)
@@ -153,6 +161,8 @@ def train(
         payload = ckpt.load_checkpoint(resume_path)
         if not (resume_path.parent.parent / TOKENIZER_FILE).is_file():
             raise TrainError(f"--resume: no {TOKENIZER_FILE} next to checkpoint {str(resume_path)!r}")
+        if stop_after is not None and stop_after <= int(payload["step"]):
+            raise TrainError(f"--stop-after {stop_after} is not after the checkpoint's step {int(payload['step'])}")
     if info.is_main:
         check_writable(out)
     try:
