@@ -8,10 +8,13 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retnet.models.directory import MAX_CONFIG_BYTES, parse_json_object, read_text
 from retnet.training.errors import TrainError
+
+if TYPE_CHECKING:
+    from retnet.models import RetNetConfig
 
 UINT64_MAX = 2**64 - 1  # the largest seed torch.manual_seed and torch.Generator accept
 DEVICES = ("auto", "cpu", "cuda")
@@ -218,6 +221,16 @@ def preset_settings(name: str) -> dict[str, Any]:
     settings = dict(TRAIN_PRESETS[DEFAULT_PRESET])
     settings.update(model=name, model_overrides={})
     return settings
+
+
+def build_model_config(cfg: TrainConfig, vocab_size: int) -> RetNetConfig:
+    """The model config of a run: its model preset with ``model_overrides``; errors name the field."""
+    from retnet.models import RetNetConfig
+
+    try:
+        return RetNetConfig.preset(cfg.model, **{**cfg.model_overrides, "vocab_size": vocab_size})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainError(f"model {cfg.model!r} with overrides {cfg.model_overrides}: {exc}") from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

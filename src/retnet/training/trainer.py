@@ -29,7 +29,7 @@ from retnet.models import RetNetConfig, RetNetForCausalLM
 from retnet.models.directory import TOKENIZER_FILE, TRAINING_INFO_FILE, atomic_write_json, write_tokenizer_config
 from retnet.training import checkpoint as ckpt
 from retnet.training import distributed as dist_utils
-from retnet.training.config import TrainConfig
+from retnet.training.config import TrainConfig, build_model_config
 from retnet.training.errors import TrainError
 from retnet.training.evaluate import EvalResult, evaluate
 from retnet.training.memory import check_fits
@@ -94,13 +94,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def build_model_config(cfg: TrainConfig, vocab_size: int) -> RetNetConfig:
-    try:
-        return RetNetConfig.preset(cfg.model, **{**cfg.model_overrides, "vocab_size": vocab_size})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TrainError(f"model {cfg.model!r} with overrides {cfg.model_overrides}: {exc}") from None
-
-
 def prepare_tokenizer(cfg: TrainConfig, train_text: str, resume_dir: Path | None) -> Tokenizer:
     """The run's tokenizer: reloaded when resuming, else bytes or a BPE trained on the training split."""
     if resume_dir is not None:
@@ -144,8 +137,8 @@ def train(
         info = dist_utils.setup(cfg.device)
     except dist_utils.DeviceError as exc:
         raise TrainError(f"device {exc}") from None
+    # the model's shape and size are checked now, not after the tokenizer is trained
     check_fits(cfg, cfg.vocab_size if cfg.tokenizer == "bpe" else 256, info.device, info.world_size)
-    build_model_config(cfg, 256)  # a bad model_overrides field is named now, not after the tokenizer is trained
     if info.device.type == "cpu":
         torch.set_num_threads(pick_threads(cfg.threads, info.world_size))
     out = Path(cfg.out)
