@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retnet.models.config import MAX_WIDTH
 from retnet.models.directory import MAX_CONFIG_BYTES, parse_json_object, read_text
 from retnet.training.errors import TrainError
 
@@ -69,7 +70,7 @@ def _float(lo=None, hi=None, **kw) -> Bounds:
 # Every numeric TrainConfig field's bounds: checked for flags (at parse time), config files and presets alike.
 FIELD_BOUNDS: dict[str, Bounds] = {
     "val_fraction": _float(0, 1, lo_open=True, hi_open=True),
-    "vocab_size": Bounds(1, 2**32 - 1),  # token ids are u32 in the tokenizers library
+    "vocab_size": Bounds(1, MAX_WIDTH),  # the model config's bound
     "seq_len": Bounds(1),
     "batch_size": Bounds(1),
     "grad_accum": Bounds(1),
