@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 
 from retnet.training.trainer import train
@@ -17,3 +19,11 @@ def trained_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory):
     return small_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def existing_run(tmp_path, trained_dir):
+    """A copy of ``trained_dir`` that a refused command must leave byte for byte as it was."""
+    run = tmp_path / "existing"
+    shutil.copytree(trained_dir, run)
+    return run

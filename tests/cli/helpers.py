@@ -21,3 +21,15 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def check_user_error(capsys, argv, match: str, protected: Path) -> str:
+    """Run ``retnet *argv``: exit code 2, one line on stderr containing ``match``, ``protected`` untouched."""
+    before = snapshot(protected)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert match in lines[0], lines[0]
+    assert snapshot(protected) == before
+    return lines[0]

@@ -1,29 +1,8 @@
 """Bad input: a one-line error naming the culprit, exit code 2, nothing overwritten."""
 
-import shutil
-
-import pytest
-
-from .helpers import run_cli, snapshot
+from .helpers import check_user_error as _check
 
 SMALL = ["--model-set", "hidden_size=32", "--model-set", "value_dim=32", "--model-set", "ffn_dim=64"]
-
-
-@pytest.fixture
-def existing_run(tmp_path, trained_dir):
-    run = tmp_path / "existing"
-    shutil.copytree(trained_dir, run)
-    return run
-
-
-def _check(capsys, argv, match, protected):
-    before = snapshot(protected)
-    code, _, err = run_cli(capsys, *argv)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert match in lines[0], lines[0]
-    assert snapshot(protected) == before
 
 
 def test_missing_corpus(tmp_path, capsys, existing_run):

@@ -6,9 +6,8 @@ import torch
 from retnet.cli.model_dir import load_model_dir
 from retnet.data.batching import encode_tensor
 from retnet.models import RetNetConfig
-from retnet.training.config import TrainConfig, preset_settings
+from retnet.training.config import TrainConfig, build_model_config, preset_settings
 from retnet.training.evaluate import evaluate
-from retnet.training.trainer import build_model_config
 
 from .helpers import run_cli
 

@@ -25,6 +25,14 @@ def test_one_epoch_visits_every_window_once_then_reshuffles():
     assert second.shape == (3, 11)
 
 
+@pytest.mark.parametrize("seed", [2**63 - 1, 2**64 - 1])
+def test_every_seed_up_to_the_largest_torch_seed_works(seed):
+    tokens = torch.arange(101, dtype=torch.int32)
+    s = WindowSampler(tokens, seq_len=10, seed=seed)
+    first, second = s.next_batch(10), s.next_batch(10)  # epochs 0 and 1
+    assert sorted(int(r[0]) for r in first) == list(range(0, 100, 10)) and second.shape == (10, 11)
+
+
 def test_resume_from_position_replays_the_same_stream():
     tokens = torch.randint(0, 50, (5000,), dtype=torch.int32)
     a = WindowSampler(tokens, seq_len=16, seed=7)

@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from retnet.cli.chat_session import ChatSession
-from retnet.cli.cmd_generate import add_sampling_args, check_sampling_args
-from retnet.cli.model_dir import load_model_dir, pick_device
+from retnet.cli.cmd_generate import add_sampling_args
+from retnet.cli.flags import device_from_flag
+from retnet.cli.model_dir import load_model_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,8 +30,7 @@ def _unescape(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_sampling_args(args)
-    dev = pick_device(args.device)
+    dev = device_from_flag(args.device)
     model, tokenizer = load_model_dir(args.model_dir, dev)
     session = ChatSession(
         model,

@@ -6,9 +6,14 @@ import argparse
 import json
 
 from retnet.cli.errors import CLIError
-from retnet.cli.model_dir import check_model_dir, load_model_dir, pick_device, training_info
+from retnet.cli.flags import POSITIVE, device_from_flag, number
+from retnet.cli.model_dir import check_model_dir, load_model_dir, training_info
 from retnet.data.batching import encode_tensor, num_windows
 from retnet.data.corpus import CorpusError, load_corpus, split_corpus
+from retnet.training.config import DEVICES, FIELD_BOUNDS
+
+# Flags of a language-model evaluation that a classifier evaluation (--task) has no use for.
+_LM_ONLY = ("data", "split", "val_fraction", "seq_len", "max_batches", "device")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,16 +31,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="which part of the corpus (default: val for the training corpus, all for --data)",
     )
-    p.add_argument("--val-fraction", type=float, default=None, help="validation share (default: the run's)")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--val-fraction",
+        type=number(FIELD_BOUNDS["val_fraction"]),
+        default=None,
+        help="validation share, in (0, 1) (default: the run's)",
+    )
+    p.add_argument("--seq-len", type=number(POSITIVE), default=None, help="window length (default: the run's)")
+    p.add_argument("--batch-size", type=number(POSITIVE), default=None, help="sequences per batch (default 16)")
+    p.add_argument("--max-batches", type=number(POSITIVE), default=None, help="evaluate only this many batches (>= 1)")
+    p.add_argument("--device", default=None, choices=DEVICES, help="auto (default), cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument(
         "--task", choices=("genre", "digits"), help="evaluate a classifier from `retnet train --task` on its test split"
     )
     p.set_defaults(func=run)
+
+
+def check_combinations(args: argparse.Namespace) -> None:
+    """Refuse flags that the others make meaningless (they would be silently ignored)."""
+    if args.task:
+        unused = [f"--{d.replace('_', '-')}" for d in _LM_ONLY if getattr(args, d) is not None]
+        if unused:
+            raise CLIError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --task")
+    elif args.val_fraction is not None and (args.split or ("all" if args.data else "val")) == "all":
+        raise CLIError("--val-fraction applies only to --split val or train (the whole corpus is evaluated)")
 
 
 def run_classification(args: argparse.Namespace) -> int:
@@ -59,7 +79,8 @@ def run_classification(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     task_kwargs = metrics.get("task_kwargs", {})
-    figures = {"task": args.task, **evaluate_classifier(model, load_task(args.task, "test", **task_kwargs))}
+    test = load_task(args.task, "test", **task_kwargs)
+    figures = {"task": args.task, **evaluate_classifier(model, test, batch_size=args.batch_size or 64)}
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
@@ -68,6 +89,7 @@ def run_classification(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_combinations(args)
     if args.task:
         return run_classification(args)
     from retnet.training.evaluate import evaluate
@@ -76,10 +98,9 @@ def run(args: argparse.Namespace) -> int:
     run_cfg = (training_info(path) or {}).get("train_config", {})
     sources = args.data or run_cfg.get("data") or None
     split = args.split or ("all" if args.data else "val")
-    val_fraction = args.val_fraction or run_cfg.get("val_fraction", 0.05)
-    seq_len = args.seq_len or run_cfg.get("seq_len", 256)
-    if seq_len < 1 or args.batch_size < 1:
-        raise CLIError("--seq-len and --batch-size must be >= 1")
+    val_fraction = args.val_fraction if args.val_fraction is not None else run_cfg.get("val_fraction", 0.05)
+    seq_len = args.seq_len if args.seq_len is not None else run_cfg.get("seq_len", 256)
+    batch_size = args.batch_size or 16
     try:
         corpus = load_corpus(sources)
         if split == "all":
@@ -89,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             text = val_text if split == "val" else train_text
     except (CorpusError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    dev = pick_device(args.device)
+    dev = device_from_flag(args.device or "auto")
     model, tokenizer = load_model_dir(path, dev)
     tokens = encode_tensor(tokenizer, text)
     if num_windows(tokens.numel(), seq_len) < 1:
@@ -104,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         tokens,
         torch.tensor(tokenizer.byte_lengths()),
         seq_len=seq_len,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         max_batches=args.max_batches,
         device=dev,
     )

@@ -8,29 +8,27 @@ import sys
 import torch
 
 from retnet.cli.errors import CLIError
-from retnet.cli.model_dir import load_model_dir, pick_device
+from retnet.cli.flags import POSITIVE, SEED, device_from_flag, number
+from retnet.cli.model_dir import load_model_dir
 from retnet.cli.streaming import TextStream
+from retnet.training.config import DEVICES, Bounds
+
+TEMPERATURE = Bounds(0, integer=False)
+TOP_P = Bounds(0, 1, lo_open=True, integer=False)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
-    """Sampling flags shared by generate and chat."""
-    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"tokens to generate (default {max_tokens})")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= p")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-
-
-def check_sampling_args(args: argparse.Namespace) -> None:
-    if args.max_tokens < 1:
-        raise CLIError(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    if args.temperature < 0:
-        raise CLIError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise CLIError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
+    """Sampling flags shared by generate and chat (each checked as it is parsed)."""
+    p.add_argument(
+        "--max-tokens", type=number(POSITIVE), default=max_tokens, help=f"tokens to generate (default {max_tokens})"
+    )
+    p.add_argument("--temperature", type=number(TEMPERATURE), default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=number(POSITIVE), default=None, help="sample among the k most likely tokens")
+    p.add_argument(
+        "--top-p", type=number(TOP_P), default=None, help="nucleus sampling: smallest set with mass >= p, in (0, 1]"
+    )
+    p.add_argument("--seed", type=number(SEED), default=0, help="sampling seed, 0 to 2**64-1 (same seed, same text)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto, cpu or cuda")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +54,7 @@ def generate_text(
     """Stream the continuation of ``prompt`` to ``out`` (stdout by default) and return it."""
     from retnet.generation import stream_generate
 
-    dev = pick_device(device)
+    dev = device_from_flag(device)
     model, tokenizer = load_model_dir(model_dir, dev)
     ids = tokenizer.encode(prompt or "\n")
     if not ids:
@@ -94,7 +92,6 @@ def generate_text(
 
 
 def run(args: argparse.Namespace) -> int:
-    check_sampling_args(args)
     generate_text(
         args.model_dir,
         args.prompt,

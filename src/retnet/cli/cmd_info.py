@@ -23,9 +23,8 @@ def _shape(config_dict: dict) -> str:
 
 
 def _describe_preset(name: str) -> None:
-    from retnet.training.config import TRAIN_PRESETS, preset_settings
+    from retnet.training.config import TRAIN_PRESETS, build_model_config, preset_settings
     from retnet.training.errors import TrainError
-    from retnet.training.trainer import build_model_config
 
     try:
         settings = preset_settings(name)

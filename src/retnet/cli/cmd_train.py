@@ -7,7 +7,15 @@ import json
 from typing import Any
 
 from retnet.cli.errors import CLIError
-from retnet.training.config import DEFAULT_PRESET, TRAIN_PRESETS, build_config, read_config_file
+from retnet.cli.flags import POSITIVE, number
+from retnet.training.config import (
+    CHOICES,
+    DEFAULT_PRESET,
+    FIELD_BOUNDS,
+    TRAIN_PRESETS,
+    build_config,
+    read_config_file,
+)
 from retnet.training.errors import TrainError
 
 # flag -> TrainConfig field, type
@@ -53,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output model directory (default runs/shakespeare)")
     p.add_argument("--data", nargs="+", metavar="PATH", help="corpus files, folders or globs (default: embedded)")
     for flag, dest, typ, help_ in _FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, help=help_)
+        checked = number(FIELD_BOUNDS[dest]) if dest in FIELD_BOUNDS else typ
+        p.add_argument(flag, dest=dest, type=checked, choices=CHOICES.get(dest), help=help_)
     p.add_argument(
         "--model-set",
         action="append",
@@ -70,7 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue from the newest checkpoint in --out (or the given file)",
     )
     p.add_argument(
-        "--stop-after", type=int, metavar="STEP", help="stop after this step (checkpointed), as if interrupted"
+        "--stop-after",
+        type=number(POSITIVE),
+        metavar="STEP",
+        help="stop after this step (checkpointed), as if interrupted",
     )
     p.add_argument(
         "--task",
@@ -78,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a classifier instead of an LM: genre (bidirectional encoder) or digits (2-D retention)",
     )
     p.add_argument(
-        "--arch", choices=("retnet", "transformer"), default="retnet", help="with --task: RetNet or the baseline"
+        "--arch", choices=("retnet", "transformer"), help="with --task: RetNet (default) or the Transformer baseline"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -102,12 +114,31 @@ def _model_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# What a classifier run (--task) uses; every other setting is for language models only.
+_TASK_DESTS = ("task", "arch", "out", "steps", "batch_size", "lr", "seed", "no_progress", "quiet")
+
+
+def check_combinations(args: argparse.Namespace) -> None:
+    """Refuse flags that the others make meaningless (they would be silently ignored)."""
+    given = [d for d, v in vars(args).items() if d not in ("func", "command") and v is not None and v is not False]
+    if args.task:
+        unused = [f"--{d.replace('_', '-')}" for d in given if d not in _TASK_DESTS and getattr(args, d) != []]
+        if unused:
+            raise CLIError(
+                f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --task {args.task} "
+                "(a classifier run takes --arch, --steps, --batch-size, --lr, --seed and --out)"
+            )
+    elif args.arch:
+        raise CLIError("--arch applies only with --task (it picks the classifier's architecture)")
+
+
 def run_classification(args: argparse.Namespace) -> int:
     """``retnet train --task ...``: train and evaluate a classifier on an embedded task."""
     from pathlib import Path
 
     from retnet.training.classification import run_task
 
+    args.arch = args.arch or "retnet"
     out = Path(args.out or f"runs/{args.task}-{args.arch}")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +169,7 @@ def run_classification(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from retnet.runtime.malloc import retain_freed_memory
 
+    check_combinations(args)
     retain_freed_memory()  # every step allocates the same large tensors: keep them instead of faulting pages in
     if args.task:
         return run_classification(args)
@@ -151,11 +183,11 @@ def run(args: argparse.Namespace) -> int:
         if args.model_set:
             overrides["model_overrides"] = _model_overrides(args.model_set)
         cfg = build_config(args.preset, file_settings, overrides)
-        result = train(
-            cfg, resume=args.resume, stop_after=args.stop_after, quiet=args.quiet, progress=not args.no_progress
-        )
+        if args.vocab_size is not None and cfg.tokenizer != "bpe":
+            raise CLIError(f"--vocab-size applies only to the bpe tokenizer, not {cfg.tokenizer!r} (--tokenizer)")
+        train(cfg, resume=args.resume, stop_after=args.stop_after, quiet=args.quiet, progress=not args.no_progress)
     except TrainError as exc:
         raise CLIError(str(exc)) from None
     finally:
         teardown()
-    return 0 if result.steps > 0 else 1
+    return 0

@@ -11,12 +11,20 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from typing import NoReturn
 
 from retnet.cli.errors import CLIError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other user error (subcommands too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retnet", description="Retentive Networks: train, generate, serve, bench.")
+    parser = OneLineParser(prog="retnet", description="Retentive Networks: train, generate, serve, bench.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     import retnet.cli as cli_pkg
 
@@ -28,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (exit 2) or --help (exit 0): returned, as every other outcome
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -67,7 +67,7 @@ class WindowSampler:
 
     def _epoch_order(self, epoch: int) -> tuple[int, torch.Tensor]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)  # any seed, any epoch
             offset = int(torch.randint(0, self.seq_len, (1,), generator=gen)) if epoch > 0 else 0
             if num_windows(self.tokens.numel(), self.seq_len, offset) < 1:
                 offset = 0

@@ -3,12 +3,100 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from retnet.models.config import MAX_WIDTH
 from retnet.models.directory import MAX_CONFIG_BYTES, parse_json_object, read_text
 from retnet.training.errors import TrainError
+
+if TYPE_CHECKING:
+    from retnet.models import RetNetConfig
+
+UINT64_MAX = 2**64 - 1  # the largest seed torch.manual_seed and torch.Generator accept
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingError(TrainError):
+    """A setting of the wrong type or out of bounds; ``name`` is the field (or flag) it concerns."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a number: an int (or any finite real with ``integer=False``) within lo..hi."""
+
+    lo: int | float | None = None
+    hi: int | float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = True
+
+    def contains(self, x: int | float) -> bool:
+        above = self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)
+        below = self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+        return above and below
+
+    def describe(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi}"
+        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+
+def check_number(name: str, value: Any, bounds: Bounds) -> None:
+    """Raise :class:`SettingError` naming ``name`` unless ``value`` is a finite number within ``bounds``."""
+    kind = "an integer" if bounds.integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float) or (bounds.integer and isinstance(value, float)):
+        raise SettingError(name, f"must be {kind}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingError(name, f"must be a finite number, got {value!r}")
+    if not bounds.contains(value):
+        raise SettingError(name, f"must be {bounds.describe()}, got {value!r}")
+
+
+def _float(lo=None, hi=None, **kw) -> Bounds:
+    return Bounds(lo, hi, integer=False, **kw)
+
+
+# Every numeric TrainConfig field's bounds: checked for flags (at parse time), config files and presets alike.
+FIELD_BOUNDS: dict[str, Bounds] = {
+    "val_fraction": _float(0, 1, lo_open=True, hi_open=True),
+    "vocab_size": Bounds(1, MAX_WIDTH),  # the model config's bound
+    "seq_len": Bounds(1),
+    "batch_size": Bounds(1),
+    "grad_accum": Bounds(1),
+    "steps": Bounds(1),
+    "lr": _float(0, lo_open=True),
+    "min_lr_ratio": _float(0, 1),
+    "warmup_steps": Bounds(0),
+    "weight_decay": _float(0),
+    "beta1": _float(0, 1, hi_open=True),
+    "beta2": _float(0, 1, hi_open=True),
+    "grad_clip": _float(0),
+    "eval_interval": Bounds(1),
+    "eval_batches": Bounds(1),
+    "final_eval_batches": Bounds(0),
+    "eval_batch_size": Bounds(1),
+    "checkpoint_interval": Bounds(1),
+    "keep_checkpoints": Bounds(1),
+    "seed": Bounds(0, UINT64_MAX),
+    "threads": Bounds(0, os.cpu_count() or 1),  # more threads than cores only makes each step slower
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "tokenizer": ("bpe", "byte"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "retention_mode": ("auto", "parallel", "chunkwise"),
+    "device": DEVICES,
+}
 
 
 @dataclass
@@ -50,33 +138,31 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Reject impossible settings with a message naming the field."""
-        positive = [
-            "seq_len",
-            "batch_size",
-            "eval_batch_size",
-            "grad_accum",
-            "steps",
-            "eval_interval",
-            "checkpoint_interval",
-        ]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.tokenizer not in ("bpe", "byte"):
-            raise TrainError(f"tokenizer must be 'bpe' or 'byte', got {self.tokenizer!r}")
+        """Reject settings of the wrong type or out of bounds with a message naming the field."""
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name))
         if self.tokenizer == "bpe" and self.vocab_size < 257:
-            raise TrainError(f"vocab_size must be >= 257 for a BPE tokenizer, got {self.vocab_size}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise TrainError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise TrainError(f"lr must be > 0, got {self.lr}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise TrainError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.retention_mode not in ("auto", "parallel", "chunkwise"):
-            raise TrainError(f"retention_mode must be auto, parallel or chunkwise, got {self.retention_mode!r}")
-        if self.warmup_steps < 0 or self.eval_batches < 0 or self.final_eval_batches < 0 or self.keep_checkpoints < 1:
-            raise TrainError("warmup_steps, eval_batches and final_eval_batches must be >= 0 and keep_checkpoints >= 1")
+            raise SettingError("vocab_size", f"must be >= 257 for a BPE tokenizer, got {self.vocab_size}")
+
+
+def check_field(name: str, value: Any) -> None:
+    """Raise :class:`SettingError` unless ``value`` has the type of field ``name`` and lies within its bounds."""
+    kind = _FIELD_TYPES[name]
+    if name in FIELD_BOUNDS:
+        check_number(name, value, FIELD_BOUNDS[name])
+    elif kind is str and not isinstance(value, str):
+        raise SettingError(name, f"must be a string, got {value!r}")
+    elif kind is bool and not isinstance(value, bool):
+        raise SettingError(name, f"must be true or false, got {value!r}")
+    elif typing.get_origin(kind) is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise SettingError(name, f"must be a list of paths, got {value!r}")
+    elif typing.get_origin(kind) is dict and not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
+        raise SettingError(name, f"must be a mapping of model config fields, got {value!r}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise SettingError(name, f"must be one of {', '.join(CHOICES[name])}, got {value!r}")
+
+
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 
 
 # Training presets: model shape + schedule. The default is sized for the README's main job (a 2-core CPU,
@@ -138,6 +224,16 @@ def preset_settings(name: str) -> dict[str, Any]:
     return settings
 
 
+def build_model_config(cfg: TrainConfig, vocab_size: int) -> RetNetConfig:
+    """The model config of a run: its model preset with ``model_overrides``; errors name the field."""
+    from retnet.models import RetNetConfig
+
+    try:
+        return RetNetConfig.preset(cfg.model, **{**cfg.model_overrides, "vocab_size": vocab_size})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainError(f"model {cfg.model!r} with overrides {cfg.model_overrides}: {exc}") from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a YAML, TOML or JSON file (keys are :class:`TrainConfig` fields; ``preset`` allowed)."""
     path = Path(path)
@@ -163,6 +259,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise TrainError(f"config file {str(path)!r} cannot be parsed: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
         raise TrainError(f"config file {str(path)!r} must hold a mapping of settings")
+    for key, value in data.items():
+        if key in _FIELD_TYPES:
+            try:
+                check_field(key, [value] if key == "data" and isinstance(value, str) else value)
+            except SettingError as exc:
+                raise TrainError(f"config file {str(path)!r}: {exc}") from None
     return data
 
 
@@ -181,7 +283,10 @@ def build_config(
                 raise TrainError(f"unknown setting {key!r} in {source}; known: {', '.join(sorted(names))}")
             if value is None:
                 continue
+            if key == "data" and isinstance(value, str):
+                value = [value]
             if key == "model_overrides":
+                check_field(key, value)
                 merged["model_overrides"] = {**merged.get("model_overrides", {}), **value}
             else:
                 merged[key] = value

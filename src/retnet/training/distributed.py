@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from retnet.training.config import DEVICES
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,17 +35,22 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DeviceError(ValueError):
+    """A device name that is not one of :data:`DEVICES`, or ``cuda`` where torch sees no CUDA device."""
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: this process's CUDA device when there is one, else the CPU."""
+    """The one place device names are resolved. ``auto``: this process's CUDA device when there is one,
+    else the CPU."""
+    if name not in DEVICES:
+        raise DeviceError(f"must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but CUDA is not available")
+            raise DeviceError("cuda: CUDA is not available (torch sees no CUDA device)")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
 
 
 def setup(device: str = "auto") -> DistInfo:

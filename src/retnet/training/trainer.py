@@ -35,9 +35,10 @@ from retnet.models.directory import (
 )
 from retnet.training import checkpoint as ckpt
 from retnet.training import distributed as dist_utils
-from retnet.training.config import TrainConfig
+from retnet.training.config import TrainConfig, build_model_config
 from retnet.training.errors import TrainError
 from retnet.training.evaluate import EvalResult, evaluate
+from retnet.training.memory import check_fits
 from retnet.training.metrics import MetricsLog, plot_losses
 from retnet.training.schedule import warmup_cosine
 
@@ -99,13 +100,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def build_model_config(cfg: TrainConfig, vocab_size: int) -> RetNetConfig:
-    try:
-        return RetNetConfig.preset(cfg.model, **{**cfg.model_overrides, "vocab_size": vocab_size})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TrainError(f"model {cfg.model!r} with overrides {cfg.model_overrides}: {exc}") from None
-
-
 def prepare_tokenizer(cfg: TrainConfig, train_text: str, resume_dir: Path | None) -> Tokenizer:
     """The run's tokenizer: reloaded when resuming, else bytes or a BPE trained on the training split."""
     if resume_dir is not None:
@@ -143,7 +137,14 @@ def train(
     checkpoint is written there, but not the final model.
     """
     cfg.validate()
-    info = dist_utils.setup(cfg.device)
+    if stop_after is not None and stop_after < 1:
+        raise TrainError(f"--stop-after must be >= 1, got {stop_after}")
+    try:
+        info = dist_utils.setup(cfg.device)
+    except dist_utils.DeviceError as exc:
+        raise TrainError(f"device {exc}") from None
+    # the model's shape and size are checked now, not after the tokenizer is trained
+    check_fits(cfg, cfg.vocab_size if cfg.tokenizer == "bpe" else 256, info.device, info.world_size)
     if info.device.type == "cpu":
         torch.set_num_threads(pick_threads(cfg.threads, info.world_size))
     out = Path(cfg.out)
@@ -159,6 +160,8 @@ def train(
         payload = ckpt.load_checkpoint(resume_path)
         if not (resume_path.parent.parent / TOKENIZER_FILE).is_file():
             raise TrainError(f"--resume: no {TOKENIZER_FILE} next to checkpoint {str(resume_path)!r}")
+        if stop_after is not None and stop_after <= int(payload["step"]):
+            raise TrainError(f"--stop-after {stop_after} is not after the checkpoint's step {int(payload['step'])}")
     if info.is_main:
         check_writable(out)
     try:
