@@ -18,14 +18,6 @@ from retnet.models import directory as layout
 from retnet.models.config import load_model_config
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: CUDA is not available")
-    return torch.device(name)
-
-
 def check_model_dir(path: str | Path) -> Path:
     """``path`` when it holds config.json and model.safetensors; a :class:`CLIError` saying what is missing."""
     try:
