@@ -63,10 +63,13 @@ def check_state_dict(
     shapes: dict[str, tuple[int, ...]],
     source: str,
     dtypes: dict[str, str] | None = None,
+    *,
+    cast_requested: bool = False,
 ) -> None:
     """Raise :class:`CheckpointError` naming any missing, unexpected or mis-shaped tensor of ``shapes``, or (with
     ``dtypes``, safetensors' names) a tensor whose kind differs from the model's: integer weights are never cast
-    into floating-point parameters. Floating-point weights of another precision load, with a warning."""
+    into floating-point parameters. Floating-point weights of another precision load, with a warning unless the
+    caller asked for that dtype (``cast_requested``)."""
     expected = state_dict_for_saving(model)
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
@@ -96,7 +99,7 @@ def check_state_dict(
             )
         if ref.dtype.is_floating_point and stored != _SAFETENSORS_NAMES.get(ref.dtype):
             cast.add(stored)
-    if cast:
+    if cast and not cast_requested:
         warnings.warn(
             f"{source}: weights stored as {', '.join(sorted(cast))} are loaded as "
             f"{str(next(iter(expected.values())).dtype).removeprefix('torch.')}",
@@ -128,19 +131,21 @@ def tensor_headers(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], dict[
     return shapes, dtypes
 
 
-def check_weight_files(model: torch.nn.Module, files: list[Path]) -> None:
+def check_weight_files(model: torch.nn.Module, files: list[Path], *, cast_requested: bool = False) -> None:
     """The tensors of ``files`` (headers only) against ``model``'s, which may live on the meta device."""
     source = str(files[0]) if len(files) == 1 else f"{files[0].parent} (sharded weights)"
     shapes, dtypes = tensor_headers(files)
-    check_state_dict(model, shapes, source, dtypes)
+    check_state_dict(model, shapes, source, dtypes, cast_requested=cast_requested)
 
 
-def load_weights(model: torch.nn.Module, weights: Path, *, map_location="cpu") -> torch.nn.Module:
+def load_weights(
+    model: torch.nn.Module, weights: Path, *, map_location="cpu", cast_requested: bool = False
+) -> torch.nn.Module:
     """``model`` with ``weights`` loaded, checked first from the header; a model on the meta device is
     materialised on ``map_location`` only after that check passes."""
     if not weights.is_file():
         raise MissingFileError(f"weights file not found: {weights}")
-    check_weight_files(model, [weights])
+    check_weight_files(model, [weights], cast_requested=cast_requested)
     try:
         tensors = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as exc:
@@ -165,9 +170,9 @@ def load_model(
     config = load_model_config(directory)
     with torch.device("meta"):
         model = build(config)
-    model = load_weights(model, directory / WEIGHTS_FILE, map_location=map_location)
+    if dtype is not None:  # built in the requested dtype: the weights are cast once, and only if they differ
+        model = model.to(dtype)
+    model = load_weights(model, directory / WEIGHTS_FILE, map_location=map_location, cast_requested=dtype is not None)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    if dtype is not None:
-        model = model.to(dtype)
     return model.eval()
