@@ -45,6 +45,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = the cores not already busy
     fsdp: bool = False
+    checkpoint_activations: bool = False  # recompute each block in the backward pass (less memory, ~1/3 more time)
+    compile: bool = False  # torch.compile the training forward and backward
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,6 +77,9 @@ class TrainConfig:
             raise TrainError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.retention_mode not in ("auto", "parallel", "chunkwise"):
             raise TrainError(f"retention_mode must be auto, parallel or chunkwise, got {self.retention_mode!r}")
+        for name in ("fsdp", "checkpoint_activations", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise TrainError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.warmup_steps < 0 or self.eval_batches < 0 or self.final_eval_batches < 0 or self.keep_checkpoints < 1:
             raise TrainError("warmup_steps, eval_batches and final_eval_batches must be >= 0 and keep_checkpoints >= 1")
 
