@@ -122,6 +122,19 @@ def test_train_smoke(tmp_path, monkeypatch):
     _assert_equal_size(data)
 
 
+def test_train_smoke_with_and_without_checkpointing(tmp_path, monkeypatch):
+    argv = _tiny_train(tmp_path, "--modes", "chunkwise,sdpa", "--checkpointing", "both")
+    assert _main(monkeypatch, argv) == 0
+    data = _load(tmp_path, "train")
+    cases = {(r["model"], r["mode"], r["checkpointing"], r["seq_len"]) for r in data["rows"]}
+    assert cases == {
+        (m, f, c, T) for m, f in (("retnet", "chunkwise"), ("llama", "sdpa")) for c in (0, 1) for T in (32, 64)
+    }
+    assert all("error" not in r for r in data["rows"])
+    assert "chunkwise_over_llama_memory_64_checkpointed" in data["summary"]
+    assert "chunkwise_over_llama_memory_64" in data["summary"]
+
+
 def test_train_max_minutes_skips_the_remaining_cases_and_still_reports(tmp_path, monkeypatch):
     assert _main(monkeypatch, _tiny_train(tmp_path, "--max-minutes", "1e-9")) == 0
     rows = _load(tmp_path, "train")["rows"]  # the JSON, table and chart are still written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
@@ -20,7 +21,7 @@ def lm_dataset(tokenizer, block: int = 32) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def train(model, dataset, out_dir, steps: int = 10, lr: float = 3e-3) -> list[float]:
+def train(model, dataset, out_dir, steps: int = 10, lr: float = 3e-3, **extra) -> list[float]:
     args = TrainingArguments(
         output_dir=str(out_dir),
         max_steps=steps,
@@ -32,6 +33,7 @@ def train(model, dataset, out_dir, steps: int = 10, lr: float = 3e-3) -> list[fl
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        **extra,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
@@ -43,6 +45,29 @@ def test_trainer_runs_10_steps_and_the_loss_decreases(tmp_path, model_path):
     losses = train(model, lm_dataset(AutoTokenizer.from_pretrained(model_path)), tmp_path)
     assert len(losses) == 10
     assert losses[-1] < 0.75 * losses[0]
+
+
+def test_trainer_gradient_checkpointing_gives_the_same_losses(tmp_path, model_path):
+    dataset = lm_dataset(AutoTokenizer.from_pretrained(model_path))
+    plain = train(AutoModelForCausalLM.from_pretrained(model_path), dataset, tmp_path / "a", steps=4)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    checkpointed = train(model, dataset, tmp_path / "b", steps=4, gradient_checkpointing=True)
+    assert model.model.gradient_checkpointing
+    assert checkpointed == pytest.approx(plain, rel=1e-6, abs=0)
+    model.gradient_checkpointing_disable()
+    assert not model.model.gradient_checkpointing
+
+
+def test_gradient_checkpointing_enable_recomputes_blocks():
+    hf = RetNetHFForCausalLM.from_retnet(tiny_core(40)).train()
+    calls = []
+    for layer in hf.model.layers:
+        layer.register_forward_pre_hook(lambda *_: calls.append(1))
+    hf.gradient_checkpointing_enable()
+    assert hf.model.gradient_checkpointing
+    ids = torch.randint(0, 40, (2, 12))
+    hf(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == 2 * len(hf.model.layers)
 
 
 def test_loss_equals_our_loss_with_padding():

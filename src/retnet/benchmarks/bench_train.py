@@ -1,8 +1,9 @@
 """``retnet bench train``: forward+backward tokens/s and peak memory vs sequence length.
 
 RetNet in its parallel (O(T^2)) and chunkwise (O(T)) forms against Hugging Face ``LlamaForCausalLM`` with
-SDPA attention, equal parameter counts. Each (model, length) runs in a fresh process so its peak memory is
-its own; the peak is reset after the model is built and warmed up, so it covers one forward+backward.
+SDPA attention, equal parameter counts, each optionally with activation checkpointing per decoder block
+(``--checkpointing on|both``). Each case runs in a fresh process so its peak memory is its own; the peak is
+reset after the model is built and warmed up, so it covers one forward+backward.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from retnet.benchmarks.measure import (
     time_steps,
 )
 from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
+from retnet.models import RetNetForCausalLM
 
 MIB = 1024**2
 VARIANTS = (("retnet", "parallel"), ("retnet", "chunkwise"), ("llama", "sdpa"))
+CHECKPOINTING = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def parallel_scores_bytes(retnet_kwargs: dict[str, Any], batch: int, seq_len: int) -> int:
@@ -46,12 +49,15 @@ def train_case(
     threads: int,
     device: str,
     seed: int = 0,
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Time forward+backward (runs inside a worker process); gradients are dropped between steps."""
     torch.set_num_threads(threads)
     dev = pick_device(device)
     rcfg, lcfg = build_pair(retnet_config)
     net = (build_retnet(rcfg, seed) if model == "retnet" else build_llama(lcfg, seed)).to(dev).train()
+    if checkpointing:
+        enable_checkpointing(net)
     gen = torch.Generator().manual_seed(seed)
 
     def make_step(length: int):
@@ -77,6 +83,7 @@ def train_case(
     return {
         "model": model,
         "mode": mode,
+        "checkpointing": checkpointing,
         "batch": batch,
         "seq_len": seq_len,
         "params": count_parameters(net),
@@ -86,6 +93,15 @@ def train_case(
         "activation_mib": (peak - base) / MIB,
         "step_times_s": times,
     }
+
+
+def enable_checkpointing(net: torch.nn.Module) -> None:
+    """Activation checkpointing per decoder block: RetNet's flag, or transformers' switch for Llama."""
+    if isinstance(net, RetNetForCausalLM):
+        net.model.gradient_checkpointing = True
+        return
+    enable = getattr(net, "activation_checkpointing_enable", None) or net.gradient_checkpointing_enable
+    enable()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,9 +115,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     budget = args.memory_budget_gib * GIB
     rows: list[dict[str, Any]] = []
     time_budget = TimeBudget(args.max_minutes)
+    cases = [(mm, c) for c in CHECKPOINTING[args.checkpointing] for mm in VARIANTS if mm[1] in args.modes]
     for seq_len in args.lengths:
-        for model, mode in VARIANTS:
-            row: dict[str, Any] = {"model": model, "mode": mode, "batch": args.batch, "seq_len": seq_len}
+        for (model, mode), ckpt in cases:
+            row: dict[str, Any] = {
+                "model": model,
+                "mode": mode,
+                "checkpointing": ckpt,
+                "batch": args.batch,
+                "seq_len": seq_len,
+            }
             need = parallel_scores_bytes(retnet_kwargs, args.batch, seq_len) if mode == "parallel" else 0
             if need > budget:
                 row["error"] = (
@@ -124,9 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         steps=args.steps,
                         threads=args.threads,
                         device=str(dev),
+                        checkpointing=ckpt,
                     ),
                     timeout_s=args.case_timeout,
-                ) | {k: row[k] for k in ("model", "mode", "batch", "seq_len")}
+                ) | {k: row[k] for k in ("model", "mode", "checkpointing", "batch", "seq_len")}
             print(_progress(row), flush=True)
             rows.append(row)
     summary = summarize(rows)
@@ -140,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         columns=[
             "model",
             "mode",
+            "checkpointing",
             "batch",
             "seq_len",
             "step_s",
@@ -156,28 +181,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _progress(row: dict[str, Any]) -> str:
-    head = f"{row['model']:>6} {row['mode']:>9} T={row['seq_len']:>6}: "
+    ckpt = " (checkpointed)" if row.get("checkpointing") else ""
+    head = f"{row['model']:>6} {row['mode']:>9}{ckpt} T={row['seq_len']:>6}: "
     if "error" in row:
         return head + row["error"]
     return head + f"{row['tokens_per_s']:.0f} tok/s, peak {row['memory_mib']:.0f} MiB"
 
 
-def _get(rows, model, mode, seq_len):
+def _get(rows, model, mode, seq_len, checkpointing=False):
     for r in rows:
-        if (r["model"], r["mode"], r["seq_len"]) == (model, mode, seq_len) and "error" not in r:
+        key = (r["model"], r["mode"], r["seq_len"], bool(r.get("checkpointing")))
+        if key == (model, mode, seq_len, checkpointing) and "error" not in r:
             return r
     return None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chunkwise RetNet over Llama (tokens/s, peak memory) per length, without and with checkpointing."""
     s: dict[str, Any] = {}
     lengths = sorted({r["seq_len"] for r in rows})
-    for T in lengths:
-        c, ll = _get(rows, "retnet", "chunkwise", T), _get(rows, "llama", "sdpa", T)
-        if c and ll:
-            goal = " (goal >= 2)" if T == 8192 else ""
-            s[f"chunkwise_over_llama_tokens_per_s_{T}{goal}"] = c["tokens_per_s"] / ll["tokens_per_s"]
-            s[f"chunkwise_over_llama_memory_{T}"] = c["memory_mib"] / ll["memory_mib"]
+    for ckpt, tag in ((False, ""), (True, "_checkpointed")):
+        for T in lengths:
+            c, ll = _get(rows, "retnet", "chunkwise", T, ckpt), _get(rows, "llama", "sdpa", T, ckpt)
+            if c and ll:
+                goal = " (goal >= 2)" if T == 8192 else ""
+                s[f"chunkwise_over_llama_tokens_per_s_{T}{tag}{goal}"] = c["tokens_per_s"] / ll["tokens_per_s"]
+                goal = " (goal <= 0.75)" if T == 8192 else ""
+                s[f"chunkwise_over_llama_memory_{T}{tag}{goal}"] = c["memory_mib"] / ll["memory_mib"]
     chunk = [r for r in (_get(rows, "retnet", "chunkwise", T) for T in lengths) if r]
     # memory added per extra token between consecutive lengths: constant when memory is linear in length
     slopes = [
@@ -203,6 +233,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   steps after one warm-up step of min(T, {args.warmup_len}) tokens; no optimizer update.
 - Memory: {mem}; the peak is reset after the warm-up, so it covers weights + one forward+backward
   (activations, gradients). `activation_mib` subtracts the resident memory just before the timed steps.
+- Activation checkpointing (`checkpointing` column): RetNet's `gradient_checkpointing` flag, Llama's
+  `transformers` switch; both keep only each decoder block's input and recompute the block in backward.
 - Parallel RetNet is skipped where its T x T matrices would exceed --memory-budget-gib
   ({args.memory_budget_gib:g} GiB); the machine is shared.
 - Each case runs in a fresh process with {args.threads} torch threads, under `flock /tmp/retnet-bench.lock` on a
@@ -217,15 +249,19 @@ def chart(rows: list[dict[str, Any]]):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for model, mode in VARIANTS:
+    for (model, mode), ckpt in [(mm, c) for c in (False, True) for mm in VARIANTS]:
         pts = sorted(
-            (r for r in rows if (r["model"], r["mode"]) == (model, mode) and "error" not in r),
+            (
+                r
+                for r in rows
+                if (r["model"], r["mode"], bool(r.get("checkpointing"))) == (model, mode, ckpt) and "error" not in r
+            ),
             key=lambda r: r["seq_len"],
         )
         if not pts:
             continue
         x = [r["seq_len"] for r in pts]
-        label = f"{model} ({mode})"
+        label = f"{model} ({mode}{', checkpointed' if ckpt else ''})"
         axes[0].plot(x, [r["tokens_per_s"] for r in pts], "-o", label=label)
         axes[1].plot(x, [r["memory_mib"] for r in pts], "-o", label=label)
     style_log_axes(axes, "sequence length (tokens)", ("tokens/s (forward+backward)", "peak memory (MiB)"))
@@ -233,9 +269,30 @@ def chart(rows: list[dict[str, Any]]):
     return fig
 
 
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    known = [m for _, m in VARIANTS]
+    bad = [m for m in modes if m not in known]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(bad) or text!r}; choose from {', '.join(known)}")
+    return modes
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama")
     p.add_argument("--lengths", type=_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument(
+        "--modes",
+        type=_modes,
+        default=[m for _, m in VARIANTS],
+        help="comma-separated cases: parallel, chunkwise (RetNet), sdpa (Llama); default all",
+    )
+    p.add_argument(
+        "--checkpointing",
+        choices=tuple(CHECKPOINTING),
+        default="off",
+        help="activation checkpointing per decoder block: off, on, or both side by side (default off)",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup-len", type=int, default=1024)

@@ -72,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fsdp", action="store_true", default=None, help="shard with FSDP2 under torchrun")
     p.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        default=None,
+        help="recompute each block in the backward pass: less memory, more time",
+    )
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
+    p.add_argument(
         "--resume",
         nargs="?",
         const="latest",
@@ -180,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         file_settings = read_config_file(args.config) if args.config else {}
         overrides: dict[str, Any] = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS}
         overrides.update(out=args.out, data=args.data, fsdp=args.fsdp)
+        overrides.update(checkpoint_activations=args.checkpoint_activations, compile=args.compile)
         if args.model_set:
             overrides["model_overrides"] = _model_overrides(args.model_set)
         cfg = build_config(args.preset, file_settings, overrides)

@@ -98,7 +98,8 @@ class RetNetPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["RetNetBlock"]
     _is_stateful = True  # a recurrent state cannot be rolled back: no assisted decoding
-    supports_gradient_checkpointing = False
+    # gradient_checkpointing_enable() finds RetNetModel.gradient_checkpointing and sets it (and the function).
+    supports_gradient_checkpointing = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

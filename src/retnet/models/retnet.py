@@ -8,11 +8,14 @@ recurrent decoding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from retnet.layers import (
     CausalSelfAttention,
@@ -116,11 +119,18 @@ class RetNetBlock(nn.Module):
 
 
 class RetNetModel(nn.Module):
-    """Embeddings, the stack of blocks and the final norm; returns hidden states and the new state."""
+    """Embeddings, the stack of blocks and the final norm; returns hidden states and the new state.
+
+    ``gradient_checkpointing = True`` (activation checkpointing) keeps only each block's input during a
+    training forward and recomputes the block in the backward pass. The attribute names are the ones
+    ``transformers``' ``gradient_checkpointing_enable`` sets, which may also replace the checkpoint function.
+    """
 
     def __init__(self, config: RetNetConfig) -> None:
         super().__init__()
         self.config = config
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func: Callable | None = None
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         # Optional RMSNorm on the (scaled) embeddings: torchscale's ``layernorm_embedding`` option.
         self.layernorm_embedding = RMSNorm(config.hidden_size, config.norm_eps) if config.layernorm_embedding else None
@@ -153,6 +163,13 @@ class RetNetModel(nn.Module):
         """
         log_decay = self.layers[0].retention.decay(positions)  # fixed decay [H], on the positions' device
         return decay_weight_sum(log_decay, positions + 1).rsqrt()
+
+    def _block(self, layer: RetNetBlock, x: torch.Tensor, sin, cos, **kwargs):
+        """One block, under activation checkpointing when enabled for a training forward with gradients."""
+        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return layer(x, sin, cos, **kwargs)
+        run = self._gradient_checkpointing_func or partial(checkpoint, use_reentrant=False)
+        return run(partial(layer.__call__, **kwargs), x, sin, cos)
 
     def forward(
         self,
@@ -189,7 +206,8 @@ class RetNetModel(nn.Module):
         n_self = self.config.num_self_layers
         for i in range(n_self):
             layer_state = state.layers[i] if state is not None else None
-            x, s = self.layers[i](
+            x, s = self._block(
+                self.layers[i],
                 x,
                 sin,
                 cos,
@@ -214,7 +232,9 @@ class RetNetModel(nn.Module):
                 x, sin, cos, q_start = x[:, skip:], sin[:, skip:], cos[:, skip:], q_start + skip
                 q_mask = None if attention_mask is None else attention_mask[:, skip:]
             for i in range(n_self, len(kinds)):
-                x, _ = self.layers[i](x, sin, cos, attention_mask=q_mask, mode=mode, shared=shared, q_start=q_start)
+                x, _ = self._block(
+                    self.layers[i], x, sin, cos, attention_mask=q_mask, mode=mode, shared=shared, q_start=q_start
+                )
                 new_layers.append(None)
         x = self.layer_norm(x)
         return x, (RetNetState(new_layers, new_offset, shared) if use_cache else None)

@@ -133,6 +133,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = the cores not already busy
     fsdp: bool = False
+    checkpoint_activations: bool = False  # recompute each block in the backward pass (less memory, ~1/3 more time)
+    compile: bool = False  # torch.compile the training forward and backward
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -52,6 +52,7 @@ class TrainResult:
     elapsed_s: float
     tokens: int
     losses: list[float] = field(default_factory=list)  # train loss of every step run in this call
+    compile_s: float | None = None  # with cfg.compile: the first step's time beyond a compiled step's
 
 
 def check_writable(out: Path) -> None:
@@ -207,7 +208,10 @@ def train(
         f"model: {cfg.model} preset with {shape}, vocab {model_config.vocab_size} ({n_params:,} parameters)",
         quiet,
     )
+    model.model.gradient_checkpointing = cfg.checkpoint_activations
     model = dist_utils.wrap(model, info, fsdp=cfg.fsdp)
+    # Compiled for the training steps only; evaluation (no gradients, other batch sizes) runs eagerly.
+    step_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
@@ -295,6 +299,7 @@ def train(
     )
     bar = _progress_bar(start_step, cfg.steps, enabled=progress and info.is_main and not quiet)
     losses: list[float] = []
+    step_times: list[float] = []
     final_eval: EvalResult | None = None
     t_start = time.perf_counter()
     model.train()
@@ -314,7 +319,7 @@ def train(
                     with torch.autocast(
                         info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                     ):
-                        logits = model(rows[:, :-1], mode=cfg.retention_mode).logits
+                        logits = step_model(rows[:, :-1], mode=cfg.retention_mode).logits
                     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
                     scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach())
@@ -333,6 +338,7 @@ def train(
             losses.append(step_loss)
             tokens_seen += global_batch * cfg.seq_len
             dt = time.perf_counter() - t0
+            step_times.append(dt)
             done = step + 1
             row: dict[str, Any] = {
                 "step": done,
@@ -371,6 +377,14 @@ def train(
             metrics.close()
 
     elapsed = elapsed_before + time.perf_counter() - t_start
+    compile_s = compile_seconds(step_times) if cfg.compile else None
+    if compile_s is not None:
+        _log(
+            info,
+            f"torch.compile: {compile_s:.1f}s of compilation in the first step; compiled steps "
+            f"{global_batch * cfg.seq_len / min(step_times[1:]):.0f} tokens/s",
+            quiet,
+        )
     if last == cfg.steps:
         _save_model_dir(out, model, optimizer, model_config, info)
         if info.is_main:
@@ -384,7 +398,16 @@ def train(
                     f"model saved to {out}",
                     quiet,
                 )
-    return TrainResult(steps=last, final_eval=final_eval, elapsed_s=elapsed, tokens=tokens_seen, losses=losses)
+    return TrainResult(
+        steps=last, final_eval=final_eval, elapsed_s=elapsed, tokens=tokens_seen, losses=losses, compile_s=compile_s
+    )
+
+
+def compile_seconds(step_times: list[float]) -> float | None:
+    """Compilation time: the first step's time beyond the fastest later step (None with fewer than 2 steps)."""
+    if len(step_times) < 2:
+        return None
+    return max(0.0, step_times[0] - min(step_times[1:]))
 
 
 def _null():
