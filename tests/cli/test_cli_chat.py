@@ -60,3 +60,35 @@ def test_chat_command_answers_each_line(capsys, monkeypatch, trained_dir):
     code, out, _ = run_cli(capsys, "chat", trained_dir, "--max-tokens", "10", "--seed", "1", "--stop", "")
     assert code == 0
     assert out.count("\n") >= 2
+
+
+class _Scripted(torch.nn.Module):
+    """A real model whose next-token logits are replaced so that greedy decoding emits ``script`` in order."""
+
+    def __init__(self, model: torch.nn.Module, script: list[int]) -> None:
+        super().__init__()
+        self.inner, self.script, self.step = model, script, 0
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        forced = torch.full_like(out.logits[:, -1:], -1e4)
+        forced[..., self.script[min(self.step, len(self.script) - 1)]] = 0.0
+        self.step += 1
+        out.logits = torch.cat([out.logits[:, :-1], forced], dim=1)
+        return out
+
+
+def test_a_stop_string_split_across_tokens_never_leaks():
+    """The default stop "\\n\\n" arriving as two "\\n" tokens: the first newline is held back, never shown."""
+    from retnet.data.tokenizers import Tokenizer
+    from retnet.models import RetNetConfig, RetNetForCausalLM
+
+    tok = Tokenizer.byte()
+    inner = RetNetForCausalLM(RetNetConfig(vocab_size=256, hidden_size=32, num_layers=1, num_heads=2)).eval()
+    script = [ord(c) for c in "ab\n\ncd"]
+    session = ChatSession(_Scripted(inner, script), tok, temperature=0, max_new_tokens=6, stop="\n\n")
+    pieces = list(session.turn("hi"))
+    assert "".join(pieces) == "ab" and all("\n" not in p for p in pieces)
+    # a lone newline that does not complete the stop string is released, in order
+    session = ChatSession(_Scripted(inner, [ord(c) for c in "a\nb"]), tok, temperature=0, max_new_tokens=3)
+    assert session.reply("hi") == "a\nb"

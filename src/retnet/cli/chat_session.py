@@ -15,6 +15,7 @@ import torch
 from retnet.cli.streaming import TextStream
 from retnet.data.tokenizers import Tokenizer
 from retnet.generation import stream_generate
+from retnet.generation.stops import StopMatcher
 
 
 class ChatSession:
@@ -77,26 +78,21 @@ class ChatSession:
         self.history.extend(ids)
         generated = 0
         text = TextStream(self.tokenizer)
-        reply = ""
+        matcher = StopMatcher([self.stop] if self.stop else [])
         last: int | None = None
         for token in stream:
             last = int(token[0])
             self.history.append(last)
             generated += 1
-            piece = text.push(last)
-            if not piece:
-                continue
-            before = len(reply)
-            reply += piece
-            if self.stop and self.stop in reply:
-                cut = reply.index(self.stop)
-                if cut > before:
-                    yield reply[before:cut]
+            piece = matcher.push(text.push(last))  # holds back text that may begin the stop string
+            if piece:
+                yield piece
+            if matcher.stopped:
                 break
-            yield piece
         else:
             last = None  # the stream ran to its end: its state covers every token
-            tail = text.flush()
+            tail = matcher.push(text.flush())
+            tail += "" if matcher.stopped else matcher.flush()
             if tail:
                 yield tail
         self.state = stream.state

@@ -27,8 +27,8 @@ import torch
 
 from retnet.generation import sample_next
 from retnet.generation.sampling import NonFiniteLogitsError, check_sampling, invalid_rows
+from retnet.generation.stops import StopMatcher
 from retnet.models import RetNetState
-from retnet.serving.stops import StopMatcher
 from retnet.serving.tokenizer import IncrementalDetokenizer, ServingTokenizer
 
 log = logging.getLogger("retnet.serving")
