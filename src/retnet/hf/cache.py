@@ -93,10 +93,15 @@ class RetNetCache(Cache):
         raise ValueError("RetNetCache cannot record past states (assisted decoding is not supported)")
 
 
+def cache_field(output_class: type) -> str:
+    """The field of a ``transformers`` output class that holds the cache: ``cache`` in newer releases,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in {f.name for f in fields(output_class)} else "past_key_values"
+
+
 def output_cache(output: Any) -> Cache | None:
-    """The cache of a ``transformers`` model output: field ``cache`` in newer releases, ``past_key_values`` before."""
-    names = {f.name for f in fields(output)}
-    return getattr(output, "cache" if "cache" in names else "past_key_values")
+    """The cache of a ``transformers`` model output, under whichever field its class declares."""
+    return getattr(output, cache_field(type(output)))
 
 
 def cache_argument(model: torch.nn.Module) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
-from retnet.hf.cache import RetNetCache
+from retnet.hf.cache import RetNetCache, cache_field
 from retnet.hf.configuration import RetNetHFConfig
 from retnet.hf.validation import check_model_directory
 from retnet.layers.norm import HeadNorm, RMSNorm
@@ -40,7 +39,7 @@ RETENTION_MODES = MODES
 # The output field that carries the cache: ``cache`` in newer ``transformers`` releases, ``past_key_values`` before.
 # Read from the installed release's own output class, so ``generate`` finds the state where it looks for it
 # (:func:`retnet.hf.cache.output_cache` reads it back).
-OUTPUT_CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+OUTPUT_CACHE_FIELD = cache_field(CausalLMOutputWithPast)
 
 
 # Whether the installed release's PreTrainedModel._initialize_weights takes ``is_custom_code`` (newer releases).

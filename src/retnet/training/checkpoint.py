@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retnet.models.directory import atomic_write
+from retnet.models.directory import atomic_write, remove_leftover_temp_files
 from retnet.training.errors import TrainError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -95,8 +95,8 @@ def save_checkpoint(
         "extra": extra or {},
     }
     path = checkpoint_path(run_dir, step)
-    for stale in path.parent.glob(".ckpt-*.tmp") if path.parent.is_dir() else []:
-        stale.unlink(missing_ok=True)  # left by a save that was killed
+    if path.parent.is_dir():
+        remove_leftover_temp_files(path.parent)  # left by a save that was killed
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)

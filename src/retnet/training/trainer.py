@@ -241,9 +241,7 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrainError(f"output folder {str(out)!r} cannot be created: {exc.strerror or exc}") from None
-        for folder in (out, out / ckpt.CHECKPOINT_DIR):  # a run killed mid-save left its temporary files
-            if folder.is_dir():
-                remove_leftover_temp_files(folder)
+        remove_leftover_temp_files(out)  # a run killed mid-save left them (checkpoint saves clean their own folder)
         if payload is None:
             for _, old in ckpt.list_checkpoints(out):
                 old.unlink()
