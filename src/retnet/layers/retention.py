@@ -30,20 +30,21 @@ class MultiScaleRetention(nn.Module):
         norm_eps: float = 1e-6,
         decay: str = "official",
         chunk_size: int = 64,
+        key_dim: int | None = None,
     ) -> None:
+        """``key_dim``: the query/key width (default ``hidden_size``)."""
         super().__init__()
-        if hidden_size % num_heads or value_dim % num_heads:
-            raise ValueError(
-                f"hidden size {hidden_size} and value dim {value_dim} must be divisible by {num_heads} heads"
-            )
+        key_dim = key_dim or hidden_size
+        if key_dim % num_heads or value_dim % num_heads:
+            raise ValueError(f"key dim {key_dim} and value dim {value_dim} must be divisible by {num_heads} heads")
         if decay not in DECAY_SCHEDULES:
             raise ValueError(f"decay must be one of {sorted(DECAY_SCHEDULES)}, got {decay!r}")
         self.num_heads = num_heads
-        self.key_dim = hidden_size // num_heads
+        self.key_dim = key_dim // num_heads
         self.head_dim = value_dim // num_heads
         self.chunk_size = chunk_size
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.q_proj = nn.Linear(hidden_size, key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, key_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, value_dim, bias=False)
         self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
         self.out_proj = nn.Linear(value_dim, hidden_size, bias=False)

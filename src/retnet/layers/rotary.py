@@ -1,8 +1,10 @@
 """RetNet's rotation ("xPos" in the paper; the official code's plain rotary over adjacent pairs).
 
 Angles ``theta_i = 1 / 10000^(i / (Dk/2 - 1))`` (a linspace from 0 to 1 in the exponent), each used for the
-pair ``(2i, 2i+1)``. Computed in float32 (float64 for float64 models) from integer positions, so positions
-stay distinct at any length whatever the model dtype.
+pair ``(2i, 2i+1)``; ``frequencies="rope"`` gives RoFormer's ``1 / 10000^(2i / Dk)`` instead (the schedule of
+flash-linear-attention's RetNet, whose rotate-half layout is a permutation of the q/k channels). Computed in
+float32 (float64 for float64 models) from integer positions, so positions stay distinct at any length whatever
+the model dtype.
 """
 
 from __future__ import annotations
@@ -10,13 +12,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+ROTARY_FREQUENCIES = ("retnet", "rope")
 
-def retnet_angles(head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """``[head_dim]`` angles, each pair's angle repeated twice (official ``RetNetRelPos.angle``)."""
+
+def retnet_angles(head_dim: int, base: float = 10000.0, frequencies: str = "retnet") -> torch.Tensor:
+    """``[head_dim]`` angles, each pair's angle repeated twice (official ``RetNetRelPos.angle`` for
+    ``frequencies="retnet"``; exponents ``2i / head_dim`` for ``"rope"``)."""
     if head_dim % 2:
         raise ValueError(f"key head dim must be even for the rotation, got {head_dim}")
-    theta = 1.0 / base ** torch.linspace(0, 1, head_dim // 2, dtype=torch.float64, device="cpu")
-    return theta.repeat_interleave(2)
+    if frequencies == "retnet":
+        exponents = torch.linspace(0, 1, head_dim // 2, dtype=torch.float64, device="cpu")
+    elif frequencies == "rope":
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim
+    else:
+        raise ValueError(f"frequencies must be one of {ROTARY_FREQUENCIES}, got {frequencies!r}")
+    return (1.0 / base**exponents).repeat_interleave(2)
 
 
 def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
@@ -28,10 +38,10 @@ def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
 class RetNetRotary(nn.Module):
     """Produces ``(sin, cos)`` of shape ``[B, T, Dk]`` for integer positions ``[B, T]``."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, base: float = 10000.0, frequencies: str = "retnet") -> None:
         super().__init__()
         # A float64 constant, not a buffer: ``model.to(dtype)`` must not round the angles.
-        self.angle = retnet_angles(head_dim, base)
+        self.angle = retnet_angles(head_dim, base, frequencies)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -90,6 +90,11 @@ class RetNetConfig:
     embed_scale: float = 1.0
     layernorm_embedding: bool = False  # RMSNorm on the scaled embeddings (torchscale's option of that name)
     rotary_base: float = 10000.0
+    # Rotation frequencies: "retnet" 1/base^(i/(Dk/2-1)) as torchscale; "rope" 1/base^(2i/Dk) as RoFormer and
+    # flash-linear-attention (set by ``retnet convert --from fla``).
+    rotary_frequencies: str = "retnet"
+    # Query/key width of retention layers (default hidden_size; flash-linear-attention's hidden_size * expand_k).
+    key_dim: int | None = None
     chunk_size: int = 64
     dropout: float = 0.0
     initializer_range: float | None = None
@@ -111,18 +116,24 @@ class RetNetConfig:
             limit = MAX_LAYERS if name == "num_layers" else MAX_WIDTH
             if value > limit:
                 raise ConfigError(f"{name} must be <= {limit}, got {value}")
-        if self.hidden_size % self.num_heads:
+        if self.key_dim is None and self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads")
         if self.value_dim % self.num_heads:
             raise ConfigError(f"value_dim {self.value_dim} is not divisible by {self.num_heads} heads")
-        if (self.hidden_size // self.num_heads) % 2:
-            raise ConfigError(
-                f"key head dim hidden_size/num_heads = {self.hidden_size // self.num_heads} must be even (rotation)"
-            )
+        if self.key_dim is not None:
+            value = self.key_dim
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WIDTH:
+                raise ConfigError(f"key_dim must be a positive int <= {MAX_WIDTH} or null, got {value!r}")
+            if value % self.num_heads:
+                raise ConfigError(f"key_dim {value} is not divisible by {self.num_heads} heads")
+        if self.key_head_dim % 2:
+            which = "key_dim" if self.key_dim is not None else "hidden_size"
+            raise ConfigError(f"key head dim {which}/num_heads = {self.key_head_dim} must be even (rotation)")
         choices = {
             "activation": ("swish", "silu", "gelu", "relu"),
             "head_norm": ("rms", "group", "layer"),
             "decay": ("official", "paper"),
+            "rotary_frequencies": ("retnet", "rope"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -150,6 +161,8 @@ class RetNetConfig:
             )
         if self.normalize_decay and any(kind != "retention" for kind in self.layer_kinds):
             raise ConfigError("normalize_decay applies to fixed-decay retention layers only")
+        if self.key_dim is not None and any(kind not in ("retention", "gated") for kind in self.layer_kinds):
+            raise ConfigError("key_dim applies to retention layers only (attention layers use hidden_size)")
         _check_number("norm_eps", self.norm_eps, ">= 0", lambda v: v >= 0)
         _check_number("gate_temperature", self.gate_temperature, "> 0", lambda v: v > 0)
         _check_number("dropout", self.dropout, "in [0, 1)", lambda v: 0 <= v < 1)
@@ -169,7 +182,7 @@ class RetNetConfig:
     # ------------------------------------------------------------------ derived
     @property
     def key_head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return (self.key_dim or self.hidden_size) // self.num_heads
 
     @property
     def value_head_dim(self) -> int:
@@ -202,7 +215,7 @@ class RetNetConfig:
         for kind in self.layer_kinds:
             total += 3 * d * f + 2 * d  # fc1, gate, fc2; two RMSNorms
             if kind in ("retention", "gated"):
-                total += 2 * d * d + 3 * d * dv + (2 * dv if self.head_norm == "group" else 0)  # q,k; v,g,out
+                total += 2 * d * (self.key_dim or d) + 3 * d * dv + (2 * dv if self.head_norm == "group" else 0)
                 total += d * H if kind == "gated" else 0
             elif kind == "attention":
                 total += 2 * d * d + 2 * d * kv  # q, out; k, v

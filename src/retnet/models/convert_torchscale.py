@@ -11,17 +11,36 @@ eps) comes from the caller; the defaults are those of torchscale's ``RetNetDecod
 from __future__ import annotations
 
 import math
-import pickle
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from retnet.layers.rotary import retnet_angles
-from retnet.models.config import ConfigError, RetNetConfig
+from retnet.models.config import RetNetConfig
+from retnet.models.convert_common import (
+    ConversionError,
+    ConversionReport,
+    build_model,
+    check_no_unexpected,
+    check_shape,
+    load_checkpoint,
+    make_config,
+    need,
+)
 from retnet.ops import official_log_decay, paper_log_decay
+
+__all__ = [
+    "ConversionError",
+    "ConversionReport",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "convert_torchscale",
+    "find_state_dict",
+    "infer_config",
+    "load_checkpoint",
+]
 
 NESTED_KEYS = ("model", "state_dict", "module", "model_state_dict")
 ANCHOR = "embed_tokens.weight"
@@ -43,46 +62,7 @@ LAYER_TENSORS = (
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the file, key or tensor."""
-
-
-@dataclass
-class ConversionReport:
-    """What was inferred from the checkpoint (printed by ``retnet convert``)."""
-
-    prefix: str = ""
-    nested_key: str | None = None
-    decay: str = "official"
-    tied: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
 # ---------------------------------------------------------------------------------------------- reading
-def load_checkpoint(path: str | Path) -> Any:
-    """Read ``path`` without unpickling arbitrary objects: safetensors, or ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise ConversionError(f"cannot read safetensors file {path}: {exc}") from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(
-            f"cannot load {path} with torch.load(weights_only=True): {first}. Only tensors and plain containers "
-            "are accepted (a full fairseq checkpoint also pickles its config): save just the state dict, e.g. "
-            "torch.save(ckpt['model'], 'state_dict.pt'), or save it as .safetensors"
-        ) from exc
-
-
 def find_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """The decoder's tensors with their official names, from a bare or nested state dict.
 
@@ -122,18 +102,6 @@ def find_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, tor
 
 
 # ---------------------------------------------------------------------------------------------- inference
-def _need(sd: dict[str, torch.Tensor], name: str, source: str, hint: str = "") -> torch.Tensor:
-    if name not in sd:
-        raise ConversionError(f"{source}: missing tensor {name!r}" + (f" ({hint})" if hint else ""))
-    return sd[name]
-
-
-def _shape(sd: dict[str, torch.Tensor], name: str, expected: tuple[int, ...], source: str, why: str) -> None:
-    got = tuple(_need(sd, name, source).shape)
-    if got != expected:
-        raise ConversionError(f"{source}: tensor {name!r} has shape {got}, expected {expected} ({why})")
-
-
 def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
     """Equal up to rounding to ``dtype`` (the buffer may have been cast to half precision with the model)."""
     rtol = max(1e-5, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-5
@@ -188,7 +156,7 @@ def infer_config(
     required) when the checkpoint lacks the ``retnet_rel_pos.decay`` buffer.
     """
     report = report if report is not None else ConversionReport()
-    embed = _need(sd, ANCHOR, source)
+    embed = need(sd, ANCHOR, source)
     if embed.dim() != 2:
         raise ConversionError(f"{source}: tensor {ANCHOR!r} must be 2-D [vocab, hidden], got {tuple(embed.shape)}")
     V, d = embed.shape
@@ -216,7 +184,7 @@ def infer_config(
     Dk = d // H
     rotary_base = 10000.0
     if ANGLE in sd:
-        _shape(sd, ANGLE, (Dk,), source, f"key head dim = hidden {d} / {H} heads")
+        check_shape(sd, ANGLE, (Dk,), source, f"key head dim = hidden {d} / {H} heads")
         rotary_base = infer_rotary_base(sd[ANGLE], source)
     else:
         report.notes.append(f"no {ANGLE} buffer: assumed rotation base 10000")
@@ -228,8 +196,8 @@ def infer_config(
         missing = sorted(set(range(layer_ids[-1] + 1)) - set(layer_ids))
         raise ConversionError(f"{source}: layer(s) {missing} missing (found layers {layer_ids[0]}..{layer_ids[-1]})")
     L = len(layer_ids)
-    dv = _need(sd, "layers.0.retention.v_proj.weight", source).shape[0]
-    f = _need(sd, "layers.0.ffn.fc1.weight", source).shape[0]
+    dv = need(sd, "layers.0.retention.v_proj.weight", source).shape[0]
+    f = need(sd, "layers.0.ffn.fc1.weight", source).shape[0]
     expected = {
         "retention.q_proj.weight": (d, d),
         "retention.k_proj.weight": (d, d),
@@ -245,49 +213,43 @@ def infer_config(
     why = f"hidden {d}, value dim {dv}, ffn dim {f}"
     for i in range(L):
         for suffix, shape in expected.items():
-            _shape(sd, f"layers.{i}.{suffix}", shape, source, why)
-    _need(sd, "layer_norm.weight", source, "torchscale's deepnorm / post-norm variant has no final norm; unsupported")
-    _shape(sd, "layer_norm.weight", (d,), source, why)
+            check_shape(sd, f"layers.{i}.{suffix}", shape, source, why)
+    need(sd, "layer_norm.weight", source, "torchscale's deepnorm / post-norm variant has no final norm; unsupported")
+    check_shape(sd, "layer_norm.weight", (d,), source, why)
     layernorm_embedding = "layernorm_embedding.weight" in sd
     if layernorm_embedding:
-        _shape(sd, "layernorm_embedding.weight", (d,), source, why)
+        check_shape(sd, "layernorm_embedding.weight", (d,), source, why)
     out = sd.get("output_projection.weight")
     if out is None:
         report.tied = True
         report.notes.append("no output_projection.weight: tied to embed_tokens.weight")
     else:
-        _shape(sd, "output_projection.weight", (V, d), source, f"vocab {V} and hidden {d} from {ANCHOR!r}")
+        check_shape(sd, "output_projection.weight", (V, d), source, f"vocab {V} and hidden {d} from {ANCHOR!r}")
         report.tied = out is embed or torch.equal(out, embed)
     known = {ANCHOR, ANGLE, DECAY, "layer_norm.weight", "layernorm_embedding.weight", "output_projection.weight"}
     known |= {f"layers.{i}.{s}" for i in range(L) for s in LAYER_TENSORS}
-    unexpected = sorted(set(sd) - known)
-    if unexpected:
-        raise ConversionError(
-            f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
-        )
+    check_no_unexpected(sd, known, source)
     if embed_scale == "sqrt":
         embed_scale = math.sqrt(d)
-    try:
-        return RetNetConfig(
-            vocab_size=V,
-            hidden_size=d,
-            num_layers=L,
-            num_heads=H,
-            value_dim=dv,
-            ffn_dim=f,
-            activation=activation,
-            head_norm="rms",
-            norm_eps=norm_eps,
-            decay=report.decay,
-            tie_word_embeddings=report.tied,
-            embed_scale=float(embed_scale),
-            layernorm_embedding=layernorm_embedding,
-            normalize_decay=normalize_decay,
-            rotary_base=rotary_base,
-            **overrides,
-        )
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise ConversionError(f"{source}: {exc}") from exc
+    return make_config(
+        source,
+        vocab_size=V,
+        hidden_size=d,
+        num_layers=L,
+        num_heads=H,
+        value_dim=dv,
+        ffn_dim=f,
+        activation=activation,
+        head_norm="rms",
+        norm_eps=norm_eps,
+        decay=report.decay,
+        tie_word_embeddings=report.tied,
+        embed_scale=float(embed_scale),
+        layernorm_embedding=layernorm_embedding,
+        normalize_decay=normalize_decay,
+        rotary_base=rotary_base,
+        **overrides,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -317,22 +279,9 @@ def convert_torchscale(
     obj: Any, *, source: str = "checkpoint", dtype: torch.dtype = torch.float32, **options: Any
 ) -> tuple[Any, ConversionReport]:
     """A :class:`RetNetForCausalLM` (eval mode) from a loaded torchscale checkpoint object; see :func:`infer_config`."""
-    from retnet.models.directory import CheckpointError
-    from retnet.models.io import load_state_dict_checked
-    from retnet.models.retnet import RetNetForCausalLM
-
     sd, report = find_state_dict(obj, source)
     config = infer_config(sd, source=source, report=report, **options)
-    tensors = convert_state_dict(sd, config, dtype)
-    with torch.device("meta"):
-        model = RetNetForCausalLM(config)
-    model = model.to_empty(device="cpu").to(dtype)
-    try:
-        load_state_dict_checked(model, tensors, source)
-    except CheckpointError as exc:  # pragma: no cover - infer_config checks every name and shape first
-        raise ConversionError(str(exc)) from exc
-    model.tie_weights()
-    return model.eval(), report
+    return build_model(config, convert_state_dict(sd, config, dtype), source, dtype), report
 
 
 def convert_checkpoint(

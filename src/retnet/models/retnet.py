@@ -52,6 +52,8 @@ class RetNetBlock(nn.Module):
         kw = dict(
             head_norm=config.head_norm, norm_eps=config.norm_eps, decay=config.decay, chunk_size=config.chunk_size
         )
+        if config.key_dim is not None:
+            kw["key_dim"] = config.key_dim
         d, H = config.hidden_size, config.num_heads
         norm = RMSNorm(d, config.norm_eps)
         if self.kind == "gated":
@@ -142,7 +144,7 @@ class RetNetModel(nn.Module):
             else None
         )
         self.layer_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.rotary = RetNetRotary(config.key_head_dim, config.rotary_base)
+        self.rotary = RetNetRotary(config.key_head_dim, config.rotary_base, config.rotary_frequencies)
 
     def positions(
         self, batch_size: int, seq_len: int, device, state: RetNetState | None, attention_mask: torch.Tensor | None
