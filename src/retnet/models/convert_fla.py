@@ -194,6 +194,13 @@ def convert_fla(
             "an even key head dim"
         )
     Dk, Dv = kd // H, vd // H
+    for name, tensor, width in (("expand_k", "q_proj", kd), ("expand_v", "g_proj", vd)):
+        rows = need(sd, f"model.layers.0.attn.{tensor}.weight", source).shape[0]
+        if rows != width:
+            raise ConversionError(
+                f"{source}: {name}={_field(cfg, name)} gives width {width} but tensor "
+                f"'model.layers.0.attn.{tensor}.weight' has {rows} rows"
+            )
     f = need(sd, "model.layers.0.mlp.gate_proj.weight", source).shape[0]
     inter = _field(cfg, "intermediate_size")
     if inter is not None and inter != f:
