@@ -202,6 +202,8 @@ def run_import(args: argparse.Namespace) -> int:
     if args.tokenizer is not None:
         tokenizer = read_tokenizer_arg(args.tokenizer)
     elif args.source_format != "torchscale":
+        if not args.source.is_dir():
+            raise CLIError(f"checkpoint directory not found: {args.source}")
         tokenizer = read_tokenizer_arg(args.source, what="source tokenizer file")
         tokenizer_from = args.source / TOKENIZER_FILE if tokenizer is not None else None
     overrides: dict[str, Any] = {
