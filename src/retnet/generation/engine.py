@@ -177,8 +177,7 @@ class Engine:
         running = {id(s) for s in seqs}
         try:
             while running:
-                with torch.no_grad():
-                    self._iterate()
+                self.iterate()
                 while events:
                     seq, event = events.popleft()
                     if event[0] in ("done", "error"):
@@ -233,7 +232,7 @@ class Engine:
                     self.wake.wait(0.5)
                     self.wake.clear()
                     continue
-                self._iterate()
+                self.iterate()
         for act in self.prefilling + self.rows:
             act.seq.emit(("error", SHUTTING_DOWN))
         self.prefilling, self.rows, self.next_tokens = [], [], []
@@ -241,13 +240,15 @@ class Engine:
         while not self.inbox.empty():
             self.inbox.get_nowait().emit(("error", SHUTTING_DOWN))
 
-    def _iterate(self) -> None:
-        """One engine iteration: admit, drop cancelled, a prefill budget, one decode step."""
+    def iterate(self) -> None:
+        """One engine iteration on the calling thread: admit waiting requests, drop cancelled ones, prefill up
+        to ``prefill_chunk`` prompt tokens, take one decode step (what both drivers repeat)."""
         try:
-            self._admit()
-            self._drop_cancelled()
-            self._prefill_step()
-            self._decode_step()
+            with torch.no_grad():
+                self._admit()
+                self._drop_cancelled()
+                self._prefill_step()
+                self._decode_step()
         except Exception as exc:  # a bug outside any one sequence: fail those in flight, keep going
             self.last_error = traceback.format_exc()
             log.error("engine step failed:\n%s", self.last_error)
