@@ -76,3 +76,13 @@ def test_capacity_and_shape_errors_are_named():
         StateSlots(2).append(RetNetState.cat([row_state(0, 1), row_state(1, 1)]))
     with pytest.raises(ValueError, match="capacity"):
         StateSlots(0)
+
+
+def test_buffers_are_allocated_once():
+    slots = StateSlots(3)
+    slots.append(row_state(0, 2))
+    buffer = slots.view().layers[0].data_ptr()
+    slots.remove(0)
+    slots.append(row_state(1, 4))  # the batch drained and refilled: same memory
+    assert slots.view().layers[0].data_ptr() == buffer
+    assert_same(slots.row(0), row_state(1, 4))

@@ -151,16 +151,19 @@ class StateSlots:
         self.n = 0
 
     def _allocate(self, tree: Tree) -> Tree:
-        """Buffers of ``capacity`` rows shaped like the one-row ``tree``'s tensors (reused when they fit)."""
-        old = self._tree
+        """Buffers of ``capacity`` rows shaped like the one-row ``tree``'s tensors (the old ones where they fit)."""
 
-        def alloc(t: torch.Tensor) -> torch.Tensor:
-            return torch.empty((self.capacity, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        def fits(old: Any, t: torch.Tensor) -> bool:
+            return (
+                isinstance(old, torch.Tensor)
+                and old.shape == (self.capacity, *t.shape[1:])
+                and (old.dtype, old.device) == (t.dtype, t.device)
+            )
 
-        fresh = _zip(tree, tree, lambda t, _: alloc(t), lambda c, _: c)
-        if old is None:
-            return fresh
-        try:  # the same layout as before: keep the old buffers
-            return _zip(fresh, old, lambda f, o: o if (o.shape, o.dtype) == (f.shape, f.dtype) else f, lambda c, _: c)
-        except (AttributeError, TypeError, ValueError):
-            return fresh
+        def alloc(t: torch.Tensor, old: Any) -> torch.Tensor:
+            return old if fits(old, t) else torch.empty((self.capacity, *t.shape[1:]), dtype=t.dtype, device=t.device)
+
+        try:
+            return _zip(tree, self._tree if self._tree is not None else tree, alloc, lambda c, _: c)
+        except (KeyError, TypeError, ValueError):  # another layout than before
+            return _zip(tree, tree, alloc, lambda c, _: c)
