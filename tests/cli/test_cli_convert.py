@@ -50,12 +50,12 @@ def test_converted_model_with_tokenizer_generates_and_loads_for_serving(capsys, 
 
 
 def test_without_a_tokenizer_serving_names_the_missing_file(capsys, tmp_path):
+    from retnet.models.directory import CheckpointError
     from retnet.serving.app import create_app
     from retnet.serving.config import ServerConfig
-    from retnet.serving.tokenizer import TokenizerError
 
     assert convert(capsys, tmp_path / "m")[0] == 0
-    with pytest.raises(TokenizerError, match="tokenizer file not found"):
+    with pytest.raises(CheckpointError, match="tokenizer file not found"):
         create_app(ServerConfig(tmp_path / "m", data_dir=tmp_path / "d", threads=1))
 
 

@@ -83,7 +83,7 @@ def test_finished_requests_are_freed_without_the_cyclic_collector(model_dir, tmp
     collector ran too rarely to keep RSS flat. With it off, nothing of a finished request may remain."""
     import gc
 
-    from retnet.serving.engine import Finished, Sequence
+    from retnet.generation import Finished, Sequence
     from retnet.serving.routes import Turn
 
     with TestClient(create_app(ServerConfig(model_dir, data_dir=tmp_path / "d", threads=1))) as client:

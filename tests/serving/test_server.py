@@ -16,10 +16,10 @@ import openai
 import pytest
 import torch
 
+from retnet.data.tokenizers import Tokenizer
 from retnet.generation import generate
 from retnet.models import load_pretrained
 from retnet.serving.chat_template import ChatTemplate
-from retnet.serving.tokenizer import ServingTokenizer
 from tests.serving.helpers import ServerProcess, make_model_dir
 
 KEY = "sk-test-key"
@@ -58,7 +58,7 @@ class Reference:
 
     def __init__(self, model_dir) -> None:
         self.model = load_pretrained(model_dir, dtype=torch.float64)
-        self.tok = ServingTokenizer.from_dir(model_dir, self.model.config.eos_token_id)
+        self.tok = Tokenizer.load(model_dir, self.model.config.eos_token_id)
         self.tpl = ChatTemplate()
 
     def continue_ids(self, ids: list[int], n: int) -> list[int]:

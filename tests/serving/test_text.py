@@ -1,23 +1,10 @@
-"""Incremental detokenisation and the chat template."""
+"""The chat template."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from retnet.serving.chat_template import ChatTemplate
-from retnet.serving.random_model import byte_tokenizer
-from retnet.serving.tokenizer import IncrementalDetokenizer, ServingTokenizer
-
-
-@given(st.text(max_size=30))
-def test_incremental_detokenizer_reassembles_utf8(text):
-    tok = ServingTokenizer(byte_tokenizer())
-    ids = tok.encode(text)
-    detok = IncrementalDetokenizer(tok)
-    out = "".join(detok.push(i) for i in ids) + detok.flush()
-    assert out == text
 
 
 def test_chat_template_renders_and_closes():

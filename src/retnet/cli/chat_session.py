@@ -1,9 +1,9 @@
 """A chat that keeps the model's recurrent state between turns, so each turn costs only its new tokens.
 
-Every token of the conversation (user text and replies) is fed to the model exactly once: a turn prefills
-the user's tokens from the kept state, then decodes the reply one recurrent step per token
-(:func:`retnet.generation.stream_generate`). After a turn the state equals that of one pass over the whole
-conversation so far.
+Every token of the conversation (user text and replies) is fed to the model exactly once: a turn is one
+request to :class:`retnet.generation.Engine` whose prompt is the tokens not yet in the state (the last
+reply's final token, anything ``feed`` gave, the user's text) and whose initial state is the one kept. The
+engine hands back the state and the sampled tokens not yet folded into it; the next turn starts with them.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import torch
 
-from retnet.cli.streaming import TextStream
 from retnet.data.tokenizers import Tokenizer
-from retnet.generation import stream_generate
-from retnet.generation.stops import StopMatcher
+from retnet.generation import Engine, SamplingParams, Sequence
+from retnet.generation.generate import PREFILL_CHUNK
+from retnet.models import RetNetState
 
 
 class ChatSession:
@@ -36,70 +36,54 @@ class ChatSession:
         user_suffix: str = "\n\n",
         device: torch.device | str = "cpu",
     ) -> None:
-        self.model = model
         self.tokenizer = tokenizer
-        self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-        self.max_new_tokens = max_new_tokens
-        self.stop = stop
+        self.engine = Engine(model, tokenizer, max_batch=1, prefill_chunk=PREFILL_CHUNK)
+        self.params = SamplingParams(
+            max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, stop=[stop] if stop else []
+        )
         self.user_prefix, self.user_suffix = user_prefix, user_suffix
-        self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.state = None  # the model's RetNetState after every token so far
-        self.history: list[int] = []  # every token fed, in order
+        self.generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
+        self._state: RetNetState | None = None  # covers every token of ``history`` but ``pending``
+        self.pending: list[int] = []  # tokens fed or sampled but not yet folded into the state
+        self.history: list[int] = []  # every token of the conversation, in order
         self.tokens_processed_last_turn = 0
 
-    def _ids(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor([ids], dtype=torch.long, device=self.device)
+    @property
+    def state(self) -> RetNetState | None:
+        """The state after every token of ``history`` (folds the pending tokens in on the spot; a turn does not
+        need this: it feeds them with its own prompt)."""
+        if self.pending:
+            self._state = self.engine.prefill(self.pending, self._state)[1]
+            self.pending = []
+        return self._state
 
-    @torch.no_grad()
+    def state_bytes(self) -> int:
+        """Bytes held by the kept state (0 before the first turn)."""
+        return self._state.nbytes() if self._state is not None else 0
+
     def feed(self, ids: list[int]) -> None:
-        """Advance the state over ``ids`` without generating (e.g. a system text)."""
-        if ids:
-            self.state = self.model(self._ids(ids), state=self.state, use_cache=True).state
-            self.history.extend(ids)
+        """Add ``ids`` to the conversation without generating (e.g. a system text); processed with the next
+        turn's prompt."""
+        self.pending.extend(ids)
+        self.history.extend(ids)
 
     def turn(self, user_text: str) -> Iterator[str]:
         """Feed the user's text, then yield the reply's text as it is generated (up to the stop string).
 
-        Consume the iterator to the end: the state is complete only then.
-        """
+        Consume the iterator to the end: a turn abandoned halfway leaves the session as it was before it."""
         ids = self.tokenizer.encode(self.user_prefix + user_text + self.user_suffix)
         if not ids:
             return
-        stream = stream_generate(
-            self.model,
-            self._ids(ids),
-            max_new_tokens=self.max_new_tokens,
-            generator=self.generator,
-            state=self.state,
-            vocab_size=self.tokenizer.vocab_size,
-            **self.sampling,
-        )
-        self.history.extend(ids)
-        generated = 0
-        text = TextStream(self.tokenizer)
-        matcher = StopMatcher([self.stop] if self.stop else [])
-        last: int | None = None
-        for token in stream:
-            last = int(token[0])
-            self.history.append(last)
-            generated += 1
-            piece = matcher.push(text.push(last))  # holds back text that may begin the stop string
-            if piece:
-                yield piece
-            if matcher.stopped:
-                break
-        else:
-            last = None  # the stream ran to its end: its state covers every token
-            tail = matcher.push(text.flush())
-            tail += "" if matcher.stopped else matcher.flush()
-            if tail:
-                yield tail
-        self.state = stream.state
-        if last is not None:  # stopped early: the last token is not in the stream's state yet
-            with torch.no_grad():
-                self.state = self.model(self._ids([last]), state=self.state, use_cache=True, mode="recurrent").state
-        self.tokens_processed_last_turn = len(ids) + generated
+        seq = Sequence(self.pending + ids, self.params, state=self._state, generator=self.generator)
+        for _, (kind, value) in self.engine.run([seq]):
+            if kind == "text":
+                yield value
+            elif kind == "error":
+                raise value.error if value.error is not None else RuntimeError(value.message)
+            elif kind == "done":
+                self._state, self.pending = value.state, list(value.pending)
+                self.history.extend(ids + value.token_ids)
+                self.tokens_processed_last_turn = len(ids) + value.completion_tokens
 
     def reply(self, user_text: str) -> str:
         """The whole reply to one turn."""

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         if interactive:
-            state_bytes = session.state.nbytes() if hasattr(session.state, "nbytes") else 0
+            state_bytes = session.state_bytes()
             print(
                 f"[{session.tokens_processed_last_turn} tokens this turn, {len(session.history)} total, "
                 f"state {state_bytes / 1024:.0f} KiB]",

@@ -10,7 +10,6 @@ import torch
 from retnet.cli.errors import CLIError
 from retnet.cli.flags import POSITIVE, SEED, device_from_flag, number
 from retnet.cli.model_dir import load_model_dir
-from retnet.cli.streaming import TextStream
 from retnet.training.config import DEVICES, Bounds
 
 TEMPERATURE = Bounds(0, integer=False)
@@ -52,7 +51,8 @@ def generate_text(
     out=None,
 ) -> str:
     """Stream the continuation of ``prompt`` to ``out`` (stdout by default) and return it."""
-    from retnet.generation import stream_generate
+    from retnet.generation import Engine, SamplingParams, Sequence
+    from retnet.generation.generate import PREFILL_CHUNK
 
     dev = device_from_flag(device)
     model, tokenizer = load_model_dir(model_dir, dev)
@@ -62,31 +62,20 @@ def generate_text(
     if len(ids) > 1_000_000:
         raise CLIError(f"--prompt is too long ({len(ids)} tokens)")
     out = out or sys.stdout
-    generator = torch.Generator(device=dev).manual_seed(seed)
-    stream = TextStream(tokenizer)
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    seq = Sequence(ids, params, generator=torch.Generator(device=dev).manual_seed(seed))
+    engine = Engine(model, tokenizer, max_batch=1, prefill_chunk=PREFILL_CHUNK)
     pieces: list[str] = []
     if prompt:
         out.write(prompt)
-    input_ids = torch.tensor([ids], dtype=torch.long, device=dev)
-    with torch.inference_mode():
-        for tokens in stream_generate(
-            model,
-            input_ids,
-            max_new_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-            vocab_size=tokenizer.vocab_size,
-        ):
-            text = stream.push(int(tokens[0]))
-            if text:
-                pieces.append(text)
-                out.write(text)
-                out.flush()
-    tail = stream.flush()
-    pieces.append(tail)
-    out.write(tail + "\n")
+    for _, (kind, value) in engine.run([seq]):
+        if kind == "text":
+            pieces.append(value)
+            out.write(value)
+            out.flush()
+        elif kind == "error":
+            raise CLIError(f"generation failed: {value.message}")
+    out.write("\n")
     out.flush()
     return "".join(pieces)
 

@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     from retnet.serving.app import create_app
     from retnet.serving.config import ServerConfig
     from retnet.serving.store import StoreError
-    from retnet.serving.tokenizer import TokenizerError
     from retnet.serving.transport import bind, serve
 
     if not 0 < args.port < 65536:
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             state_cache_bytes=args.state_cache_bytes,
         )
         app = create_app(config)
-    except (ValueError, CheckpointError, TokenizerError, StoreError, OSError) as exc:
+    except (ValueError, CheckpointError, StoreError, OSError) as exc:
         sock.close()
         raise CLIError(str(exc)) from exc
     logging.basicConfig(level=args.log_level.upper())

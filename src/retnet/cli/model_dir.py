@@ -34,17 +34,18 @@ def read_model_config(path: Path) -> RetNetConfig:
         raise CLIError(str(exc)) from None
 
 
-def load_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
+def load_tokenizer(path: Path, vocab_size: int, eos_token_id: int | None = None) -> Tokenizer:
     """The directory's ``tokenizer.json``; a 256-token model without one gets the byte tokenizer. The
-    tokenizer may have fewer tokens than the model (padded embeddings), not more."""
+    tokenizer may have fewer tokens than the model (padded embeddings), not more. ``eos_token_id`` (the
+    config's) joins the tokenizer's end-of-sequence ids."""
     tokenizer_file = path / layout.TOKENIZER_FILE
     if tokenizer_file.exists():  # not is_file(): a link to a device is an error, not an absent tokenizer
         try:
-            tok = Tokenizer.load(path)
+            tok = Tokenizer.load(path, eos_token_id)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     elif vocab_size == 256:
-        tok = Tokenizer.byte()
+        tok = Tokenizer.byte(eos_token_id)
     else:
         raise CLIError(f"model directory {str(path)!r} has no {layout.TOKENIZER_FILE}")
     if tok.vocab_size > vocab_size:
@@ -64,7 +65,7 @@ def load_model_dir(path: str | Path, device: torch.device | None = None) -> tupl
         raise CLIError(str(exc).splitlines()[0]) from None
     except Exception as exc:
         raise CLIError(f"cannot load the model in {str(path)!r}: {str(exc).splitlines()[0]}") from None
-    return model, load_tokenizer(path, model.config.vocab_size)
+    return model, load_tokenizer(path, model.config.vocab_size, model.config.eos_token_id)
 
 
 def training_info(path: Path) -> dict[str, Any] | None:

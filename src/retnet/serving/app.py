@@ -16,19 +16,19 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from retnet.data.tokenizers import Tokenizer
+from retnet.generation import Engine
 from retnet.generation.sampling import invalid_rows
 from retnet.models import RetNetState, load_pretrained
 from retnet.models.directory import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from retnet.runtime.malloc import limit_arenas, trim
 from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
 from retnet.serving.config import ServerConfig
-from retnet.serving.engine import Engine
 from retnet.serving.errors import APIError, install_error_handlers
 from retnet.serving.middleware import LimitsAndAuth, authorized
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.state_io import first_non_finite, state_tensors
 from retnet.serving.store import CONV_ID, ConversationBusy, ConversationNotFound, ConversationStore, StoreFull
-from retnet.serving.tokenizer import ServingTokenizer
 
 log = logging.getLogger("retnet.serving")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,7 +85,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         torch.set_num_threads(config.threads)
     model = load_pretrained(config.model_dir, dtype=DTYPES[config.dtype])
     probe = probe_model(model, config.model_dir, config.dtype)  # refuse a broken model; the state layout
-    tokenizer = ServingTokenizer.from_dir(config.model_dir, model.config.eos_token_id)
+    tokenizer = Tokenizer.load(config.model_dir, eos_token_id=model.config.eos_token_id)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{config.model_dir / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model's vocab_size "

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from retnet.data.tokenizers import byte_to_char
 from retnet.models import RetNetConfig, RetNetForCausalLM
 from retnet.models.directory import TOKENIZER_FILE, atomic_write_text
 
@@ -18,26 +19,12 @@ SPECIAL = "<|endoftext|>"
 
 def byte_tokenizer() -> Tokenizer:
     """256 byte tokens (ids in byte order) plus ``<|endoftext|>`` (id 256)."""
-    vocab = {c: b for b, c in enumerate(_byte_chars())}
+    vocab = {c: b for b, c in enumerate(byte_to_char())}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([SPECIAL])
     return tok
-
-
-def _byte_chars() -> list[str]:
-    """The GPT-2 byte-to-unicode map: printable bytes map to themselves, the others to 256 + n."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, n = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + n)
-            n += 1
-    assert set(chars.values()) == set(pre_tokenizers.ByteLevel.alphabet())
-    return [chars[b] for b in range(256)]
 
 
 def write_random_model(directory: str | Path, config: RetNetConfig | None = None, seed: int = 0) -> Path:

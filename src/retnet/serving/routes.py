@@ -13,15 +13,15 @@ import anyio
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
+from retnet.data.tokenizers import Tokenizer
+from retnet.generation import SHUTTING_DOWN, Engine, EngineOverloaded, Finished, SamplingParams, Sequence
 from retnet.models import RetNetState
 from retnet.serving.chat_template import ChatTemplate
 from retnet.serving.config import ServerConfig
-from retnet.serving.engine import SHUTTING_DOWN, Engine, EngineOverloaded, Finished, SamplingParams, Sequence
 from retnet.serving.errors import APIError, error_body
 from retnet.serving.protocol import ChatCompletionRequest, CompletionRequest
 from retnet.serving.state_io import StateFileError, check_state
 from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, ConversationStore, StoreFull
-from retnet.serving.tokenizer import ServingTokenizer
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LIVENESS_S = 5.0  # how often a waiting request checks that the engine thread is still there
@@ -69,7 +69,7 @@ class Generator:
         config: ServerConfig,
         engine: Engine,
         store: ConversationStore,
-        tokenizer: ServingTokenizer,
+        tokenizer: Tokenizer,
         template: ChatTemplate,
         vocab_size: int,
         state_template: RetNetState,

@@ -1,5 +1,6 @@
-"""The engine: batched decoding over rows at different offsets equals decoding each alone, and a turn of a
-stored conversation equals one pass over the whole conversation (float64, tight tolerances)."""
+"""The engine through requests as the server makes them: batched decoding over rows at different offsets
+equals decoding each alone, a turn of a stored conversation equals one pass over the whole conversation
+(float64, tight tolerances), and faults stay with their request."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import threading
 import pytest
 import torch
 
-from retnet.generation import generate
+from retnet.data.tokenizers import Tokenizer
+from retnet.generation import Engine, EngineOverloaded, SamplingParams, Sequence, generate
 from retnet.models import RetNetForCausalLM
 from retnet.serving.chat_template import ChatTemplate
-from retnet.serving.engine import Engine, EngineOverloaded, SamplingParams, Sequence
 from retnet.serving.random_model import byte_tokenizer
-from retnet.serving.tokenizer import ServingTokenizer
 from tests.models.helpers import rel_err
 from tests.serving.helpers import tiny_config
 
@@ -40,7 +40,7 @@ def model():
 
 @pytest.fixture
 def tok():
-    return ServingTokenizer(byte_tokenizer(), eos_token_id=256)
+    return Tokenizer(byte_tokenizer(), "bpe", eos_token_id=256)
 
 
 def run_engine(model, tok, jobs, **kw):
@@ -101,7 +101,7 @@ def test_stop_string_and_eos_end_the_reply(model, tok):
     stop = text[3:5]
     (cut,) = run_engine(model, tok, [(prompt, SamplingParams(max_tokens=12, temperature=0, stop=[stop]), None)])
     assert "".join(cut.text) == text[: text.find(stop)] and cut.done.finish_reason == "stop"
-    eos_tok = ServingTokenizer(byte_tokenizer(), eos_token_id=tok.encode(text[0])[0])
+    eos_tok = Tokenizer(byte_tokenizer(), "bpe", eos_token_id=tok.encode(text[0])[0])
     (eos,) = run_engine(model, eos_tok, [(prompt, SamplingParams(max_tokens=12, temperature=0), None)])
     assert eos.done.finish_reason == "stop" and eos.done.ended_turn and eos.done.completion_tokens == 1
 
