@@ -90,7 +90,11 @@ class Sequence:
     """One request inside the engine. ``emit`` receives ``("first", None)`` when the first token is sampled,
     then ``("text", str)`` pieces, then ``("done", Finished)`` (or ``("error", Failure)`` at any point); it is
     called from the engine thread and must not block. Exactly one ``done`` or ``error`` ends every sequence
-    that is not cancelled."""
+    that is not cancelled.
+
+    ``snapshot_at`` lists prompt positions p (1 <= p <= len(prompt_ids)) where the engine hands out the state
+    after the first p prompt tokens: ``("snapshot", (p, state, last_logits))``, copies the receiver may keep
+    (prefill chunks end there, so no extra forward pass is needed)."""
 
     def __init__(
         self,
@@ -98,9 +102,14 @@ class Sequence:
         params: SamplingParams,
         emit: Callable[[tuple[str, Any]], None],
         state: RetNetState | None = None,
+        snapshot_at: list[int] | None = None,
     ) -> None:
         if not prompt_ids:
             raise ValueError("a request needs at least one token to process")
+        snaps = sorted(set(snapshot_at or ()))
+        if snaps and not 1 <= snaps[0] <= snaps[-1] <= len(prompt_ids):
+            raise ValueError(f"snapshot_at positions must be within 1..{len(prompt_ids)}, got {snaps}")
+        self.snapshot_at = snaps
         check_sampling(params.temperature, params.top_k, params.top_p)
         self.prompt_ids, self.params, self.emit, self.initial_state = prompt_ids, params, emit, state
         self.cancelled = False
@@ -273,11 +282,16 @@ class Engine:
         decode batch (``act`` leaves ``prefilling`` only when everything succeeded). Returns tokens used."""
         seq = act.seq
         n = min(budget, len(seq.prompt_ids) - seq.prefilled)
+        if seq.snapshot_at:  # end the chunk at the next snapshot position
+            n = min(n, seq.snapshot_at[0] - seq.prefilled)
         ids = torch.tensor([seq.prompt_ids[seq.prefilled : seq.prefilled + n]], device=self.model.device)
         out = self.model(ids, state=act.state, use_cache=True, mode="auto")
         act.state, act.logits = out.state, out.logits[:, -1]
         seq.prefilled += n
         self.stats["tokens_prefilled"] += n
+        if seq.snapshot_at and seq.snapshot_at[0] == seq.prefilled:
+            seq.snapshot_at.pop(0)
+            seq.emit(("snapshot", (seq.prefilled, act.state.clone(), act.logits.clone())))
         if seq.prefilled == len(seq.prompt_ids):
             token = self._sample(act, act.logits)
             if self._after_token(act, token, act.state):
