@@ -193,7 +193,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics_route(request: Request) -> Response:
         """Prometheus text format; needs the API key when one is configured."""
         if not authorized(request.headers.get("authorization"), config.api_key):
