@@ -113,7 +113,9 @@ def test_cache_is_exact_longest_first_and_bounded_by_bytes():
     assert cache.lookup([0, 1, 2, 3, 99, 5, 6, 7, 8])[0] == 4  # differs at position 4: only the 4-prefix hits
     assert cache.lookup(prompt[:8])[0] == 4  # a hit leaves at least one token to prefill
     assert cache.lookup([1, 2, 3, 4, 5]) == (0, None)
-    assert cache.positions(prompt, [6, 19, 20, 3], start=5) == [6, 12, 16, 19]  # 8 is cached; 20 is the end
+    # boundaries, every 4 tokens up to 4 before the end (8 is cached), and the end
+    assert cache.positions(prompt, [6, 19, 3], start=5) == [6, 12, 16, 19, 20]
+    assert cache.positions(list(range(100, 115)), [], start=0) == [4, 8, 15]  # 12 is within 4 of the end
     cache.lookup(prompt)  # uses the 4-prefix, then the 8-prefix
     cache.put([7, 7], state(1), logits)
     cache.put([7, 7, 7], state(1), logits)  # over the budget: the least recently used (the 4-prefix) goes

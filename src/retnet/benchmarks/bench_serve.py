@@ -359,16 +359,23 @@ def system_prompt(model_dir: Path, tokens: int) -> str:
     return text
 
 
-async def _prefix_run(url: str, system: str, args) -> list[dict]:
-    """``args.conversations`` new conversations (one at a time) after ``system``: TTFT and usage of each."""
+async def _warm_up(url: str, args) -> None:
+    """One request with another system prompt, so the first measured one does not pay for warming up."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
     warm = [{"role": "system", "content": "warm-up"}, {"role": "user", "content": "hello"}]
     await _stream_turn(client, warm, args.reply_tokens, {})
+
+
+async def _prefix_run(url: str, system: str, args) -> list[dict]:
+    """``args.conversations`` new conversations (one at a time) after ``system``: TTFT and usage of each."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
     out = []
     for i in range(args.conversations):
-        user = f"{i}: " + _user_message(i, 1, args.user_chars)
+        user = (f"{i}: " + _user_message(i, 1, args.user_chars))[: args.user_chars]
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         ttft, _, usage, _ = await _stream_turn(client, messages, args.reply_tokens, {"store": True})
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
@@ -414,6 +421,7 @@ def _prefix_case(args, model_dir: Path, tmp: Path) -> None:
         server = _Server(model_dir, tmp / f"data-{mode}", args.threads, extra)
         try:
             server.wait_healthy()
+            asyncio.run(_warm_up(server.url, args))
             before = httpx.get(server.url + "/health").json()["engine"]["tokens_prefilled"]
             runs[mode] = asyncio.run(_prefix_run(server.url, system, args))
             after = httpx.get(server.url + "/health").json()
@@ -431,7 +439,7 @@ def _prefix_case(args, model_dir: Path, tmp: Path) -> None:
 Two servers on the same model, one after the other (`--prefix-cache-bytes 0`, then the defaults: prefix states
 at message boundaries and every 256 tokens, 256 MiB). Each gets one warm-up request, then {args.conversations}
 new stored conversations, one at a time: the same system prompt of {args.system_tokens} tokens (its rendered
-turn) and a different user message of about {args.user_chars} characters; replies of {args.reply_tokens}
+turn) and a different user message of {args.user_chars} characters (`--user-chars`); replies of {args.reply_tokens}
 tokens, greedy, streamed. TTFT is measured by the `openai` client from sending the request to the first chunk
 (sent with the first sampled token). Prefill tokens are the server's own count (`/health` engine
 `tokens_prefilled`, before and after). With prefix states the first conversation prefills everything and keeps

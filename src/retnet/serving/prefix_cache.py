@@ -2,10 +2,13 @@
 
 A request without a stored conversation state looks up the longest cached prefix of its prompt and prefills
 only the rest. While it prefills, the engine hands out the states at chosen positions (``snapshot_at``): the
-chat template's message boundaries (so a shared system prompt or few-shot examples hit, however short) and
-every ``every`` tokens (so a shared long document hits too). An entry is keyed by the prefix's length and the
-SHA-256 of its token ids, so only an identical prefix hits; entries are bounded by bytes, least recently used
-first. A prompt's last position is not kept: a hit must leave at least one token to compute logits from.
+chat template's message boundaries before the last message (so a shared system prompt or few-shot examples
+hit, however short), every ``every`` tokens (so a shared long document hits too) and the prompt's end (which
+is a prefix of a stateless client's next turn). Each position but the end splits a prefill chunk, an extra
+forward pass, so every-``every`` positions in the prompt's last ``every`` tokens are left out: the end is kept
+there instead, for free, and a later request loses at most ``every`` tokens of the saving. An entry is keyed
+by the prefix's length and the SHA-256 of its token ids, so only an identical prefix hits; entries are bounded
+by bytes, least recently used first. A hit leaves at least one prompt token to compute logits from.
 """
 
 from __future__ import annotations
@@ -73,14 +76,14 @@ class PrefixCache:
         return best
 
     def positions(self, prompt: list[int], boundaries: list[int], start: int) -> list[int]:
-        """Where to capture states for ``prompt`` (prefilled from ``start``): the boundaries and every
-        ``every`` tokens, after ``start`` and before the prompt's end, that are not cached yet."""
+        """Where to capture states for ``prompt`` (prefilled from ``start``) that are not cached yet: the
+        boundaries, every ``every`` tokens up to ``every`` tokens before the end, and the end."""
         if self.lru.max_bytes == 0:
             return []
-        wanted = set(boundaries)
+        wanted = set(boundaries) | {len(prompt)}
         if self.every:
-            wanted.update(range(self.every, len(prompt), self.every))
-        wanted = sorted(p for p in wanted if start < p < len(prompt))
+            wanted.update(range(self.every, len(prompt) - self.every + 1, self.every))
+        wanted = sorted(p for p in wanted if start < p <= len(prompt))
         if not wanted:
             return []
         out, h, done = [], hashlib.sha256(), 0

@@ -366,10 +366,8 @@ def register_generation_routes(app: FastAPI, gen: Generator) -> None:
         turn = await gen.open_turn("chat", req)
         try:
             boundaries = None
-            if gen.starts_fresh(turn):  # the message boundaries: where a shared system prompt or examples end
-                ends = [
-                    gen.template.render(messages[:k], add_generation_prompt=False) for k in range(1, len(messages) + 1)
-                ]
+            if gen.starts_fresh(turn):  # where a shared system prompt or examples end (the prompt's end is kept anyway)
+                ends = [gen.template.render(messages[:k], add_generation_prompt=False) for k in range(1, len(messages))]
                 boundaries = text_boundaries(gen.tokenizer.encode, ends, ids)
             await gen.start(turn, ids, params, boundaries)
         except BaseException:
