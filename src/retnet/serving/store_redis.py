@@ -15,6 +15,7 @@ conversations after ``lock_ttl_s`` and never leaves a half-written turn: the las
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -37,6 +38,7 @@ from retnet.serving.store import (
     new_conversation_id,
 )
 
+log = logging.getLogger("retnet.serving")
 PREFIX = "retnet:"
 TOMBSTONE_S = 30 * 24 * 3600
 FIELDS = ("kind", "created", "last_used", "turns", "tokens", "version", "nbytes", "pending")
@@ -261,12 +263,17 @@ class RedisStore:
             raise ConversationNotFound(conv_id, "deleted")
         return conv
 
-    @_unavailable
     def release(self, conv_id: str) -> None:
+        """Unlock (never raises: if Redis cannot be reached, the lock expires after ``lock_ttl_s`` by itself)."""
         with self.held_lock:
             token = self.held.pop(conv_id, None)
         if token is not None:
-            self.scripts["release"](keys=[self._lock(conv_id)], args=[token])
+            try:
+                self.scripts["release"](keys=[self._lock(conv_id)], args=[token])
+            except redis.RedisError as exc:
+                log.warning(
+                    "could not release the lock on %s in %s (it expires by itself): %s", conv_id, self.where, exc
+                )
 
     def _renew_locks(self) -> None:
         """Extend the locks of turns in progress every third of their lifetime (a dead process's expire)."""
@@ -367,8 +374,5 @@ class RedisStore:
         self.stopping.set()
         self.renewer.join(timeout=5)
         for conv_id in list(self.held):
-            try:
-                self.release(conv_id)
-            except StoreUnavailable:
-                pass
+            self.release(conv_id)
         self.r.close()
