@@ -229,3 +229,14 @@ def test_redis_unreachable_is_a_clear_error(redis_server, tmp_path):
     with pytest.raises(StoreUnavailable, match="the Redis store at redis://127.0.0.1"):
         store.get(conv.id)
     store.stopping.set()
+
+
+def test_store_option_is_checked(tmp_path):
+    from retnet.serving.config import ServerConfig
+
+    with pytest.raises(ValueError, match="store must be 'sqlite' or a Redis URL"):
+        ServerConfig(tmp_path, store="mysql://localhost/db")
+    with pytest.raises(ValueError, match="redis_lock_ttl_s"):
+        ServerConfig(tmp_path, store="redis://localhost:6379/0", redis_lock_ttl_s=0)
+    with pytest.raises(ValueError, match="prefix_every"):
+        ServerConfig(tmp_path, prefix_every=-1)
