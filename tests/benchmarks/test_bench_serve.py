@@ -46,3 +46,30 @@ def test_rss_growth_ignores_single_spikes_and_reports_the_trend():
     leak = [(t / 2, 500 + t) for t in range(120)]  # +1 per half second: 2 per second
     start, end, slope = bench_serve.rss_growth(leak, edge_s=10)
     assert start == 510 and end == 609 and abs(slope - 2.0) < 1e-9
+
+
+def test_prefix_case_summary_and_report_schema(tmp_path):
+    args = build_parser().parse_args(["bench", "serve", "--case", "prefix", "--out", str(tmp_path)])
+    assert args.conversations == 100 and args.system_tokens == 2000 and args.name is None
+    runs = {
+        "without": [{"ttft_ms": 100.0 + i, "prompt_tokens": 2040, "cached_tokens": 0} for i in range(5)],
+        "with": [{"ttft_ms": 100.0 if i == 0 else 5.0, "prompt_tokens": 2040, "cached_tokens": 2000 * (i > 0)}
+                 for i in range(5)],
+    }  # fmt: skip
+    prefilled = {"without": 5 * 2040, "with": 2040 + 4 * 40}
+    rows, summary = bench_serve.prefix_summary(runs, prefilled, {"hits": 4}, args)
+    assert len(rows) == 5 and rows[1]["cached_tokens_with"] == 2000 and rows[1]["ttft_ms_without"] == 101.0
+    assert summary["prefill_tokens_ratio"] == round(10200 / 2200, 2) and not summary["goal_prefill_tokens_20x"]
+    assert summary["ttft_median_ratio"] == 102 / 5 and summary["goal_ttft_median_10x"]
+    paths = write_report("serve_prefix", title="t", rows=rows, out_dir=tmp_path, summary=summary,
+                         chart=bench_serve._prefix_chart(runs, prefilled, args))  # fmt: skip
+    assert json.loads(paths["json"].read_text())["summary"]["prefix_cache"] == {"hits": 4} and paths["png"].exists()
+
+
+def test_system_prompt_has_the_asked_number_of_tokens(tmp_path):
+    from retnet.serving.random_model import write_random_model
+    from tests.serving.helpers import tiny_config
+
+    model_dir = write_random_model(tmp_path / "m", tiny_config())
+    text = bench_serve.system_prompt(model_dir, 300)
+    assert len(("<|system|>\n" + text + "<|end|>").encode()) == 300  # the byte tokenizer: one token per byte

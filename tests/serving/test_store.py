@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from retnet.models import RetNetState
-from retnet.serving.store import (
-    MARKER,
-    ConversationBusy,
-    ConversationNotFound,
-    ConversationStore,
-    StoreError,
-    StoreFull,
-)
+from retnet.serving.store import ConversationBusy, ConversationNotFound, StoreError, StoreFull
+from retnet.serving.store_sqlite import MARKER, SQLiteStore
 from tests.cli.helpers import snapshot
 
 
@@ -32,10 +26,10 @@ class Clock:
         return self.t
 
 
-def open_store(root, clock=None, **kw) -> ConversationStore:
+def open_store(root, clock=None, **kw) -> SQLiteStore:
     args = dict(fingerprint="m1", max_count=100, max_bytes=1 << 30, ttl_s=3600, cache_bytes=0)
     args.update(kw)
-    return ConversationStore(root, clock=clock or Clock(), **args)
+    return SQLiteStore(root, clock=clock or Clock(), **args)
 
 
 def test_turns_persist_across_reopen_and_replace_files(tmp_path):

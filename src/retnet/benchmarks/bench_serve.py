@@ -1,10 +1,14 @@
-"""``retnet bench serve``: conversation turns at constant cost, and 32 concurrent streaming clients.
+"""``retnet bench serve``: conversation turns at constant cost, 32 concurrent streaming clients, prefix states.
 
 Part 1 starts a real server and holds several conversations side by side in two ways: stateful (each turn
 sends only the new user message with ``conversation_id``; the server continues from the stored state) and
 re-sending (each turn sends the whole history, as a client of a stateless server must). It records the time
 to first token of every turn k = 1..K. Part 2 runs N streaming clients, each holding its own conversation,
 for a fixed time and reports throughput, latency percentiles, errors and the server's RSS growth.
+
+``--case prefix`` instead starts two servers, one without prefix states and one with them, and sends each the
+same new conversations that share one long system prompt: time to first token and prefilled tokens, side by
+side.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly h
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="serving: TTFT per conversation turn, and concurrent streaming load")
+    p = subparsers.add_parser(
+        "serve", help="serving: TTFT per conversation turn and concurrent streaming load, or prefix states"
+    )
+    p.add_argument(
+        "--case", choices=["turns", "prefix"], default="turns",
+        help="turns: conversation turns and streaming load; prefix: a shared system prompt with and without "
+        "prefix states",
+    )  # fmt: skip
     p.add_argument("--model", type=Path, default=None, help="model directory (default: random weights, --preset)")
     p.add_argument("--preset", default="tiny", help="preset for the random model (default tiny)")
     p.add_argument("--turns", type=int, default=50)
@@ -41,8 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of load before measuring")
     p.add_argument("--load-max-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="server torch threads (default 1: clients share the cores)")
+    p.add_argument("--conversations", type=int, default=100, help="prefix case: new conversations")
+    p.add_argument("--system-tokens", type=int, default=2000, help="prefix case: tokens of the shared system prompt")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
-    p.add_argument("--name", default="serve")
+    p.add_argument("--name", default=None, help="report name (default: serve, or serve_prefix)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test of the benchmark)")
     p.set_defaults(func=run)
 
@@ -55,17 +68,17 @@ def _free_port() -> int:
 
 
 class _Server:
-    def __init__(self, model_dir: Path, data_dir: Path, threads: int | None) -> None:
+    def __init__(self, model_dir: Path, data_dir: Path, threads: int | None, extra: list[str] = ()) -> None:
         self.port = _free_port()
         src = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.pop("RETNET_API_KEY", None)
         cmd = [sys.executable, "-m", "retnet", "serve", str(model_dir), "--port", str(self.port)]
         cmd += ["--model-name", MODEL, "--data-dir", str(data_dir), "--max-prompt-tokens", "100000"]
-        cmd += ["--max-batch", "64", "--log-level", "error"]
+        cmd += ["--max-batch", "64", "--log-level", "error", *extra]
         if threads:
             cmd += ["--threads", str(threads)]
-        self.log = open(data_dir.parent / "server.log", "wb")
+        self.log = open(data_dir.parent / f"server-{data_dir.name}.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -322,10 +335,169 @@ def summarize(rows: list[dict], load: dict, state_bytes: int, args) -> dict:
     return summary
 
 
+# -------------------------------------------------------------------------------------------- prefix states
+def system_prompt(model_dir: Path, tokens: int) -> str:
+    """A system message whose rendered turn (role marker, text, end marker) is ``tokens`` tokens long, or just
+    under when the tokenizer cannot hit the number exactly."""
+    from retnet.models.directory import read_config_json
+    from retnet.serving.chat_template import ChatTemplate
+    from retnet.data.tokenizers import Tokenizer
+
+    tok = Tokenizer.load(model_dir, read_config_json(model_dir).get("eos_token_id"))
+    tpl = ChatTemplate.from_dir(model_dir)
+
+    def size(text: str) -> int:
+        return len(tok.encode(tpl.render([("system", text)], add_generation_prompt=False)))
+
+    words, i = [], 0
+    while size(" ".join(words)) < tokens:
+        words.append(WORDS[(i * 7) % len(WORDS)])
+        i += 1
+    text = " ".join(words)
+    while size(text) > tokens:
+        text = text[:-1]
+    return text
+
+
+async def _warm_up(url: str, args) -> None:
+    """One request with another system prompt, so the first measured one does not pay for warming up."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    warm = [{"role": "system", "content": "warm-up"}, {"role": "user", "content": "hello"}]
+    await _stream_turn(client, warm, args.reply_tokens, {})
+
+
+async def _prefix_run(url: str, system: str, args) -> list[dict]:
+    """``args.conversations`` new conversations (one at a time) after ``system``: TTFT and usage of each."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    out = []
+    for i in range(args.conversations):
+        user = (f"{i}: " + _user_message(i, 1, args.user_chars))[: args.user_chars]
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        ttft, _, usage, _ = await _stream_turn(client, messages, args.reply_tokens, {"store": True})
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        out.append({"ttft_ms": 1000 * ttft, "prompt_tokens": usage["prompt_tokens"], "cached_tokens": cached})
+    return out
+
+
+def prefix_summary(runs: dict, prefilled: dict, prefix_stats: dict, args) -> tuple[list[dict], dict]:
+    """Rows (one per conversation, both modes side by side) and the headline figures: prefill tokens and median
+    TTFT without / with prefix states, their ratios, goals met (>= 20x fewer prefill tokens, >= 10x lower TTFT)."""
+    rows = [
+        {"conversation": i + 1, **{f"{k}_{m}": v for m in ("without", "with") for k, v in runs[m][i].items()}}
+        for i in range(len(runs["with"]))
+    ]
+    med = {m: statistics.median(r["ttft_ms"] for r in runs[m]) for m in runs}
+    summary = {
+        "model": str(args.model) if args.model else f"random weights, preset {args.preset}",
+        "conversations": len(runs["with"]),
+        "system_prompt_tokens": args.system_tokens,
+        "prompt_tokens_total": sum(r["prompt_tokens"] for r in runs["with"]),
+        "prefill_tokens_without": prefilled["without"],
+        "prefill_tokens_with": prefilled["with"],
+        "prefill_tokens_ratio": round(prefilled["without"] / max(prefilled["with"], 1), 2),
+        "ttft_median_ms_without": round(med["without"], 2),
+        "ttft_median_ms_with": round(med["with"], 2),
+        "ttft_median_ratio": round(med["without"] / med["with"], 2),
+        "ttft_p90_ms_without": round(_pct([r["ttft_ms"] for r in runs["without"]], 0.9), 2),
+        "ttft_p90_ms_with": round(_pct([r["ttft_ms"] for r in runs["with"]], 0.9), 2),
+        "ttft_first_conversation_ms_with": round(runs["with"][0]["ttft_ms"], 2),
+        "prefix_cache": prefix_stats,
+        "goal_prefill_tokens_20x": prefilled["without"] >= 20 * prefilled["with"],
+        "goal_ttft_median_10x": med["without"] >= 10 * med["with"],
+    }
+    return rows, summary
+
+
+def _prefix_case(args, model_dir: Path, tmp: Path) -> None:
+    import httpx
+
+    system = system_prompt(model_dir, args.system_tokens)
+    runs, prefilled = {}, {}
+    for mode, extra in (("without", ["--prefix-cache-bytes", "0"]), ("with", [])):
+        server = _Server(model_dir, tmp / f"data-{mode}", args.threads, extra)
+        try:
+            server.wait_healthy()
+            asyncio.run(_warm_up(server.url, args))
+            before = httpx.get(server.url + "/health").json()["engine"]["tokens_prefilled"]
+            runs[mode] = asyncio.run(_prefix_run(server.url, system, args))
+            after = httpx.get(server.url + "/health").json()
+            prefilled[mode] = after["engine"]["tokens_prefilled"] - before
+            if mode == "with":
+                prefix_stats = after["prefix_cache"]
+        finally:
+            server.stop()
+        ttfts = [r["ttft_ms"] for r in runs[mode]]
+        print(
+            f"{mode} prefix states: median TTFT {statistics.median(ttfts):.1f} ms, {prefilled[mode]} tokens prefilled"
+        )
+    rows, summary = prefix_summary(runs, prefilled, prefix_stats, args)
+    notes = f"""
+Two servers on the same model, one after the other (`--prefix-cache-bytes 0`, then the defaults: prefix states
+at message boundaries and every 256 tokens, 256 MiB). Each gets one warm-up request, then {args.conversations}
+new stored conversations, one at a time: the same system prompt of {args.system_tokens} tokens (its rendered
+turn) and a different user message of {args.user_chars} characters (`--user-chars`); replies of {args.reply_tokens}
+tokens, greedy, streamed. TTFT is measured by the `openai` client from sending the request to the first chunk
+(sent with the first sampled token). Prefill tokens are the server's own count (`/health` engine
+`tokens_prefilled`, before and after). With prefix states the first conversation prefills everything and keeps
+the state at the end of the system message; every later one starts from it and prefills only its user message
+and the assistant prompt.
+"""
+    write_report(
+        args.name or "serve_prefix",
+        title="Serving: prefix states for a shared system prompt",
+        rows=rows,
+        out_dir=args.out,
+        summary=summary,
+        notes=notes,
+        chart=_prefix_chart(runs, prefilled, args),
+    )
+    print(summary)
+
+
+def _prefix_chart(runs: dict, prefilled: dict, args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for mode, label in (("without", "without prefix states"), ("with", "with prefix states")):
+        a.plot([r["ttft_ms"] for r in runs[mode]], "o", ms=3, label=label)
+    a.set_yscale("log")
+    a.set_xlabel("conversation (in order)")
+    a.set_ylabel("time to first token (ms)")
+    a.set_title(f"{args.conversations} new conversations, shared {args.system_tokens}-token system prompt")
+    a.legend()
+    a.grid(alpha=0.3)
+    b.bar(["without", "with"], [prefilled["without"], prefilled["with"]], color=["C0", "C1"])
+    b.set_yscale("log")
+    b.set_ylabel("prompt tokens prefilled (all conversations)")
+    b.set_title("prefill work")
+    for i, m in enumerate(("without", "with")):
+        b.text(i, prefilled[m], f"{prefilled[m]:,}", ha="center", va="bottom")
+    b.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
 def run(args: argparse.Namespace) -> int:
     from retnet.models import RetNetConfig
     from retnet.serving.random_model import write_random_model
 
+    if args.case == "prefix":
+        if args.quick:
+            args.conversations, args.system_tokens, args.reply_tokens = 3, min(args.system_tokens, 300), 2
+        with tempfile.TemporaryDirectory(prefix="retnet-bench-serve-") as tmp:
+            tmp = Path(tmp)
+            model_dir = args.model
+            if model_dir is None:
+                model_dir = write_random_model(tmp / "model", RetNetConfig.preset(args.preset, vocab_size=257))
+            _prefix_case(args, model_dir, tmp)
+        return 0
     if args.quick:
         args.turns, args.repeats, args.resend_repeats, args.clients = min(args.turns, 3), 1, 1, min(args.clients, 2)
         args.duration, args.warmup, args.reply_tokens, args.load_max_tokens = 2.0, 0.5, 4, 4
@@ -363,7 +535,7 @@ min and max are listed too), and the trend is the least-squares slope over the w
 Client and server share the machine's cores.
 """
     write_report(
-        args.name,
+        args.name or "serve",
         title="Serving: constant-cost conversation turns and concurrent streaming",
         rows=rows,
         out_dir=args.out,

@@ -44,6 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-store-bytes", type=int, default=4 << 30)
     s.add_argument("--conversation-ttl", type=float, default=7 * 24 * 3600.0, help="seconds idle before expiry")
     s.add_argument("--state-cache-bytes", type=int, default=256 << 20, help="hot states kept in memory too")
+    s.add_argument(
+        "--store", default="sqlite", metavar="sqlite|redis://HOST:PORT/DB",
+        help="where conversation states live: 'sqlite' (files under --data-dir, default) or a Redis server that "
+        "several server processes share (pip install 'retnet[redis]')",
+    )  # fmt: skip
+    s.add_argument(
+        "--redis-lock-ttl", type=float, default=30.0, help="seconds before a dead process's turn lock expires"
+    )
+    x = p.add_argument_group("prefix states")
+    x.add_argument(
+        "--prefix-cache-bytes", type=int, default=256 << 20, help="memory for states of shared prompt prefixes (0: off)"
+    )
+    x.add_argument("--prefix-every", type=int, default=256, help="also keep a prefix state every N prompt tokens")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -84,12 +97,17 @@ def run(args: argparse.Namespace) -> int:
             max_store_bytes=args.max_store_bytes,
             conversation_ttl_s=args.conversation_ttl,
             state_cache_bytes=args.state_cache_bytes,
+            store=args.store,
+            redis_lock_ttl_s=args.redis_lock_ttl,
+            prefix_cache_bytes=args.prefix_cache_bytes,
+            prefix_every=args.prefix_every,
         )
         app = create_app(config)
     except (ValueError, CheckpointError, StoreError, OSError) as exc:
         sock.close()
         raise CLIError(str(exc)) from exc
     logging.basicConfig(level=args.log_level.upper())
-    print(f"retnet serve: {config.model_name} on http://{args.host}:{args.port} (data: {config.data_dir})", flush=True)
+    where = config.data_dir if config.store == "sqlite" else app.state.store.where
+    print(f"retnet serve: {config.model_name} on http://{args.host}:{args.port} (data: {where})", flush=True)
     serve(app, sock, log_level=args.log_level, request_timeout_s=config.request_timeout_s)
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from retnet.data.tokenizers import Tokenizer
 from retnet.generation import Engine
@@ -24,11 +24,22 @@ from retnet.models.directory import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from retnet.runtime.malloc import limit_arenas, trim
 from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
 from retnet.serving.config import ServerConfig
-from retnet.serving.errors import APIError, install_error_handlers
+from retnet.serving.errors import APIError, error_response, install_error_handlers
+from retnet.serving.metrics import CONTENT_TYPE, Metrics
 from retnet.serving.middleware import LimitsAndAuth, authorized
+from retnet.serving.prefix_cache import PrefixCache
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.state_io import first_non_finite, state_tensors
-from retnet.serving.store import CONV_ID, ConversationBusy, ConversationNotFound, ConversationStore, StoreFull
+from retnet.serving.store import (
+    CONV_ID,
+    ConversationBusy,
+    ConversationNotFound,
+    ConversationStore,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+)
+from retnet.serving.store_sqlite import SQLiteStore
 
 log = logging.getLogger("retnet.serving")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,6 +89,25 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def open_store(config: ServerConfig, fingerprint: str) -> ConversationStore:
+    """The store ``--store`` names: SQLite under ``--data-dir`` (default) or a Redis server shared by replicas."""
+    bounds = dict(
+        fingerprint=fingerprint,
+        max_count=config.max_conversations,
+        max_bytes=config.max_store_bytes,
+        ttl_s=config.conversation_ttl_s,
+        cache_bytes=config.state_cache_bytes,
+    )
+    if config.store == "sqlite":
+        return SQLiteStore(config.data_dir, **bounds)
+    try:
+        from retnet.serving.store_redis import RedisStore  # the optional extra "redis"
+    except ImportError as exc:
+        raise StoreError(f"--store {config.store} needs the redis client: pip install 'retnet[redis]' ({exc})") from exc
+
+    return RedisStore(config.store, lock_ttl_s=config.redis_lock_ttl_s, **bounds)
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """Load the model, tokenizer and store (errors raise here, before serving) and build the app."""
     limit_arenas()
@@ -92,14 +122,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             f"is {model.config.vocab_size}"
         )
     template = ChatTemplate.from_dir(config.model_dir)
-    store = ConversationStore(
-        config.data_dir,
-        fingerprint=model_fingerprint(config.model_dir) + f":{config.dtype}",
-        max_count=config.max_conversations,
-        max_bytes=config.max_store_bytes,
-        ttl_s=config.conversation_ttl_s,
-        cache_bytes=config.state_cache_bytes,
-    )
+    store = open_store(config, model_fingerprint(config.model_dir) + f":{config.dtype}")
     engine = Engine(
         model,
         tokenizer,
@@ -108,6 +131,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         prefill_chunk=config.prefill_chunk,
         threads=config.threads,
     )
+    prefix = PrefixCache(config.prefix_cache_bytes, config.prefix_every) if config.prefix_cache_bytes else None
+    metrics = Metrics(engine.load, store.stats, prefix.stats if prefix else PrefixCache(0, 0).stats)
     state_bytes = probe.nbytes()
     started = time.time()
 
@@ -134,8 +159,14 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="retnet serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.store, app.state.config = engine, store, config
+    app.state.prefix_cache, app.state.metrics = prefix, metrics
     install_error_handlers(app)
-    gen = Generator(config, engine, store, tokenizer, template, model.config.vocab_size, probe)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return error_response(503, str(exc), code="store_unavailable")
+
+    gen = Generator(config, engine, store, tokenizer, template, model.config.vocab_size, probe, prefix, metrics)
     register_generation_routes(app, gen)
 
     model_card = {"id": config.model_name, "object": "model", "created": int(started), "owned_by": "retnet"}
@@ -151,6 +182,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 "state_bytes_per_conversation": state_bytes,
                 "engine": engine.load(),
                 "store": await asyncio.to_thread(store.stats),
+                "prefix_cache": prefix.stats() if prefix else None,
                 "limits": {
                     "max_prompt_tokens": config.max_prompt_tokens,
                     "max_tokens": config.max_tokens_limit,
@@ -160,6 +192,13 @@ def create_app(config: ServerConfig) -> FastAPI:
                 },
             }
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
+    async def metrics_route(request: Request) -> Response:
+        """Prometheus text format; needs the API key when one is configured."""
+        if not authorized(request.headers.get("authorization"), config.api_key):
+            raise APIError(401, "/metrics needs 'Authorization: Bearer KEY'", code="invalid_api_key")
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
     @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models() -> dict:

@@ -30,6 +30,11 @@ class ServerConfig:
     max_store_bytes: int = 4 << 30
     conversation_ttl_s: float = 7 * 24 * 3600.0
     state_cache_bytes: int = 256 << 20  # recently used states kept in memory too (write-through)
+    store: str = "sqlite"  # "sqlite" (files under data_dir) or a Redis URL: redis://host:port/db
+    redis_lock_ttl_s: float = 30.0  # a dead process's conversation locks expire after this long
+    # prefix states: states of exact token prefixes, shared by requests that start with the same tokens
+    prefix_cache_bytes: int = 256 << 20  # 0 turns the prefix cache off
+    prefix_every: int = 256  # also keep a prefix state every this many prompt tokens (0: message boundaries only)
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
@@ -53,6 +58,13 @@ class ServerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.store != "sqlite" and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"store must be 'sqlite' or a Redis URL (redis://host:port/db), got {self.store!r}")
+        if not 0 < self.redis_lock_ttl_s < float("inf"):
+            raise ValueError(f"redis_lock_ttl_s must be a positive number of seconds, got {self.redis_lock_ttl_s}")
+        for name in ("prefix_cache_bytes", "prefix_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.state_cache_bytes < 0:
             raise ValueError(f"state_cache_bytes must be >= 0, got {self.state_cache_bytes}")
         if not 0 < self.request_timeout_s < float("inf"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 import time
@@ -19,9 +20,18 @@ from retnet.models import RetNetState
 from retnet.serving.chat_template import ChatTemplate
 from retnet.serving.config import ServerConfig
 from retnet.serving.errors import APIError, error_body
+from retnet.serving.metrics import Metrics
+from retnet.serving.prefix_cache import PrefixCache, text_boundaries
 from retnet.serving.protocol import ChatCompletionRequest, CompletionRequest
 from retnet.serving.state_io import StateFileError, check_state
-from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, ConversationStore, StoreFull
+from retnet.serving.store import (
+    Conversation,
+    ConversationBusy,
+    ConversationNotFound,
+    ConversationStore,
+    StoreFull,
+    StoreUnavailable,
+)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LIVENESS_S = 5.0  # how often a waiting request checks that the engine thread is still there
@@ -40,6 +50,7 @@ class Turn:
         self.seq: Sequence | None = None
         self.saved = False
         self.closed = False
+        self.cached_tokens = 0  # prompt tokens covered by a prefix state (not prefilled)
 
 
 class TurnStream(StreamingResponse):
@@ -73,9 +84,12 @@ class Generator:
         template: ChatTemplate,
         vocab_size: int,
         state_template: RetNetState,
+        prefix: PrefixCache | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config, self.engine, self.store, self.tokenizer = config, engine, store, tokenizer
         self.template, self.vocab_size, self.state_template = template, vocab_size, state_template
+        self.prefix, self.metrics = prefix, metrics
 
     # ---------------------------------------------------------------- validation
     def check_common(self, req: CompletionRequest | ChatCompletionRequest, default_max: int) -> SamplingParams:
@@ -155,8 +169,15 @@ class Generator:
                 with contextlib.suppress(ConversationNotFound, ConversationBusy):
                     await asyncio.to_thread(self.store.delete, turn.conv.id)
 
-    async def start(self, turn: Turn, new_ids: list[int], params: SamplingParams) -> None:
-        """Load the conversation state and hand the sequence to the engine."""
+    def starts_fresh(self, turn: Turn) -> bool:
+        """Whether the turn starts from no state (so a prefix state may cover its first tokens)."""
+        return self.prefix is not None and (turn.conv is None or turn.conv.state_file is None)
+
+    async def start(
+        self, turn: Turn, new_ids: list[int], params: SamplingParams, boundaries: list[int] | None = None
+    ) -> None:
+        """Load the conversation state (or the longest prefix state of a fresh prompt) and hand the sequence to
+        the engine; ``boundaries`` are positions in ``new_ids`` worth keeping a prefix state at."""
         state, pending = None, []
         if turn.conv is not None and turn.conv.state_file is not None:
             try:
@@ -172,12 +193,22 @@ class Generator:
         if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
         loop = asyncio.get_running_loop()
+        hit, snapshots, prefix = 0, [], self.prefix
+        if state is None and prefix is not None:
+            hit, state = prefix.lookup(prompt)
+            snapshots = prefix.positions(prompt, boundaries or [], hit)
+        turn.cached_tokens = hit
 
         def emit(event) -> None:
+            if event[0] == "snapshot":  # engine thread: keep the prefix state, nothing for the client
+                position, snap, logits = event[1]
+                prefix.put(prompt[: hit + position], snap, logits)
+                return
             with contextlib.suppress(RuntimeError):  # the loop may be gone at shutdown
                 loop.call_soon_threadsafe(turn.events.put_nowait, event)
 
-        turn.seq = Sequence(prompt, params, emit, state=state)
+        snapshot_at = [p - hit for p in snapshots]
+        turn.seq = Sequence(prompt[hit:], params, emit, state=state, snapshot_at=snapshot_at)
         if not self.engine.alive():
             raise APIError(503, "the engine is not running", code="engine_stopped")
         try:
@@ -186,13 +217,22 @@ class Generator:
             raise APIError(429, str(exc), code="server_overloaded") from exc
 
     async def next_event(self, turn: Turn) -> tuple[str, object]:
-        """The turn's next engine event; an ``error`` if the engine thread is gone, so no request waits forever."""
+        """The turn's next engine event; an ``error`` if the engine thread is gone, so no request waits forever.
+        A ``done`` counts the prompt tokens a prefix state covered too, and ends go to the metrics."""
         while True:
             try:
-                return await asyncio.wait_for(turn.events.get(), LIVENESS_S)
+                kind, value = await asyncio.wait_for(turn.events.get(), LIVENESS_S)
             except TimeoutError:
-                if not self.engine.alive():
-                    return "error", SHUTTING_DOWN
+                if self.engine.alive():
+                    continue
+                kind, value = "error", SHUTTING_DOWN
+            if kind == "done":
+                value = dataclasses.replace(value, prompt_tokens=value.prompt_tokens + turn.cached_tokens)
+                if self.metrics is not None:
+                    self.metrics.finished(turn.kind, value.ttft_s, value.total_s)
+            elif kind == "error" and self.metrics is not None:
+                self.metrics.failed(turn.kind, value.code)
+            return kind, value
 
     async def finish(self, turn: Turn, fin: Finished) -> None:
         """Fold the turn into the conversation: state, plus pending tokens and the turn's closing."""
@@ -206,6 +246,8 @@ class Generator:
             await asyncio.to_thread(self.store.save_turn, turn.conv.id, fin.state, pending, added)
         except ConversationNotFound as exc:
             raise APIError(404, str(exc), param="conversation_id", code="conversation_not_found") from exc
+        except StoreUnavailable as exc:
+            raise APIError(503, str(exc), code="store_unavailable") from exc
         except OSError as exc:
             raise APIError(
                 500, f"the conversation's state could not be stored: {exc}", code="store_write_failed"
@@ -258,11 +300,12 @@ class Generator:
         return TurnStream(stream(), lambda: self.close_turn(turn), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-def _usage(fin: Finished) -> dict:
+def _usage(fin: Finished, cached_tokens: int) -> dict:
     return {
         "prompt_tokens": fin.prompt_tokens,
         "completion_tokens": fin.completion_tokens,
         "total_tokens": fin.prompt_tokens + fin.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -308,7 +351,7 @@ def register_generation_routes(app: FastAPI, gen: Generator) -> None:
 
         def final(text, fin: Finished):
             body = chunk(text, fin.finish_reason)
-            return {**body, "usage": _usage(fin)}
+            return {**body, "usage": _usage(fin, turn.cached_tokens)}
 
         return await gen.respond(turn, req, chunk, final)
 
@@ -317,12 +360,16 @@ def register_generation_routes(app: FastAPI, gen: Generator) -> None:
         params = gen.check_common(req, default_max=gen.config.default_max_tokens)
         params.end_of_turn = gen.template.end_of_turn
         roles = {"developer": "system"}
-        text = gen.template.render([(roles.get(m.role, m.role), m.text()) for m in req.messages])
-        ids = gen.encode(text, "messages")
+        messages = [(roles.get(m.role, m.role), m.text()) for m in req.messages]
+        ids = gen.encode(gen.template.render(messages), "messages")
         gen.check_prompt_length(ids, "messages")
         turn = await gen.open_turn("chat", req)
         try:
-            await gen.start(turn, ids, params)
+            boundaries = None
+            if gen.starts_fresh(turn):  # where a shared system prompt or examples end (the prompt's end is kept anyway)
+                ends = [gen.template.render(messages[:k], add_generation_prompt=False) for k in range(1, len(messages))]
+                boundaries = text_boundaries(gen.tokenizer.encode, ends, ids)
+            await gen.start(turn, ids, params, boundaries)
         except BaseException:
             await gen.close_turn(turn)
             raise
@@ -349,7 +396,7 @@ def register_generation_routes(app: FastAPI, gen: Generator) -> None:
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": fin.finish_reason}
             return {
                 "id": rid, "object": "chat.completion", "created": created, "model": name,
-                "choices": [choice], "usage": _usage(fin), **conv,
+                "choices": [choice], "usage": _usage(fin, turn.cached_tokens), **conv,
             }  # fmt: skip
 
         return await gen.respond(turn, req, chunk, final)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_tensors_from_bytes
+from safetensors.torch import save as save_tensors_to_bytes
 from safetensors.torch import save_file
 
 from retnet.layers.attention import KVCache
@@ -56,16 +58,27 @@ def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     return next((k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
 
 
-def save_state(path: Path, state: RetNetState, metadata: dict[str, str] | None = None) -> int:
-    """Write atomically; returns the file size in bytes."""
+def _serializable(state: RetNetState, metadata: dict[str, str] | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The flat tensors and the metadata (format, nesting, caller's entries) of one state."""
     tensors: dict[str, torch.Tensor] = {}
     spec = _flatten(state.layers, "layers", tensors)
     shared = _flatten(state.shared, "shared", tensors)
     tensors["offset"] = state.offset.detach().contiguous().cpu()
-    structure = json.dumps(spec)
-    meta = {"format": "retnet-state", "structure": structure, "shared": json.dumps(shared), **(metadata or {})}
+    meta = {"format": "retnet-state", "structure": json.dumps(spec), "shared": json.dumps(shared), **(metadata or {})}
+    return tensors, meta
+
+
+def save_state(path: Path, state: RetNetState, metadata: dict[str, str] | None = None) -> int:
+    """Write atomically; returns the file size in bytes."""
+    tensors, meta = _serializable(state, metadata)
     atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
     return path.stat().st_size
+
+
+def state_to_bytes(state: RetNetState, metadata: dict[str, str] | None = None) -> bytes:
+    """The bytes :func:`save_state` would write (safetensors), for stores that keep states off the file system."""
+    tensors, meta = _serializable(state, metadata)
+    return save_tensors_to_bytes(tensors, metadata=meta)
 
 
 class StateFileError(ValueError):
@@ -86,20 +99,48 @@ def load_state(path: Path, device: str | torch.device = "cpu") -> tuple[RetNetSt
             if meta.get("format") != "retnet-state":
                 raise StateFileError(f"{path} is not a retnet state file")
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except StateFileError:
+        raise
+    except Exception as exc:  # safetensors errors: a damaged or foreign file
+        raise StateFileError(f"{path} is damaged or not a retnet state file ({type(exc).__name__}: {exc})") from exc
+    return _assemble(str(path), tensors, meta), meta
+
+
+def state_from_bytes(data: bytes, name: str) -> tuple[RetNetState, dict[str, str]]:
+    """Read bytes written by :func:`state_to_bytes` (no pickle); ``name`` says where they came from in errors,
+    which are :class:`StateFileError` as for files."""
+    try:
+        if len(data) < 8:
+            raise ValueError(f"{len(data)} bytes is too short")
+        size = int.from_bytes(data[:8], "little")
+        if size > len(data) - 8:
+            raise ValueError(f"header of {size} bytes in {len(data)}")
+        meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        if meta.get("format") != "retnet-state":
+            raise StateFileError(f"{name} is not a retnet state")
+        tensors = load_tensors_from_bytes(data)
+    except StateFileError:
+        raise
+    except Exception as exc:  # safetensors or header errors: damaged or foreign bytes
+        raise StateFileError(f"{name} is damaged or not a retnet state ({type(exc).__name__}: {exc})") from exc
+    return _assemble(name, tensors, meta), meta
+
+
+def _assemble(name: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> RetNetState:
+    """The state from its flat tensors and metadata, checked: offset valid, every value finite."""
+    try:
         layers = _unflatten(json.loads(meta["structure"]), tensors)
         shared = _unflatten(json.loads(meta["shared"]), tensors) if "shared" in meta else None
         state = RetNetState(layers, tensors["offset"], shared)
-    except StateFileError:
-        raise
-    except Exception as exc:  # safetensors, JSON or structure errors: all mean a damaged or foreign file
-        raise StateFileError(f"{path} is damaged or not a retnet state file ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # JSON or structure errors: a damaged or foreign state
+        raise StateFileError(f"{name} is damaged or not a retnet state file ({type(exc).__name__}: {exc})") from exc
     offset = state.offset
     if offset.dtype != torch.long or offset.shape != (1,) or int(offset[0]) < 0:
-        raise StateFileError(f"{path} has an invalid offset {offset.tolist()} ({offset.dtype})")
+        raise StateFileError(f"{name} has an invalid offset {offset.tolist()} ({offset.dtype})")
     bad = first_non_finite(tensors)
     if bad is not None:
-        raise StateFileError(f"{path} holds non-finite values (NaN or inf) in {bad}")
-    return state, meta
+        raise StateFileError(f"{name} holds non-finite values (NaN or inf) in {bad}")
+    return state
 
 
 def check_state(state: RetNetState, like: RetNetState) -> None:
