@@ -8,12 +8,12 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from retnet.data.tokenizers import Tokenizer
 from retnet.models import RetNetState, load_pretrained
 from retnet.serving.app import create_app
 from retnet.serving.chat_template import ChatTemplate
 from retnet.serving.config import ServerConfig
 from retnet.serving.prefix_cache import PrefixCache, prefix_key, text_boundaries
-from retnet.data.tokenizers import Tokenizer
 from tests.serving.helpers import make_model_dir
 
 SYSTEM = "You are a helpful assistant who answers in one short sentence. " * 8

@@ -339,9 +339,9 @@ def summarize(rows: list[dict], load: dict, state_bytes: int, args) -> dict:
 def system_prompt(model_dir: Path, tokens: int) -> str:
     """A system message whose rendered turn (role marker, text, end marker) is ``tokens`` tokens long, or just
     under when the tokenizer cannot hit the number exactly."""
+    from retnet.data.tokenizers import Tokenizer
     from retnet.models.directory import read_config_json
     from retnet.serving.chat_template import ChatTemplate
-    from retnet.data.tokenizers import Tokenizer
 
     tok = Tokenizer.load(model_dir, read_config_json(model_dir).get("eos_token_id"))
     tpl = ChatTemplate.from_dir(model_dir)
