@@ -34,8 +34,19 @@ def _sse(data: dict | str) -> str:
 class Turn:
     """One request's life: its conversation (if any), its sequence in the engine, its event queue."""
 
-    def __init__(self, kind: str, conv: Conversation | None, created_conv: bool) -> None:
+    def __init__(
+        self,
+        kind: str,
+        conv: Conversation | None,
+        created_conv: bool,
+        base: Conversation | None = None,
+        base_param: str = "conversation_id",
+    ) -> None:
         self.kind, self.conv, self.created_conv = kind, conv, created_conv
+        # the conversation whose stored state this turn continues: ``conv`` itself, or (a fork) another one that
+        # the turn only reads; ``base_param`` names the request field that chose it, for error messages
+        self.base = conv if base is None else base
+        self.base_param = base_param
         self.events: asyncio.Queue = asyncio.Queue()
         self.seq: Sequence | None = None
         self.saved = False
@@ -157,17 +168,17 @@ class Generator:
 
     async def start(self, turn: Turn, new_ids: list[int], params: SamplingParams) -> None:
         """Load the conversation state and hand the sequence to the engine."""
-        state, pending = None, []
-        if turn.conv is not None and turn.conv.state_file is not None:
+        state, pending, base = None, [], turn.base
+        if base is not None and base.state_file is not None:
             try:
-                state = await asyncio.to_thread(self.store.load, turn.conv)
+                state = await asyncio.to_thread(self.store.load, base)
                 check_state(state, self.state_template)
             except (OSError, StateFileError, ValueError) as exc:
                 raise APIError(
-                    404, f"conversation {turn.conv.id!r} has an unreadable state ({exc}); delete it and start anew",
-                    param="conversation_id", code="conversation_state_unreadable",
+                    404, f"conversation {base.id!r} has an unreadable state ({exc}); delete it and start anew",
+                    param=turn.base_param, code="conversation_state_unreadable",
                 ) from exc  # fmt: skip
-            pending = turn.conv.pending
+            pending = base.pending
         prompt = pending + new_ids
         if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
@@ -201,7 +212,10 @@ class Generator:
         pending = list(fin.pending)
         if turn.kind == "chat":
             pending += self.tokenizer.encode(self.template.closing(fin.ended_turn))
-        added = fin.prompt_tokens - len(turn.conv.pending) + len(pending) + fin.completion_tokens - 1
+        base = turn.base
+        added = fin.prompt_tokens - len(base.pending) + len(pending) + fin.completion_tokens - 1
+        if base is not turn.conv:  # a fork starts empty: it also holds the base's tokens
+            added += base.tokens
         try:
             await asyncio.to_thread(self.store.save_turn, turn.conv.id, fin.state, pending, added)
         except ConversationNotFound as exc:
