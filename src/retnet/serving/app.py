@@ -25,6 +25,9 @@ from retnet.serving.config import ServerConfig
 from retnet.serving.engine import Engine
 from retnet.serving.errors import APIError, install_error_handlers
 from retnet.serving.middleware import LimitsAndAuth, authorized
+from retnet.serving.page import register_page
+from retnet.serving.response_log import ResponseLog
+from retnet.serving.responses import register_response_routes
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.state_io import first_non_finite, state_tensors
 from retnet.serving.store import CONV_ID, ConversationBusy, ConversationNotFound, ConversationStore, StoreFull
@@ -100,6 +103,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         ttl_s=config.conversation_ttl_s,
         cache_bytes=config.state_cache_bytes,
     )
+    response_log = ResponseLog(config.data_dir)
     engine = Engine(
         model,
         tokenizer,
@@ -123,6 +127,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 await asyncio.to_thread(trim)
                 if n % 12 == 0:
                     await asyncio.to_thread(store.sweep)
+                    await asyncio.to_thread(responses.prune)
 
         task = asyncio.create_task(housekeeping())
         try:
@@ -131,12 +136,15 @@ def create_app(config: ServerConfig) -> FastAPI:
             task.cancel()
             engine.stop()
             store.close()
+            response_log.close()
 
     app = FastAPI(title="retnet serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.store, app.state.config = engine, store, config
     install_error_handlers(app)
     gen = Generator(config, engine, store, tokenizer, template, model.config.vocab_size, probe)
     register_generation_routes(app, gen)
+    responses = register_response_routes(app, gen, response_log)
+    register_page(app)
 
     model_card = {"id": config.model_name, "object": "model", "created": int(started), "owned_by": "retnet"}
 
