@@ -50,9 +50,8 @@ def prefilled(server) -> int:
 
 
 def ask(client, text, previous=None, **kw):
-    return client.responses.create(
-        model=MODEL, input=text, previous_response_id=previous, max_output_tokens=N, temperature=0, **kw
-    )
+    kw = {"temperature": 0, **kw}
+    return client.responses.create(model=MODEL, input=text, previous_response_id=previous, max_output_tokens=N, **kw)
 
 
 def user(text: str) -> list[tuple[str, str]]:
@@ -118,11 +117,13 @@ def test_fork_from_turn_3_of_10_equals_a_replay_and_processes_only_new_tokens(se
     assert fork.usage.input_tokens_details.cached_tokens == chain[2].usage.total_tokens - 1
     assert fork.usage.input_tokens - fork.usage.input_tokens_details.cached_tokens == prefilled(server) - before
 
-    # regenerate turn 4 (continue turn 3 with turn 4's input): the same greedy reply, nothing before re-processed
+    # regenerate turn 4 (continue turn 3 with turn 4's input): sampled from the stored state and logits after
+    # turn 4's prompt, so not even the new input is processed again
     before = prefilled(server)
     again = ask(client, turns[3], chain[2].id)
     assert again.output_text == chain[3].output_text
-    assert prefilled(server) - before == new_tokens(ref, chain[2], turns[3])
+    assert prefilled(server) - before == 0
+    assert again.usage.input_tokens == again.usage.input_tokens_details.cached_tokens == chain[3].usage.input_tokens
 
     # a second continuation of the fork and of the untouched original branch
     deeper = ask(client, "And then?", fork.id)
@@ -130,6 +131,30 @@ def test_fork_from_turn_3_of_10_equals_a_replay_and_processes_only_new_tokens(se
                                                                          user("And then?")], N)[-1]  # fmt: skip
     eleventh = ask(client, "Turn 11.", chain[-1].id)
     assert eleventh.output_text == ref.chat([user(t) for t in turns] + [user("Turn 11.")], N)[-1]
+
+
+def test_regenerate_samples_from_the_stored_logits_like_the_original(server, client):
+    """A seeded regenerate equals the seeded original (sampling from stored logits is sampling after the prompt);
+    with its prompt state gone, a regenerate processes the new input again and still gives the same reply."""
+    base = ask(client, "Regenerate base")
+    first = ask(client, "Pick something", base.id, temperature=1.0, extra_body={"seed": 7})
+    before = prefilled(server)
+    again = ask(client, "Pick something", base.id, temperature=1.0, extra_body={"seed": 7})
+    assert prefilled(server) == before and again.output_text == first.output_text
+    seeded = {"temperature": 1.0, "extra_body": {"seed": 7}}
+    stream = client.responses.create(
+        model=MODEL, input="Pick something", previous_response_id=base.id, max_output_tokens=N, stream=True, **seeded
+    )
+    assert list(stream)[-1].response.output_text == first.output_text and prefilled(server) == before
+
+    convs = httpx.get(server.base_url + "/v1/conversations", params={"limit": 100}, headers=AUTH).json()["data"]
+    for conv in convs:
+        if conv["kind"] == "prompt":
+            assert httpx.delete(f"{server.base_url}/v1/conversations/{conv['id']}", headers=AUTH).status_code == 200
+    before = prefilled(server)
+    third = ask(client, "Pick something", base.id, temperature=1.0, extra_body={"seed": 7})
+    assert third.output_text == first.output_text
+    assert prefilled(server) - before == third.usage.input_tokens - third.usage.input_tokens_details.cached_tokens > 0
 
 
 def test_streaming_events_follow_the_responses_schema(server, client, ref):

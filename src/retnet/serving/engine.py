@@ -84,13 +84,20 @@ class Finished:
     ttft_s: float
     total_s: float
     token_ids: list[int] = field(default_factory=list)  # every sampled token of this reply
+    # with ``keep_prompt_state``: the state after the prompt and the logits of its last position, from which
+    # the same prompt can be answered again without a forward pass
+    prompt_state: tuple[RetNetState, torch.Tensor] | None = None
 
 
 class Sequence:
     """One request inside the engine. ``emit`` receives ``("first", None)`` when the first token is sampled,
     then ``("text", str)`` pieces, then ``("done", Finished)`` (or ``("error", Failure)`` at any point); it is
     called from the engine thread and must not block. Exactly one ``done`` or ``error`` ends every sequence
-    that is not cancelled."""
+    that is not cancelled.
+
+    A sequence may start from a state and the logits of its last position (``logits``, shape ``[1, vocab]``)
+    with no prompt: it samples at once, with no forward pass. ``keep_prompt_state`` asks for the state after
+    the prompt and its last logits in ``Finished.prompt_state``."""
 
     def __init__(
         self,
@@ -98,11 +105,16 @@ class Sequence:
         params: SamplingParams,
         emit: Callable[[tuple[str, Any]], None],
         state: RetNetState | None = None,
+        *,
+        logits: torch.Tensor | None = None,
+        keep_prompt_state: bool = False,
     ) -> None:
-        if not prompt_ids:
-            raise ValueError("a request needs at least one token to process")
+        if not prompt_ids and (logits is None or state is None):
+            raise ValueError("a request needs at least one token to process, or a state and its last logits")
         check_sampling(params.temperature, params.top_k, params.top_p)
         self.prompt_ids, self.params, self.emit, self.initial_state = prompt_ids, params, emit, state
+        self.initial_logits, self.keep_prompt_state = logits, keep_prompt_state
+        self.prompt_state: tuple[RetNetState, torch.Tensor] | None = None
         self.cancelled = False
         self.generator: torch.Generator | None = None
         if params.seed is not None:
@@ -120,7 +132,7 @@ class Sequence:
         Python's cyclic collector happens to run (RSS grew without bound under load before this)."""
         self.cancelled = True
         self.emit = _discard
-        self.initial_state = None
+        self.initial_state = self.initial_logits = self.prompt_state = None
 
 
 def _discard(event: tuple[str, Any]) -> None:
@@ -133,7 +145,8 @@ class _Active:
     def __init__(self, seq: Sequence, tokenizer: ServingTokenizer) -> None:
         self.seq = seq
         self.state, seq.initial_state = seq.initial_state, None  # the engine owns it now
-        self.logits: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = seq.initial_logits
+        seq.initial_logits = None
         stops = list(seq.params.stop) + ([seq.params.end_of_turn] if seq.params.end_of_turn else [])
         self.matcher = StopMatcher(stops)
         self.detok = IncrementalDetokenizer(tokenizer, skip_ids=tokenizer.eos_token_ids)
@@ -273,12 +286,15 @@ class Engine:
         decode batch (``act`` leaves ``prefilling`` only when everything succeeded). Returns tokens used."""
         seq = act.seq
         n = min(budget, len(seq.prompt_ids) - seq.prefilled)
-        ids = torch.tensor([seq.prompt_ids[seq.prefilled : seq.prefilled + n]], device=self.model.device)
-        out = self.model(ids, state=act.state, use_cache=True, mode="auto")
-        act.state, act.logits = out.state, out.logits[:, -1]
-        seq.prefilled += n
-        self.stats["tokens_prefilled"] += n
+        if n:  # (none for a sequence that starts from stored logits)
+            ids = torch.tensor([seq.prompt_ids[seq.prefilled : seq.prefilled + n]], device=self.model.device)
+            out = self.model(ids, state=act.state, use_cache=True, mode="auto")
+            act.state, act.logits = out.state, out.logits[:, -1]
+            seq.prefilled += n
+            self.stats["tokens_prefilled"] += n
         if seq.prefilled == len(seq.prompt_ids):
+            if seq.keep_prompt_state:
+                seq.prompt_state = (act.state.clone(), act.logits.clone())
             token = self._sample(act, act.logits)
             if self._after_token(act, token, act.state):
                 self.prefilling.pop(0)
@@ -387,6 +403,7 @@ class Engine:
                     ttft_s=seq.first_token_at - seq.submitted,
                     total_s=now - seq.submitted,
                     token_ids=list(seq.generated),
+                    prompt_state=seq.prompt_state,
                 ),
             )
         )

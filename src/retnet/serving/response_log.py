@@ -13,10 +13,11 @@ import json
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 LOG_FILE = "responses.sqlite"
+COLUMNS = "id, conv_id, previous_id, root_id, created, body, input, prompt_key, prompt_conv_id, prompt_tokens, logits"
 RESP_ID = re.compile(r"resp_[0-9a-f]{24}")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -26,11 +27,26 @@ CREATE TABLE IF NOT EXISTS responses (
     root_id TEXT NOT NULL,
     created REAL NOT NULL,
     body TEXT NOT NULL,
-    input TEXT NOT NULL
+    input TEXT NOT NULL,
+    prompt_key TEXT,
+    prompt_conv_id TEXT,
+    prompt_tokens INTEGER,
+    logits BLOB
 );
 CREATE INDEX IF NOT EXISTS responses_created ON responses(created, id);
+CREATE INDEX IF NOT EXISTS responses_prompt ON responses(prompt_key);
 CREATE INDEX IF NOT EXISTS responses_root ON responses(root_id);
 """
+
+
+@dataclass
+class Prompt:
+    """Where a response's prompt ended: the answer can be sampled again from here without a forward pass."""
+
+    key: str  # a hash of the previous response id and the prompt's token ids
+    conv_id: str  # the conversation (kind "prompt") holding the state after the prompt
+    tokens: int  # tokens in that state
+    logits: bytes  # the last position's logits, a safetensors file's bytes
 
 
 @dataclass
@@ -42,6 +58,7 @@ class ResponseRecord:
     created: float
     body: dict  # the public response object
     input: list[dict]  # the input items of this response only (its messages, instructions excluded)
+    prompt: Prompt | None = None
 
 
 class ResponseLog:
@@ -58,14 +75,29 @@ class ResponseLog:
     def add(self, rec: ResponseRecord) -> None:
         with self.lock:
             self.db.execute(
-                "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (rec.id, rec.conv_id, rec.previous_id, rec.root_id, rec.created, json.dumps(rec.body),
-                 json.dumps(rec.input)),
+                 json.dumps(rec.input), *(astuple(rec.prompt) if rec.prompt else (None,) * 4)),
             )  # fmt: skip
+
+    def prompt(self, key: str) -> Prompt | None:
+        """The newest stored prompt with this key (one whose state may since have been evicted)."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT prompt_key, prompt_conv_id, prompt_tokens, logits FROM responses WHERE prompt_key=? "
+                "ORDER BY created DESC LIMIT 1",
+                (key,),
+            ).fetchone()
+        return None if row is None else Prompt(*row)
+
+    def prompt_users(self, conv_id: str) -> int:
+        """How many records share the prompt state ``conv_id``."""
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM responses WHERE prompt_conv_id=?", (conv_id,)).fetchone()[0]
 
     def get(self, resp_id: str) -> ResponseRecord | None:
         with self.lock:
-            row = self.db.execute("SELECT * FROM responses WHERE id=?", (resp_id,)).fetchone()
+            row = self.db.execute(f"SELECT {COLUMNS} FROM responses WHERE id=?", (resp_id,)).fetchone()
         return None if row is None else _record(row)
 
     def delete(self, resp_id: str) -> None:
@@ -94,8 +126,8 @@ class ResponseLog:
             if roots_only:
                 where.append("id = root_id")
             rows = self.db.execute(
-                f"SELECT * FROM responses WHERE {' AND '.join(where)} ORDER BY created {direction}, id {direction} "
-                "LIMIT ?",
+                f"SELECT {COLUMNS} FROM responses WHERE {' AND '.join(where)} "
+                f"ORDER BY created {direction}, id {direction} LIMIT ?",
                 (*args, limit + 1),
             ).fetchall()
         return [_record(r) for r in rows[:limit]], len(rows) > limit
@@ -106,5 +138,7 @@ class ResponseLog:
 
 
 def _record(row: tuple) -> ResponseRecord:
-    rid, conv_id, previous_id, root_id, created, body, items = row
-    return ResponseRecord(rid, conv_id, previous_id, root_id, created, json.loads(body), json.loads(items))
+    rid, conv_id, previous_id, root_id, created, body, items, *prompt = row
+    rec = ResponseRecord(rid, conv_id, previous_id, root_id, created, json.loads(body), json.loads(items))
+    rec.prompt = Prompt(*prompt) if prompt[0] is not None else None
+    return rec

@@ -8,6 +8,11 @@ the parent with another input), try two continuations. Only the pending tokens a
 processed; nothing before the fork point is. ``usage.input_tokens_details.cached_tokens`` counts the tokens
 that came from the stored state.
 
+Each stored response also keeps the state after its prompt and the logits of the prompt's last position (a
+conversation of kind ``prompt`` plus the logits as safetensors bytes in its record). A request whose previous
+response and prompt tokens equal a stored one's (a regenerate) samples from those logits at once: no forward
+pass at all. Such a prompt state that was evicted only costs the forward pass over the new input again.
+
 Extension: ``GET /v1/responses`` lists stored responses (``root_id``: one tree; ``roots=true``: one entry per
 conversation), for the chat page.
 """
@@ -16,21 +21,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator
 
+import torch
 from fastapi import FastAPI, Request
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
+from retnet.models import RetNetState
 from retnet.serving.engine import Finished, SamplingParams
 from retnet.serving.errors import APIError
-from retnet.serving.response_log import RESP_ID, ResponseLog, ResponseRecord
+from retnet.serving.response_log import RESP_ID, Prompt, ResponseLog, ResponseRecord
 from retnet.serving.responses_protocol import ResponseBody, ResponsesRequest, output_text, usage
 from retnet.serving.routes import SSE_HEADERS, Generator, Turn, TurnStream
+from retnet.serving.state_io import StateFileError, check_state
 from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, StoreFull
 
 KIND = "response"  # the conversation kind of response states: the chat routes refuse to continue them
+PROMPT_KIND = "prompt"  # the kind of states after a response's prompt (regenerate without a forward pass)
 MAX_LIST_LIMIT = 100
 
 
@@ -73,7 +86,7 @@ class Responses:
         try:
             conv = await asyncio.to_thread(self.store.get, rec.conv_id)
         except ConversationNotFound as exc:
-            await asyncio.to_thread(self.log.delete, resp_id)
+            await asyncio.to_thread(self.drop, rec)
             raise APIError(
                 404, f"response {resp_id!r} not found (its state was {exc.reason})", param=param,
                 code="response_not_found",
@@ -111,6 +124,8 @@ class Responses:
         parent, base = None, None
         if req.previous_response_id is not None:
             parent, base = await self.live(req.previous_response_id, "previous_response_id")
+        key = hashlib.sha256(json.dumps([req.previous_response_id, ids]).encode()).hexdigest()
+        stored_prompt, initial = await self.stored_prompt(key)
         conv = None
         if req.store:
             try:
@@ -119,7 +134,10 @@ class Responses:
                 raise APIError(429, str(exc), param="store", code="store_full") from exc
         turn = Turn("chat", conv, created_conv=conv is not None, base=base, base_param="previous_response_id")
         try:
-            await gen.start(turn, ids, params)
+            if initial is not None:  # a regenerate: sample from the stored logits, no forward pass
+                await gen.start(turn, [], params, initial=initial)
+            else:
+                await gen.start(turn, ids, params, keep_prompt_state=conv is not None)
         except BaseException:
             await gen.close_turn(turn)
             raise
@@ -130,7 +148,7 @@ class Responses:
             temperature=params.temperature, top_p=1.0 if req.top_p is None else req.top_p,
             metadata=req.metadata or {}, user=req.user,
         )  # fmt: skip
-        cached = base.tokens - len(base.pending) if base is not None else 0
+        cached = turn.carried
         items = req.input_items([f"msg_{secrets.token_hex(12)}" for _ in messages])
         root = parent.root_id if parent is not None else body.id
 
@@ -143,7 +161,13 @@ class Responses:
                 usage=usage(cached + fin.prompt_tokens, cached, fin.completion_tokens), incomplete=incomplete,
             )  # fmt: skip
             if conv is not None:
-                rec = ResponseRecord(body.id, conv.id, req.previous_response_id, root, time.time(), final, items)
+                prompt = stored_prompt
+                if prompt is None and fin.prompt_state is not None:
+                    state, logits = fin.prompt_state
+                    prompt = await asyncio.to_thread(self.keep_prompt, key, state, logits, cached + fin.prompt_tokens)
+                rec = ResponseRecord(
+                    body.id, conv.id, req.previous_response_id, root, time.time(), final, items, prompt
+                )
                 try:
                     await asyncio.to_thread(self.log.add, rec)
                 except Exception as exc:
@@ -198,6 +222,48 @@ class Responses:
 
         return TurnStream(stream(), lambda: gen.close_turn(turn), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    async def stored_prompt(self, key: str) -> tuple[Prompt | None, tuple[RetNetState, torch.Tensor, int] | None]:
+        """The stored prompt with this key and what starts a sequence from it, or ``(None, None)``: none was
+        stored, its state was evicted, or it is unusable (then the prompt is simply processed again)."""
+        prompt = await asyncio.to_thread(self.log.prompt, key)
+        if prompt is None:
+            return None, None
+        try:
+            conv = await asyncio.to_thread(self.store.get, prompt.conv_id)
+            state = await asyncio.to_thread(self.store.load, conv)
+            check_state(state, self.gen.state_template)
+            logits = load_tensors(prompt.logits)["logits"]
+        except (ConversationNotFound, OSError, StateFileError, ValueError, SafetensorError, KeyError):
+            return None, None
+        if logits.shape != (1, self.gen.vocab_size) or not bool(logits.isfinite().all()):
+            return None, None
+        return prompt, (state, logits, prompt.tokens)
+
+    def keep_prompt(self, key: str, state: RetNetState, logits: torch.Tensor, tokens: int) -> Prompt | None:
+        """Store the state after a prompt (a conversation of kind ``prompt``) and describe it with its logits;
+        None when the store has no room (the prompt is then processed again on a regenerate)."""
+        try:
+            conv = self.store.create(PROMPT_KIND, acquire=True)
+        except StoreFull:
+            return None
+        try:
+            self.store.save_turn(conv.id, state, [], tokens)
+        except (OSError, ConversationNotFound):
+            with contextlib.suppress(ConversationNotFound, ConversationBusy):
+                self.store.release(conv.id)
+                self.store.delete(conv.id)
+            return None
+        finally:
+            self.store.release(conv.id)
+        return Prompt(key, conv.id, tokens, save_tensors({"logits": logits.detach().cpu().contiguous()}))
+
+    def drop(self, rec: ResponseRecord) -> None:
+        """Forget a record, and its prompt state once no other record shares it."""
+        self.log.delete(rec.id)
+        if rec.prompt is not None and self.log.prompt_users(rec.prompt.conv_id) == 0:
+            with contextlib.suppress(ConversationNotFound, ConversationBusy):
+                self.store.delete(rec.prompt.conv_id)
+
     async def delete(self, resp_id: str) -> dict:
         rec, conv = await self.live(resp_id, "response_id")
         try:
@@ -206,7 +272,7 @@ class Responses:
             raise APIError(409, str(exc), param="response_id", code="response_busy") from exc
         except ConversationNotFound:
             pass
-        await asyncio.to_thread(self.log.delete, rec.id)
+        await asyncio.to_thread(self.drop, rec)
         return {"id": rec.id, "object": "response.deleted", "deleted": True}
 
     async def listing(self, records: list[ResponseRecord], more: bool, public) -> dict:
@@ -216,7 +282,7 @@ class Responses:
             try:
                 await asyncio.to_thread(self.store.get, rec.conv_id)
             except ConversationNotFound:
-                await asyncio.to_thread(self.log.delete, rec.id)
+                await asyncio.to_thread(self.drop, rec)
                 continue
             data.append(public(rec))
         return {
@@ -236,7 +302,7 @@ class Responses:
                 with contextlib.suppress(ConversationNotFound):
                     self.store.get(rec.conv_id)
                     continue
-                self.log.delete(rec.id)
+                self.drop(rec)
             if not more or not page:
                 return
             after = page[-1].id

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+import torch
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
@@ -47,6 +48,7 @@ class Turn:
         # the turn only reads; ``base_param`` names the request field that chose it, for error messages
         self.base = conv if base is None else base
         self.base_param = base_param
+        self.carried = 0  # tokens folded into the state the turn starts from (set by ``Generator.start``)
         self.events: asyncio.Queue = asyncio.Queue()
         self.seq: Sequence | None = None
         self.saved = False
@@ -166,8 +168,21 @@ class Generator:
                 with contextlib.suppress(ConversationNotFound, ConversationBusy):
                     await asyncio.to_thread(self.store.delete, turn.conv.id)
 
-    async def start(self, turn: Turn, new_ids: list[int], params: SamplingParams) -> None:
-        """Load the conversation state and hand the sequence to the engine."""
+    async def start(
+        self,
+        turn: Turn,
+        new_ids: list[int],
+        params: SamplingParams,
+        *,
+        initial: tuple[RetNetState, torch.Tensor, int] | None = None,
+        keep_prompt_state: bool = False,
+    ) -> None:
+        """Load the conversation state and hand the sequence to the engine. ``initial`` (a state, its last
+        logits and the number of tokens it holds) starts from there instead, without a forward pass."""
+        if initial is not None:
+            state, logits, turn.carried = initial
+            await self._submit(turn, new_ids, params, state, logits, keep_prompt_state)
+            return
         state, pending, base = None, [], turn.base
         if base is not None and base.state_file is not None:
             try:
@@ -179,16 +194,20 @@ class Generator:
                     param=turn.base_param, code="conversation_state_unreadable",
                 ) from exc  # fmt: skip
             pending = base.pending
+            turn.carried = base.tokens - len(base.pending)
         prompt = pending + new_ids
         if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+        await self._submit(turn, prompt, params, state, None, keep_prompt_state)
+
+    async def _submit(self, turn: Turn, prompt, params, state, logits, keep_prompt_state: bool) -> None:
         loop = asyncio.get_running_loop()
 
         def emit(event) -> None:
             with contextlib.suppress(RuntimeError):  # the loop may be gone at shutdown
                 loop.call_soon_threadsafe(turn.events.put_nowait, event)
 
-        turn.seq = Sequence(prompt, params, emit, state=state)
+        turn.seq = Sequence(prompt, params, emit, state=state, logits=logits, keep_prompt_state=keep_prompt_state)
         if not self.engine.alive():
             raise APIError(503, "the engine is not running", code="engine_stopped")
         try:
@@ -212,10 +231,8 @@ class Generator:
         pending = list(fin.pending)
         if turn.kind == "chat":
             pending += self.tokenizer.encode(self.template.closing(fin.ended_turn))
-        base = turn.base
-        added = fin.prompt_tokens - len(base.pending) + len(pending) + fin.completion_tokens - 1
-        if base is not turn.conv:  # a fork starts empty: it also holds the base's tokens
-            added += base.tokens
+        total = turn.carried + fin.prompt_tokens + fin.completion_tokens - 1 + len(pending)
+        added = total - turn.conv.tokens  # a fork's conversation starts empty, a continued one holds its tokens
         try:
             await asyncio.to_thread(self.store.save_turn, turn.conv.id, fin.state, pending, added)
         except ConversationNotFound as exc:
