@@ -3,7 +3,8 @@
 A response's state lives in the conversation store (one conversation of kind ``response`` per response, never
 changed after its turn), so continuing from any response forks there and reads nothing but that state. This
 log keeps the rest: the public response object, its input items, its parent and the root of its tree (for the
-chat page's list of conversations). It is one SQLite file next to the conversation index; a record is only
+chat page's list of conversations), and where its prompt ended (a ``prompt`` conversation and the last logits)
+so that a regenerate needs no forward pass. It is one SQLite file next to the conversation index; a record is only
 as alive as its state (the routes drop a record whose state was evicted or expired).
 """
 
