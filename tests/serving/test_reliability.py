@@ -231,10 +231,14 @@ def test_a_fault_inside_the_engine_fails_one_request_while_eight_stream_on(model
 def test_head_is_answered_wherever_get_is(served):
     """Issue #20.8: HEAD /health was 405."""
     conv = served.post("/v1/conversations", json={}).json()["id"]
+    resp = served.post("/v1/responses", json={"model": "m", "input": "x", "max_output_tokens": 2}).json()["id"]
     gets = [r.path for r in served.app.routes if isinstance(r, APIRoute) and "GET" in r.methods]
     assert len(gets) >= 5
+    ids = {"{model_id}": "m", "{conv_id}": conv, "{response_id}": resp, "{name}": "chat.js"}
     for path in gets:
-        url = path.replace("{model_id}", "m").replace("{conv_id}", conv)
+        url = path
+        for field, value in ids.items():
+            url = url.replace(field, value)
         r = served.head(url)
         assert r.status_code == 200 and r.content == b"", path
 
@@ -340,6 +344,7 @@ def _reference(client) -> str:
 
 
 def test_the_store_folder_holds_only_our_files_and_the_users(served):
-    names = {p.name for p in served.data_dir.iterdir()} - {"index.sqlite-wal", "index.sqlite-shm"}
-    assert names == {"retnet-store.json", "index.sqlite", "states", "README-mine.txt"}
+    names = {p.name for p in served.data_dir.iterdir()} - {f"{db}.sqlite-{x}" for db in ("index", "responses")
+                                                            for x in ("wal", "shm")}  # fmt: skip
+    assert names == {"retnet-store.json", "index.sqlite", "responses.sqlite", "states", "README-mine.txt"}
     assert "states/notes.txt" in snapshot(served.data_dir)

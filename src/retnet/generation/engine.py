@@ -326,6 +326,8 @@ class Engine:
                 seq.emit(("snapshot", (end, act.state.clone(), act.logits[0].clone())))
             if end < total:
                 return used
+        if seq.keep_prompt_state:
+            seq.prompt_state = (act.state.clone(), act.logits.detach().clone())
         if seq.params.max_tokens == 0:
             self.prefilling.pop(0)
             self._finish(act, "length", False, act.state, [], act.logits[0])
@@ -449,6 +451,7 @@ class Engine:
             total_s=now - seq.submitted,
             token_ids=list(seq.generated),
             last_logits=None if logits is None else logits.detach().clone(),
+            prompt_state=seq.prompt_state,
         )
         seq.emit(("done", fin))
 

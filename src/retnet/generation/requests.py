@@ -70,6 +70,9 @@ class Finished:
     total_s: float
     token_ids: list[int] = field(default_factory=list)  # every sampled token of this reply
     last_logits: torch.Tensor | None = None  # [V]: the logits ``pending[0]`` was sampled from (end of ``state``)
+    # with ``keep_prompt_state``: the state after the prompt and its last ``[1, V]`` logits, from which the same
+    # prompt can be answered again without a forward pass
+    prompt_state: tuple[RetNetState, torch.Tensor] | None = None
 
 
 class Sequence:
@@ -83,6 +86,7 @@ class Sequence:
     state after the first ``p`` prompt tokens (a copy the receiver owns) and the ``[V]`` logits at ``p - 1``.
     A request may start from ``state`` with its ``logits`` and no prompt (e.g. a cached prefix): the first
     token is then sampled from ``logits`` without any prefill. ``generator`` overrides ``params.seed``.
+    ``keep_prompt_state`` asks for the state after the prompt and its last logits in ``Finished.prompt_state``.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Sequence:
         generator: torch.Generator | None = None,
         snapshot_at: Iterable[int] = (),
         token_events: bool = False,
+        keep_prompt_state: bool = False,
     ) -> None:
         if not prompt_ids and (logits is None or state is None):
             raise ValueError("a request needs at least one token to process (or a state with its logits)")
@@ -109,6 +114,8 @@ class Sequence:
         self.emit: Callable[[tuple[str, Any]], None] = emit or _discard
         self.initial_logits = logits
         self.snapshot_at, self.token_events = snaps, token_events
+        self.keep_prompt_state = keep_prompt_state
+        self.prompt_state: tuple[RetNetState, torch.Tensor] | None = None
         self.cancelled = False
         self.generator = generator
         self.seed = params.seed
@@ -125,7 +132,7 @@ class Sequence:
         Python's cyclic collector happens to run (RSS grew without bound under load before this)."""
         self.cancelled = True
         self.emit = _discard
-        self.initial_state = self.initial_logits = None
+        self.initial_state = self.initial_logits = self.prompt_state = None
 
 
 def _discard(event: tuple[str, Any]) -> None:

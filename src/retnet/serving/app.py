@@ -27,7 +27,10 @@ from retnet.serving.config import ServerConfig
 from retnet.serving.errors import APIError, error_response, install_error_handlers
 from retnet.serving.metrics import CONTENT_TYPE, Metrics
 from retnet.serving.middleware import LimitsAndAuth, authorized
+from retnet.serving.page import register_page
 from retnet.serving.prefix_cache import PrefixCache
+from retnet.serving.response_log import ResponseLog
+from retnet.serving.responses import register_response_routes
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.state_io import first_non_finite, state_tensors
 from retnet.serving.store import (
@@ -123,6 +126,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         )
     template = ChatTemplate.from_dir(config.model_dir)
     store = open_store(config, model_fingerprint(config.model_dir) + f":{config.dtype}")
+    response_log = ResponseLog(config.data_dir)
     engine = Engine(
         model,
         tokenizer,
@@ -148,6 +152,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 await asyncio.to_thread(trim)
                 if n % 12 == 0:
                     await asyncio.to_thread(store.sweep)
+                    await asyncio.to_thread(responses.prune)
 
         task = asyncio.create_task(housekeeping())
         try:
@@ -156,6 +161,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             task.cancel()
             engine.stop()
             store.close()
+            response_log.close()
 
     app = FastAPI(title="retnet serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.store, app.state.config = engine, store, config
@@ -168,6 +174,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     gen = Generator(config, engine, store, tokenizer, template, model.config.vocab_size, probe, prefix, metrics)
     register_generation_routes(app, gen)
+    responses = register_response_routes(app, gen, response_log)
+    register_page(app)
 
     model_card = {"id": config.model_name, "object": "model", "created": int(started), "owned_by": "retnet"}
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+import torch
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
@@ -44,8 +45,20 @@ def _sse(data: dict | str) -> str:
 class Turn:
     """One request's life: its conversation (if any), its sequence in the engine, its event queue."""
 
-    def __init__(self, kind: str, conv: Conversation | None, created_conv: bool) -> None:
+    def __init__(
+        self,
+        kind: str,
+        conv: Conversation | None,
+        created_conv: bool,
+        base: Conversation | None = None,
+        base_param: str = "conversation_id",
+    ) -> None:
         self.kind, self.conv, self.created_conv = kind, conv, created_conv
+        # the conversation whose stored state this turn continues: ``conv`` itself, or (a fork) another one that
+        # the turn only reads; ``base_param`` names the request field that chose it, for error messages
+        self.base = conv if base is None else base
+        self.base_param = base_param
+        self.carried = 0  # tokens folded into the state the turn starts from (set by ``Generator.start``)
         self.events: asyncio.Queue = asyncio.Queue()
         self.seq: Sequence | None = None
         self.saved = False
@@ -171,27 +184,46 @@ class Generator:
 
     def starts_fresh(self, turn: Turn) -> bool:
         """Whether the turn starts from no state (so a prefix state may cover its first tokens)."""
-        return self.prefix is not None and (turn.conv is None or turn.conv.state_file is None)
+        return self.prefix is not None and (turn.base is None or turn.base.state_file is None)
 
     async def start(
-        self, turn: Turn, new_ids: list[int], params: SamplingParams, boundaries: list[int] | None = None
+        self,
+        turn: Turn,
+        new_ids: list[int],
+        params: SamplingParams,
+        boundaries: list[int] | None = None,
+        *,
+        initial: tuple[RetNetState, torch.Tensor, int] | None = None,
+        keep_prompt_state: bool = False,
     ) -> None:
         """Load the conversation state (or the longest prefix state of a fresh prompt) and hand the sequence to
-        the engine; ``boundaries`` are positions in ``new_ids`` worth keeping a prefix state at."""
-        state, pending = None, []
-        if turn.conv is not None and turn.conv.state_file is not None:
+        the engine; ``boundaries`` are positions in ``new_ids`` worth keeping a prefix state at. ``initial``
+        (a state, its last logits and the number of tokens it holds) starts from there instead, without a
+        forward pass."""
+        if initial is not None:
+            state, logits, turn.carried = initial
+            await self._submit(turn, new_ids, params, state, logits, keep_prompt_state)
+            return
+        state, pending, base = None, [], turn.base
+        if base is not None and base.state_file is not None:
             try:
-                state = await asyncio.to_thread(self.store.load, turn.conv)
+                state = await asyncio.to_thread(self.store.load, base)
                 check_state(state, self.state_template)
             except (OSError, StateFileError, ValueError) as exc:
                 raise APIError(
-                    404, f"conversation {turn.conv.id!r} has an unreadable state ({exc}); delete it and start anew",
-                    param="conversation_id", code="conversation_state_unreadable",
+                    404, f"conversation {base.id!r} has an unreadable state ({exc}); delete it and start anew",
+                    param=turn.base_param, code="conversation_state_unreadable",
                 ) from exc  # fmt: skip
-            pending = turn.conv.pending
+            pending = base.pending
+            turn.carried = base.tokens - len(base.pending)
         prompt = pending + new_ids
         if not prompt:
             raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+        await self._submit(turn, prompt, params, state, None, keep_prompt_state, boundaries)
+
+    async def _submit(
+        self, turn: Turn, prompt, params, state, logits, keep_prompt_state: bool, boundaries: list[int] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         hit, snapshots, prefix = 0, [], self.prefix
         if state is None and prefix is not None:
@@ -208,7 +240,10 @@ class Generator:
                 loop.call_soon_threadsafe(turn.events.put_nowait, event)
 
         snapshot_at = [p - hit for p in snapshots]
-        turn.seq = Sequence(prompt[hit:], params, emit, state=state, snapshot_at=snapshot_at)
+        turn.seq = Sequence(
+            prompt[hit:], params, emit, state=state, logits=logits,
+            keep_prompt_state=keep_prompt_state, snapshot_at=snapshot_at,
+        )  # fmt: skip
         if not self.engine.alive():
             raise APIError(503, "the engine is not running", code="engine_stopped")
         try:
@@ -241,7 +276,8 @@ class Generator:
         pending = list(fin.pending)
         if turn.kind == "chat":
             pending += self.tokenizer.encode(self.template.closing(fin.ended_turn))
-        added = fin.prompt_tokens - len(turn.conv.pending) + len(pending) + fin.completion_tokens - 1
+        total = turn.carried + fin.prompt_tokens + fin.completion_tokens - 1 + len(pending)
+        added = total - turn.conv.tokens  # a fork's conversation starts empty, a continued one holds its tokens
         try:
             await asyncio.to_thread(self.store.save_turn, turn.conv.id, fin.state, pending, added)
         except ConversationNotFound as exc:
