@@ -41,5 +41,5 @@ def test_a_sequence_from_a_stored_prompt_state_equals_the_original(model, tok, t
 
 
 def test_an_empty_prompt_needs_a_state_and_logits(model, tok):  # noqa: F811
-    with pytest.raises(ValueError, match="state and its last logits"):
+    with pytest.raises(ValueError, match="or a state with its logits"):
         Sequence([], SamplingParams(max_tokens=1), Collect(), logits=torch.zeros(1, 257))
