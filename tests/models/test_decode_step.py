@@ -27,11 +27,13 @@ def _prefill(model, batch: int = 3, length: int = 9):
 
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("in_place", [False, True])
-def test_fast_step_equals_the_recurrent_forward(stack, in_place):
+@pytest.mark.parametrize("kernel", [False, True])
+def test_fast_step_equals_the_recurrent_forward(stack, in_place, kernel):
+    """``kernel=True`` is the CUDA route (through the retention operator; on the CPU its torch backend)."""
     model = tiny_model(**STACKS[stack])
     state = _prefill(model)
     ref_state = state.clone()
-    step = make_decode_step(model, in_place=in_place)
+    step = make_decode_step(model, in_place=in_place, kernel=kernel)
     for _ in range(4):
         ids = torch.randint(0, model.config.vocab_size, (3, 1))
         with torch.no_grad():
@@ -84,7 +86,22 @@ def test_compiled_step_gives_the_eager_greedy_tokens():
     prompt = torch.randint(0, 97, (2, 5))
     with torch.no_grad():
         eager = _greedy(make_decode_step(model), model, prompt, 4)
-        compiled_step = make_decode_step(model, compile=True)
+        compiled_step = make_decode_step(model, compile=True, in_place=True)  # the engine's way: harder for compile
         compiled = _greedy(compiled_step, model, prompt, 4)
     assert torch.equal(compiled, eager)
     assert compiled_step.compile_s is not None and compiled_step.compile_s > 0
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_step_reads_no_value_back_to_the_host(stack):
+    """On meta tensors every value read (``.item()``, ``bool()``, ``.tolist()``) raises: a step that runs there
+    never synchronises with an accelerator."""
+    model = tiny_model(**STACKS[stack])
+    state = _prefill(model).to("meta")
+    model.to("meta")
+    with pytest.raises(RuntimeError):
+        bool(state.offset.sum() > 0)
+    step = make_decode_step(model, in_place=True)
+    logits, state = step(torch.zeros(3, 1, dtype=torch.long, device="meta"), state)
+    logits, state = step(torch.zeros(3, 1, dtype=torch.long, device="meta"), state)
+    assert logits.device.type == "meta" and logits.shape == (3, model.config.vocab_size)

@@ -7,8 +7,10 @@ retention layers run their recurrence here (``S = gamma S + k^T v``, ``o = q S``
 when asked; attention and YOCO cross-attention layers (growing KV caches) run their own modules unchanged.
 The result equals ``model(ids, state=state, use_cache=True, mode="recurrent")`` (tested in float64).
 
-On CUDA the recurrence stays in PyTorch: one token's update is two small batched products, which the
-compiled path (``compile=True``: CUDA graphs) fuses with the rest of the step.
+The recurrence itself: on CUDA (eager) through :func:`retnet.ops.retention` with ``mode="recurrent"``, which
+dispatches to the fused Triton recurrent kernel (one launch reads and writes the state once, no value check
+synchronises); on the CPU, and under ``torch.compile`` (whose inductor fuses the PyTorch form itself), in
+PyTorch here. ``kernel=`` overrides that choice (``True`` on the CPU runs the operator's torch backend).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from retnet.layers.rotary import rotate_every_two
 from retnet.models.state import RetNetState
+from retnet.ops import retention
 
 DecodeStepFn = Callable[[torch.Tensor, RetNetState], tuple[torch.Tensor, RetNetState]]
 
@@ -34,6 +37,7 @@ def _retention_step(
     state: torch.Tensor,
     row_scale: torch.Tensor | None,
     in_place: bool,
+    use_operator: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state."""
     mix = block.retention
@@ -46,13 +50,28 @@ def _retention_step(
     v = mix.v_proj(h).view(B, H, Dv)
     q = q * cos + rotate_every_two(q) * sin
     k = k * cos + rotate_every_two(k) * sin
-    sd = state.dtype
-    decay = torch.exp(mix.decay(h[:, None]).to(sd))  # [H] fixed or [B, 1, H] gated
-    decay = decay.view(-1, H, 1, 1) if decay.dim() > 1 else decay.view(1, H, 1, 1)
-    # Two passes over the state, no [B, H, Dk, Dv] temporary: scale, then add the outer product k^T v.
-    new_state = state.mul_(decay) if in_place else state * decay
-    new_state.addcmul_(k.to(sd)[..., :, None], v.to(sd)[..., None, :])
-    o = torch.matmul(q.to(sd)[:, :, None, :], new_state).view(B, H, Dv).to(v.dtype)
+    log_decay = mix.decay(h[:, None])  # [H] fixed or [B, 1, H] gated
+    if use_operator:
+        o, new_state = retention(
+            q[:, None],
+            k[:, None],
+            v[:, None],
+            log_decay,
+            mode="recurrent",
+            initial_state=state,
+            output_final_state=True,
+        )
+        o = o[:, 0]
+        if in_place:
+            new_state = state.copy_(new_state)
+    else:
+        sd = state.dtype
+        decay = torch.exp(log_decay.to(sd))
+        decay = decay.view(-1, H, 1, 1) if decay.dim() > 1 else decay.view(1, H, 1, 1)
+        # Two passes over the state, no [B, H, Dk, Dv] temporary: scale, then add the outer product k^T v.
+        new_state = state.mul_(decay) if in_place else state * decay
+        new_state.addcmul_(k.to(sd)[..., :, None], v.to(sd)[..., None, :])
+        o = torch.matmul(q.to(sd)[:, :, None, :], new_state).view(B, H, Dv).to(v.dtype)
     if row_scale is not None:
         o = o * row_scale[..., None].to(o.dtype)
     o = mix.head_norm(o).reshape(B, H * Dv)
@@ -66,11 +85,16 @@ class DecodeStep:
 
     ``in_place=True`` updates the passed state's retention tensors and offsets in place and returns the same
     object (the caller owns the state and keeps no copy); otherwise the passed state is left untouched.
+    ``kernel``: run the recurrence through :func:`retnet.ops.retention` (default: on CUDA when not compiled).
     ``compile_s`` is the wall time of the first call when compiled (tracing + code generation), else ``None``.
     """
 
-    def __init__(self, model: nn.Module, *, compile: bool = False, in_place: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, *, compile: bool = False, in_place: bool = False, kernel: bool | None = None
+    ) -> None:
         self.model = model
+        on_cuda = model.model.embed_tokens.weight.device.type == "cuda"
+        self.use_operator = (on_cuda and not compile) if kernel is None else kernel
         self.in_place = in_place
         self.compiled = compile
         self.compile_s: float | None = None
@@ -117,7 +141,9 @@ class DecodeStep:
         for i in range(n_self):
             block = core.layers[i]
             if i in self._retention_layers:
-                x, s = _retention_step(block, x, sin_h, cos_h, state.layers[i], row_scale, self.in_place)
+                x, s = _retention_step(
+                    block, x, sin_h, cos_h, state.layers[i], row_scale, self.in_place, self.use_operator
+                )
             else:
                 y, s = block(x[:, None], sin, cos, state=state.layers[i], mode="recurrent", use_cache=True)
                 x = y[:, 0]
@@ -140,7 +166,9 @@ class DecodeStep:
         return logits, RetNetState(new_layers, state.offset + 1, shared)
 
 
-def make_decode_step(model: nn.Module, *, compile: bool = False, in_place: bool = False) -> DecodeStepFn:
+def make_decode_step(
+    model: nn.Module, *, compile: bool = False, in_place: bool = False, kernel: bool | None = None
+) -> DecodeStep:
     """The decode step of ``model`` (see :class:`DecodeStep`); ``compile=True`` wraps it in ``torch.compile``
     (inductor on the CPU; CUDA graphs via ``mode="reduce-overhead"`` on CUDA)."""
-    return DecodeStep(model, compile=compile, in_place=in_place)
+    return DecodeStep(model, compile=compile, in_place=in_place, kernel=kernel)
