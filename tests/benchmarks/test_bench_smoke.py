@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 import torch
 
 from retnet.benchmarks.measure import run_isolated
@@ -42,7 +43,18 @@ def _assert_equal_size(data):
 
 def _tiny_decode(tmp_path, *extra: str) -> list[str]:
     """``retnet bench decode`` on the toy grid: batch 1 at 16 and 64 tokens, batch 2 at 16, one thread."""
-    argv = ["bench", "decode", "--tiny", "--in-process", "--contexts", "16,64", "--batch8-contexts", "16"]
+    argv = [
+        "bench",
+        "decode",
+        "--tiny",
+        "--in-process",
+        "--contexts",
+        "16,64",
+        "--batch8-contexts",
+        "16",
+        "--paths",
+        "none",
+    ]
     return argv + ["--large-batch", "2", "--threads", "1", "--out-dir", str(tmp_path), *extra]
 
 
@@ -176,3 +188,35 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert abs(rows["gated"]["params"] - rows["llama"]["params"]) / rows["llama"]["params"] < 0.05
     assert {"hybrid_bpb_vs_llama", "yoco_bpb_vs_llama", "yoco_rise_at_2x"} <= set(data["summary"])
     assert "hybrid: block_types GA" in (tmp_path / "quality.md").read_text()
+
+
+@pytest.mark.slow
+def test_decode_paths_and_int8_quality(tmp_path, monkeypatch):
+    """Batch-1 rows on the forward and int8 paths next to the main (eager) one, ratios in the summary, and the
+    int8 quality cost of a trained model directory; --quantize int8 off the CPU is refused naming the flag."""
+    from retnet.training.trainer import train
+    from tests.training.helpers import small_corpus, tiny_config
+
+    corpus = small_corpus(tmp_path / "data")
+    train(tiny_config(tmp_path / "model", corpus, tokenizer="bpe", vocab_size=300, steps=2), quiet=True)
+    argv = _tiny_decode(tmp_path, "--prefill-max", "16", "--warmup", "1", "--steps", "2", "--models", "retnet")
+    argv = [a for a in argv if a not in ("--paths", "none")] + ["--paths", "forward,int8"]
+    argv += ["--batch8-contexts", "none", "--model-dir", str(tmp_path / "model"), "--quality-batches", "1"]
+    assert _main(monkeypatch, argv) == 0
+    data = _load(tmp_path, "decode")
+    paths = {(r["path"], r["context"]) for r in data["rows"] if "error" not in r}
+    assert paths == {("eager", 16), ("eager", 64), ("forward", 16), ("int8", 16)}
+    int8 = next(r for r in data["rows"] if r["path"] == "int8")
+    eager = next(r for r in data["rows"] if r["path"] == "eager" and r["context"] == 16)
+    assert int8["weights_read_mib"] < 0.5 * eager["weights_read_mib"]  # int8 matrices: a quarter of the bytes
+    s = data["summary"]
+    assert s["int8_over_eager_tokens_per_s_16 (goal >= 1.7)"] > 0 and s["forward_over_eager_tokens_per_s_16"] > 0
+    assert s["val_bits_per_byte_float32"] > 0 and s["val_bits_per_byte_int8"] > 0
+    change = s["int8_bits_per_byte_change (goal within 1%)"]
+    assert change == s["val_bits_per_byte_int8"] / s["val_bits_per_byte_float32"] - 1
+
+
+def test_decode_refuses_int8_off_the_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("retnet.benchmarks.bench_decode.pick_device", lambda name: __import__("torch").device("meta"))
+    assert _main(monkeypatch, _tiny_decode(tmp_path, "--quantize", "int8")) == 2
+    assert "--quantize int8 runs on the CPU only" in capsys.readouterr().err

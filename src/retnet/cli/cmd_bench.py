@@ -7,6 +7,8 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 
+from retnet.cli.flags import add_decode_speed_flags
+
 
 def _retaining_freed_memory(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
@@ -28,4 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             importlib.import_module(f"retnet.benchmarks.{info.name}").register(bench_sub)
     for sub in bench_sub.choices.values():  # in-process cases repeat large allocations as training does
         sub.set_defaults(func=_retaining_freed_memory(sub.get_default("func")))
+        if sub.get_default("decode_speed_flags"):  # benchmarks that decode take the CLI's own flags
+            add_decode_speed_flags(sub)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

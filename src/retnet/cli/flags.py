@@ -46,3 +46,32 @@ def device_from_flag(name: str) -> torch.device:
         return pick_device(name)
     except DeviceError as exc:
         raise CLIError(f"--device {exc}") from None
+
+
+def add_decode_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """``--compile`` and ``--quantize``: how the decode step runs (:mod:`retnet.models.decode_step`,
+    :mod:`retnet.models.quantize`). One definition for every command that decodes."""
+    from retnet.models.quantize import QUANTIZE_CHOICES
+
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decode step (CPU: inductor; CUDA: CUDA graphs); the first step pays the compile time",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default="none",
+        help="int8: int8 weights for every linear layer (CPU only; a quarter of the bytes a step reads)",
+    )
+
+
+def quantize_from_flag(model: torch.nn.Module, mode: str, device: torch.device | str) -> torch.nn.Module:
+    """``model`` as ``--quantize`` asks (int8 refused off the CPU or for a non-float32 model: a CLIError)."""
+    from retnet.models.quantize import QuantizeError, check_quantize, quantize_int8
+
+    try:
+        check_quantize(mode, device)
+        return quantize_int8(model) if mode == "int8" else model
+    except QuantizeError as exc:
+        raise CLIError(str(exc)) from None

@@ -1,0 +1,174 @@
+"""The one-token decode step, lean: ``make_decode_step(model)(ids [B, 1], state) -> (logits [B, V], state)``.
+
+The model's ``forward`` handles every length, mask and form; a decode step is always one real token per row
+from a state, so this path skips what that generality costs per layer per token: argument validation, the
+form/backend choice, padding masks, the time axis, the ``[B, T, H]`` decay expansion. Retention and gated
+retention layers run their recurrence here (``S = gamma S + k^T v``, ``o = q S``), the state updated in place
+when asked; attention and YOCO cross-attention layers (growing KV caches) run their own modules unchanged.
+The result equals ``model(ids, state=state, use_cache=True, mode="recurrent")`` (tested in float64).
+
+The recurrence itself: on CUDA (eager) through :func:`retnet.ops.retention` with ``mode="recurrent"``, which
+dispatches to the fused Triton recurrent kernel (one launch reads and writes the state once, no value check
+synchronises); on the CPU, and under ``torch.compile`` (whose inductor fuses the PyTorch form itself), in
+PyTorch here. ``kernel=`` overrides that choice (``True`` on the CPU runs the operator's torch backend).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retnet.layers.rotary import rotate_every_two
+from retnet.models.state import RetNetState
+from retnet.ops import retention
+
+DecodeStepFn = Callable[[torch.Tensor, RetNetState], tuple[torch.Tensor, RetNetState]]
+
+
+def _retention_step(
+    block: nn.Module,
+    x: torch.Tensor,
+    sin: torch.Tensor,
+    cos: torch.Tensor,
+    state: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    in_place: bool,
+    use_operator: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state."""
+    mix = block.retention
+    B = x.shape[0]
+    H, Dk, Dv = mix.num_heads, mix.key_dim, mix.head_dim
+    h = block.retention_layer_norm(x)
+    cd = sin.dtype
+    q = mix.q_proj(h).view(B, H, Dk).to(cd)
+    k = (mix.k_proj(h).view(B, H, Dk) * Dk**-0.5).to(cd)
+    v = mix.v_proj(h).view(B, H, Dv)
+    q = q * cos + rotate_every_two(q) * sin
+    k = k * cos + rotate_every_two(k) * sin
+    log_decay = mix.decay(h[:, None])  # [H] fixed or [B, 1, H] gated
+    if use_operator:
+        o, new_state = retention(
+            q[:, None],
+            k[:, None],
+            v[:, None],
+            log_decay,
+            mode="recurrent",
+            initial_state=state,
+            output_final_state=True,
+        )
+        o = o[:, 0]
+        if in_place:
+            new_state = state.copy_(new_state)
+    else:
+        sd = state.dtype
+        decay = torch.exp(log_decay.to(sd))
+        decay = decay.view(-1, H, 1, 1) if decay.dim() > 1 else decay.view(1, H, 1, 1)
+        # Two passes over the state, no [B, H, Dk, Dv] temporary: scale, then add the outer product k^T v.
+        new_state = state.mul_(decay) if in_place else state * decay
+        new_state.addcmul_(k.to(sd)[..., :, None], v.to(sd)[..., None, :])
+        o = torch.matmul(q.to(sd)[:, :, None, :], new_state).view(B, H, Dv).to(v.dtype)
+    if row_scale is not None:
+        o = o * row_scale[..., None].to(o.dtype)
+    o = mix.head_norm(o).reshape(B, H * Dv)
+    x = x + mix.out_proj(F.silu(mix.g_proj(h)) * o)
+    x = x + block.ffn(block.final_layer_norm(x))
+    return x, new_state
+
+
+class DecodeStep:
+    """``step(ids, state) -> (logits, state)`` for a :class:`RetNetForCausalLM` in eval mode, under no_grad.
+
+    ``in_place=True`` updates the passed state's retention tensors and offsets in place and returns the same
+    object (the caller owns the state and keeps no copy); otherwise the passed state is left untouched.
+    ``kernel``: run the recurrence through :func:`retnet.ops.retention` (default: on CUDA when not compiled).
+    ``compile_s`` is the wall time of the first call when compiled (tracing + code generation), else ``None``.
+    """
+
+    def __init__(
+        self, model: nn.Module, *, compile: bool = False, in_place: bool = False, kernel: bool | None = None
+    ) -> None:
+        self.model = model
+        on_cuda = model.model.embed_tokens.weight.device.type == "cuda"
+        self.use_operator = (on_cuda and not compile) if kernel is None else kernel
+        self.in_place = in_place
+        self.compiled = compile
+        self.compile_s: float | None = None
+        core = model.model
+        self._retention_layers = {i for i, kind in enumerate(core.config.layer_kinds) if kind in ("retention", "gated")}
+        fn = self._step
+        if compile:
+            mode = "reduce-overhead" if core.embed_tokens.weight.device.type == "cuda" else None
+            fn = torch.compile(fn, mode=mode, dynamic=False if not self._has_kv_cache() else None)
+        self._fn = fn
+
+    def _has_kv_cache(self) -> bool:
+        core = self.model.model
+        return core.shared_kv is not None or len(self._retention_layers) < core.config.num_self_layers
+
+    def __call__(self, ids: torch.Tensor, state: RetNetState) -> tuple[torch.Tensor, RetNetState]:
+        if ids.dim() != 2 or ids.shape[1] != 1:
+            raise ValueError(f"ids must have shape [B, 1], got {tuple(ids.shape)}")
+        if state.batch_size != ids.shape[0]:
+            raise ValueError(f"state holds {state.batch_size} rows but ids has batch size {ids.shape[0]}")
+        with torch.no_grad():
+            if self.compiled and self.compile_s is None:
+                t0 = time.perf_counter()
+                out = self._fn(ids, state)
+                self.compile_s = time.perf_counter() - t0
+                return out
+            return self._fn(ids, state)
+
+    def _step(self, ids: torch.Tensor, state: RetNetState) -> tuple[torch.Tensor, RetNetState]:
+        model = self.model
+        core = model.model
+        cfg = core.config
+        x = core.embed_tokens(ids[:, 0])
+        if cfg.embed_scale != 1.0:
+            x = x * cfg.embed_scale
+        if core.layernorm_embedding is not None:
+            x = core.layernorm_embedding(x)
+        positions = state.offset[:, None]
+        sin, cos = core.rotary(positions, x.dtype)  # [B, 1, Dk]
+        row_scale = core.decay_row_scale(positions)[:, 0] if cfg.normalize_decay else None
+        sin_h, cos_h = sin[:, 0, None], cos[:, 0, None]  # [B, 1, Dk]: broadcast over the heads
+        new_layers = list(state.layers) if not self.in_place else state.layers
+        n_self = cfg.num_self_layers
+        for i in range(n_self):
+            block = core.layers[i]
+            if i in self._retention_layers:
+                x, s = _retention_step(
+                    block, x, sin_h, cos_h, state.layers[i], row_scale, self.in_place, self.use_operator
+                )
+            else:
+                y, s = block(x[:, None], sin, cos, state=state.layers[i], mode="recurrent", use_cache=True)
+                x = y[:, 0]
+            new_layers[i] = s
+        shared = state.shared
+        if core.shared_kv is not None:
+            if shared is None:
+                raise ValueError("this YOCO model's state has no shared KV cache (state of another model?)")
+            q_start = shared.length
+            shared = core.shared_kv(x[:, None], sin, cos, state=shared)
+            y = x[:, None]
+            for i in range(n_self, len(core.layers)):
+                y, _ = core.layers[i](y, sin, cos, mode="recurrent", shared=shared, q_start=q_start)
+            x = y[:, 0]
+        logits = model.lm_head(core.layer_norm(x))
+        if self.in_place:
+            state.offset.add_(1)
+            state.shared = shared
+            return logits, state
+        return logits, RetNetState(new_layers, state.offset + 1, shared)
+
+
+def make_decode_step(
+    model: nn.Module, *, compile: bool = False, in_place: bool = False, kernel: bool | None = None
+) -> DecodeStep:
+    """The decode step of ``model`` (see :class:`DecodeStep`); ``compile=True`` wraps it in ``torch.compile``
+    (inductor on the CPU; CUDA graphs via ``mode="reduce-overhead"`` on CUDA)."""
+    return DecodeStep(model, compile=compile, in_place=in_place, kernel=kernel)

@@ -1,0 +1,107 @@
+"""The lean decode step equals the model's recurrent forward (float64, 1e-9) for every stack; in place or not;
+compiled greedy tokens equal eager ones (CPU, float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retnet.models.decode_step import make_decode_step
+from tests.models.helpers import rel_err, tiny_model
+from tests.models.test_variants import assert_states_close
+
+STACKS = {
+    "plain": dict(),
+    "gated": dict(gated=True),
+    "normalize-decay": dict(normalize_decay=True),
+    "group-head-norm": dict(head_norm="group", embed_scale=2.0, layernorm_embedding=True),
+    "hybrid": dict(num_layers=4, block_types=["gated", "attention", "retention", "attention"]),
+    "yoco": dict(num_layers=4, architecture="yoco"),
+}
+
+
+def _prefill(model, batch: int = 3, length: int = 9):
+    ids = torch.randint(0, model.config.vocab_size, (batch, length))
+    return model(ids, use_cache=True, mode="chunkwise").state
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("kernel", [False, True])
+def test_fast_step_equals_the_recurrent_forward(stack, in_place, kernel):
+    """``kernel=True`` is the CUDA route (through the retention operator; on the CPU its torch backend)."""
+    model = tiny_model(**STACKS[stack])
+    state = _prefill(model)
+    ref_state = state.clone()
+    step = make_decode_step(model, in_place=in_place, kernel=kernel)
+    for _ in range(4):
+        ids = torch.randint(0, model.config.vocab_size, (3, 1))
+        with torch.no_grad():
+            ref = model(ids, state=ref_state, use_cache=True, mode="recurrent")
+        before = state.clone()
+        logits, new_state = step(ids, state)
+        assert logits.shape == (3, model.config.vocab_size)
+        assert rel_err(logits, ref.logits[:, 0]) < 1e-9
+        assert_states_close(new_state, ref.state)
+        if in_place:
+            assert new_state is state
+        else:
+            assert_states_close(state, before)  # the passed state is untouched
+        state, ref_state = new_state, ref.state
+
+
+def test_in_place_step_writes_into_the_passed_tensors():
+    model = tiny_model()
+    state = _prefill(model)
+    layer0, offset = state.layers[0], state.offset
+    _, new_state = make_decode_step(model, in_place=True)(torch.zeros(3, 1, dtype=torch.long), state)
+    assert new_state.layers[0] is layer0 and new_state.offset is offset
+    assert offset.tolist() == [10, 10, 10]
+
+
+def test_bad_ids_and_state_name_the_argument():
+    model = tiny_model()
+    state = _prefill(model, batch=2)
+    step = make_decode_step(model)
+    with pytest.raises(ValueError, match=r"ids must have shape \[B, 1\]"):
+        step(torch.zeros(2, 3, dtype=torch.long), state)
+    with pytest.raises(ValueError, match="state holds 2 rows but ids has batch size 3"):
+        step(torch.zeros(3, 1, dtype=torch.long), state)
+
+
+def _greedy(step, model, prompt, n):
+    out = model(prompt, use_cache=True)
+    logits, state = out.logits[:, -1], out.state
+    tokens = []
+    for _ in range(n):
+        tok = logits.argmax(-1, keepdim=True)
+        tokens.append(tok)
+        logits, state = step(tok, state)
+    return torch.cat(tokens, 1)
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_eager_greedy_tokens():
+    model = tiny_model(dtype=torch.float32, num_layers=1, gated=True)
+    prompt = torch.randint(0, 97, (2, 5))
+    with torch.no_grad():
+        eager = _greedy(make_decode_step(model), model, prompt, 4)
+        compiled_step = make_decode_step(model, compile=True, in_place=True)  # the engine's way: harder for compile
+        compiled = _greedy(compiled_step, model, prompt, 4)
+    assert torch.equal(compiled, eager)
+    assert compiled_step.compile_s is not None and compiled_step.compile_s > 0
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_step_reads_no_value_back_to_the_host(stack):
+    """On meta tensors every value read (``.item()``, ``bool()``, ``.tolist()``) raises: a step that runs there
+    never synchronises with an accelerator."""
+    model = tiny_model(**STACKS[stack])
+    state = _prefill(model).to("meta")
+    model.to("meta")
+    with pytest.raises(RuntimeError):
+        bool(state.offset.sum() > 0)
+    step = make_decode_step(model, in_place=True)
+    logits, state = step(torch.zeros(3, 1, dtype=torch.long, device="meta"), state)
+    logits, state = step(torch.zeros(3, 1, dtype=torch.long, device="meta"), state)
+    assert logits.device.type == "meta" and logits.shape == (3, model.config.vocab_size)
