@@ -45,22 +45,16 @@ def test_retnet_engines_smoke(tmp_path, monkeypatch):
         assert r["step_ms"] > 0 and abs(r["tokens_per_s"] - 1e3 / r["step_ms"]) < 1e-9 * r["tokens_per_s"]
         assert r["prefill_tokens_per_s"] > 0 and len(r["step_times_ms"]) == 2
     f32 = {r["context"]: r for r in rows if r["engine"] == "retnet-f32"}
-    # cumulative prefill time grows with the context; the first stretch's rate is the cumulative one
-    assert f32[16]["prefill_s"] < f32[48]["prefill_s"] < f32[96]["prefill_s"]
-    assert f32[16]["prefill_tokens_per_s"] == pytest.approx(f32[16]["prefill_segment_tokens_per_s"])
-    # the 1 + 2 decoded tokens at 16 and at 48 stay in the context: 6 of the 96 were not prefilled
-    assert [f32[c]["prefilled_tokens"] for c in (16, 48, 96)] == [16, 45, 90]
-    assert f32[96]["prefill_tokens_per_s"] == pytest.approx(90 / f32[96]["prefill_s"])
+    # each context is prefilled from empty in its own case
+    for c, r in f32.items():
+        assert r["prefill_tokens_per_s"] == pytest.approx(c / r["prefill_s"])
+    assert f32[16]["prefill_tail_tokens_per_s"] == pytest.approx(f32[16]["prefill_tokens_per_s"])
     assert "retnet_f32_prefill_rate_at_96_over_16 (goal >= 0.9, flat)" in data["summary"]
 
 
-def _row(engine, context, step_ms, prefill, segment=None):
+def _row(engine, context, step_ms, prefill, tail=None):
     return dict(
-        engine=engine,
-        context=context,
-        step_ms=step_ms,
-        prefill_tokens_per_s=prefill,
-        prefill_segment_tokens_per_s=segment or prefill,
+        engine=engine, context=context, step_ms=step_ms, prefill_tokens_per_s=prefill, prefill_tail_tokens_per_s=tail
     )
 
 
@@ -87,9 +81,22 @@ def test_summary_ratios_against_the_goals():
     assert not any(k.startswith("compiled_speedup") for k in s)
 
 
-def test_engine_contexts():
+def test_cases_run_every_engine_at_a_context_before_the_next_context():
     assert b.engine_contexts("retnet-f32", [8192, 1024], [131072]) == [1024, 8192, 131072]
     assert b.engine_contexts("llamacpp-f32", [8192, 1024], [131072]) == [1024, 8192]
+    got = b.cases(["llamacpp-f32", "retnet-f32"], [8192, 1024], [131072])
+    assert got == [
+        ("llamacpp-f32", 1024),
+        ("retnet-f32", 1024),
+        ("llamacpp-f32", 8192),
+        ("retnet-f32", 8192),
+        ("retnet-f32", 131072),
+    ]
+
+
+def test_tail_rate_covers_the_last_blocks():
+    assert b.tail_rate([512, 512, 512, 100], [1.0, 1.0, 2.0, 0.5], 600) == pytest.approx(612 / 2.5)
+    assert b.tail_rate([512, 512], [1.0, 3.0], 4096) == pytest.approx(1024 / 4.0)
 
 
 def test_find_function_finds_a_models_name_and_none_for_an_absent_one():
