@@ -356,7 +356,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   the `default` pre-tokenizer; ids go in directly, so the tokenizer takes no part in the timings.
 - RetNet: `retnet-f32` is the eager recurrent step (`mode="recurrent"`) and chunkwise prefill;
   `retnet-compiled` the step from `make_decode_step(model, compile=True)`; `retnet-int8` the model from
-  `quantize_int8(model)`, both prefilling like `retnet-f32` on their model.
+  `quantize_int8(model)`, both prefilling like `retnet-f32` on their model. `first_step_s` in the JSON: the
+  warm-up's first decode step (for `retnet-compiled`, the compile cost).
 - Batch 1, {args.threads} thread(s) for both (`n_threads` = `n_threads_batch` = torch threads). Each (engine,
   context) runs in a fresh process: one warm-up block and step, then a prefill of `context` random token ids
   from empty in blocks of {args.prefill_block}, then the median of {args.steps} single-token steps after
