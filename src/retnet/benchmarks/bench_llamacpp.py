@@ -1,0 +1,424 @@
+"""``retnet bench llamacpp``: RetNet decoding and prefill side by side with llama.cpp, batch 1, same threads.
+
+The llama.cpp side is the equal-size Llama of ``bench decode`` (:mod:`retnet.benchmarks.baseline`), random
+weights, converted to GGUF f32 and Q8_0 by llama.cpp's own converter (:mod:`retnet.benchmarks.llamacpp_gguf`)
+and run through ``llama-cpp-python``. The RetNet side: float32 eager (the recurrent step), float32 compiled
+(``make_decode_step(model, compile=True)``) and int8 weights (``quantize_int8(model)``); the last two are
+reported as "not available" where this version of the library has no such function.
+
+Each (engine, context) runs in a fresh process: one warm-up block and step, then a prefill of ``context``
+random token ids from empty in blocks of ``--prefill-block`` (timed: prefill tokens/s), then single-token
+decode steps at that context (timed: ms/token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retnet.benchmarks.baseline import DECODE_100M, build_llama, build_pair, build_retnet, count_parameters
+from retnet.benchmarks.bench_decode import _ints, _ints_or_none, count_parameters_of_config
+from retnet.benchmarks.measure import TimeBudget, run_case, time_steps
+from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+
+LLAMACPP_ENGINES = {"llamacpp-f32": "f32", "llamacpp-q8_0": "q8_0"}
+RETNET_ENGINES = ("retnet-f32", "retnet-compiled", "retnet-int8")
+ENGINES = (*LLAMACPP_ENGINES, *RETNET_ENGINES)
+# engine -> the library function it needs beyond the eager model (looked up in the lower layers)
+OPTIONAL_FUNCTIONS = {"retnet-compiled": "make_decode_step", "retnet-int8": "quantize_int8"}
+TINY = dict(vocab_size=320, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96, chunk_size=16)
+MIB = 1024**2
+
+
+def find_function(name: str, packages: Sequence[str] = ("retnet.models", "retnet.layers", "retnet.ops")) -> Any:
+    """``name`` from the first of ``packages`` (or one of their modules) that defines it, else ``None``."""
+    for package in packages:
+        pkg = importlib.import_module(package)
+        if callable(found := getattr(pkg, name, None)):
+            return found
+        for info in pkgutil.iter_modules(pkg.__path__):
+            try:
+                module = importlib.import_module(f"{package}.{info.name}")
+            except ImportError:  # a module that needs an optional package (Triton) cannot hold it here
+                continue
+            if callable(found := getattr(module, name, None)):
+                return found
+    return None
+
+
+def not_available(engine: str) -> str | None:
+    """Why ``engine`` cannot run with this version of the library (its function is missing), else ``None``."""
+    name = OPTIONAL_FUNCTIONS.get(engine)
+    if name is not None and find_function(name) is None:
+        return f"not available: this retnet has no {name}()"
+    return None
+
+
+def engine_contexts(engine: str, contexts: list[int], long_contexts: list[int]) -> list[int]:
+    """The contexts an engine is measured at: every engine at ``contexts``; RetNet float32 eager also at the
+    ``long_contexts`` (its prefill's flatness)."""
+    extra = long_contexts if engine == "retnet-f32" else []
+    return sorted(set(contexts) | set(extra))
+
+
+def _next_state(out: Any) -> Any:
+    """The state from a decode step's output: a ``CausalLMOutput``-like object or a ``(logits, state)`` pair."""
+    return out.state if hasattr(out, "state") else out[-1]
+
+
+def _retnet_engine(engine: str, config: dict[str, Any], seed: int) -> tuple[Callable, Callable, dict[str, Any]]:
+    """Prefill and decode callables over a state holder for a RetNet engine, and facts about it."""
+    from retnet.models import RetNetConfig
+
+    net = build_retnet(RetNetConfig(**config), seed)
+    info: dict[str, Any] = {"params": count_parameters(net)}
+    if engine == "retnet-int8":
+        quantized = find_function("quantize_int8")(net)
+        net = quantized if quantized is not None else net
+    holder: dict[str, Any] = {"state": None}
+
+    def prefill(ids: torch.Tensor) -> None:
+        with torch.no_grad():
+            holder["state"] = net.model(ids, state=holder["state"], use_cache=True, mode="chunkwise")[1]
+
+    if engine == "retnet-compiled":
+        step_fn = find_function("make_decode_step")(net, compile=True)
+
+        def decode(token: torch.Tensor) -> None:
+            with torch.no_grad():
+                holder["state"] = _next_state(step_fn(token, holder["state"]))
+    else:
+
+        def decode(token: torch.Tensor) -> None:
+            with torch.no_grad():
+                holder["state"] = net(token, state=holder["state"], use_cache=True, mode="recurrent").state
+
+    def reset() -> None:
+        holder["state"] = None
+
+    info["reset"] = reset
+    return prefill, decode, info
+
+
+def _llamacpp_engine(gguf: str, n_ctx: int, block: int, threads: int, flash_attn: bool, seed: int):
+    """Prefill and decode callables of ``llama_cpp.Llama`` on ``gguf`` (token ids in, logits of the last out)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=gguf,
+        n_ctx=n_ctx,
+        n_batch=block,
+        n_ubatch=block,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=flash_attn,
+        seed=seed,
+        verbose=False,
+    )
+    info = {"llama_cpp": llama_cpp.__version__, "n_ctx": llm.n_ctx(), "gguf_mib": Path(gguf).stat().st_size / MIB}
+    info["reset"] = llm.reset
+    return (lambda ids: llm.eval(ids[0].tolist())), (lambda token: llm.eval(token[0].tolist())), info
+
+
+def _feed(decode: Callable, tokens: Iterator[torch.Tensor]) -> None:
+    decode(next(tokens))
+
+
+def tail_rate(block_tokens: list[int], block_seconds: list[float], tail: int) -> float:
+    """Tokens/s over the last blocks of a prefill that cover at least ``tail`` tokens (the rate at that depth)."""
+    tokens = seconds = 0.0
+    for n, t in zip(reversed(block_tokens), reversed(block_seconds)):
+        tokens, seconds = tokens + n, seconds + t
+        if tokens >= tail:
+            break
+    return tokens / seconds
+
+
+def engine_case(
+    engine: str,
+    retnet_config: dict[str, Any],
+    context: int,
+    prefill_block: int,
+    warmup: int,
+    steps: int,
+    threads: int,
+    gguf: str | None = None,
+    flash_attn: bool = True,
+    seed: int = 0,
+    tail: int = 1024,
+) -> dict[str, Any]:
+    """One (engine, context) in a worker process: prefill ``context`` random ids from empty, then time steps."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    if engine in LLAMACPP_ENGINES:
+        n_ctx = context + warmup + steps + prefill_block
+        prefill, decode, info = _llamacpp_engine(gguf, n_ctx, prefill_block, threads, flash_attn, seed)
+    else:
+        prefill, decode, info = _retnet_engine(engine, retnet_config, seed)
+    info["load_s"] = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(seed)
+    vocab = retnet_config["vocab_size"]
+    # warm-up: one block and one step, then start again from an empty context
+    prefill(torch.randint(0, vocab, (1, min(prefill_block, context)), generator=gen))
+    t0 = time.perf_counter()
+    decode(torch.randint(0, vocab, (1, 1), generator=gen))
+    info["first_step_s"] = time.perf_counter() - t0
+    info.pop("reset")()
+    ids = torch.randint(0, vocab, (1, context), generator=gen)
+    block_tokens, block_seconds = [], []
+    for start in range(0, context, prefill_block):
+        chunk = ids[:, start : start + prefill_block]
+        t0 = time.perf_counter()
+        prefill(chunk)
+        block_seconds.append(time.perf_counter() - t0)
+        block_tokens.append(chunk.shape[1])
+    prefill_s = sum(block_seconds)
+    tokens = iter(torch.randint(0, vocab, (warmup + steps, 1, 1), generator=gen))
+    times = time_steps(partial(_feed, decode, tokens), torch.device("cpu"), warmup, steps)
+    step_s = sorted(times)[len(times) // 2]
+    return {
+        "engine": engine,
+        "context": context,
+        "step_ms": step_s * 1e3,
+        "step_ms_min": min(times) * 1e3,
+        "tokens_per_s": 1.0 / step_s,
+        "prefill_tokens_per_s": context / prefill_s,
+        "prefill_tail_tokens_per_s": tail_rate(block_tokens, block_seconds, tail),
+        "prefill_s": prefill_s,
+        "step_times_ms": [t * 1e3 for t in times],
+        **info,
+    }
+
+
+def row_of(engine: str, context: int, result: dict[str, Any]) -> dict[str, Any]:
+    """A report row from a case's result (its error, or its figures with the peak RSS in MiB)."""
+    row = {"engine": engine, "context": context, **result}
+    peak = row.pop("process_peak_rss", None)
+    if peak is not None:
+        row["process_peak_rss_mib"] = peak / MIB
+    return row
+
+
+def cases(engines: list[str], contexts: list[int], long_contexts: list[int]) -> list[tuple[str, int]]:
+    """(engine, context) pairs, shortest contexts first so that ``--max-minutes`` cuts the longest."""
+    pairs = [(e, c) for e in engines for c in engine_contexts(e, contexts, long_contexts)]
+    return sorted(pairs, key=lambda p: (p[1], engines.index(p[0])))
+
+
+def _find(rows: list[dict[str, Any]], engine: str, context: int) -> dict[str, Any] | None:
+    for r in rows:
+        if r.get("engine") == engine and r.get("context") == context and "error" not in r:
+            return r
+    return None
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals as ratios measured in this run (absent where an engine did not run)."""
+    s: dict[str, Any] = {}
+    contexts = sorted({r["context"] for r in rows})
+    for c in contexts:
+        ours, theirs = _find(rows, "retnet-f32", c), _find(rows, "llamacpp-f32", c)
+        if ours and theirs:
+            s[f"f32_speedup_vs_llamacpp_f32_at_{c} (goal > 1)"] = theirs["step_ms"] / ours["step_ms"]
+        compiled = _find(rows, "retnet-compiled", c)
+        if compiled and theirs:
+            s[f"compiled_speedup_vs_llamacpp_f32_at_{c} (goal > 1)"] = theirs["step_ms"] / compiled["step_ms"]
+        int8, q8 = _find(rows, "retnet-int8", c), _find(rows, "llamacpp-q8_0", c)
+        if int8 and q8:
+            goal = "(goal <= 1.2)" if c < 4096 else "(goal < 1)"
+            s[f"int8_step_over_q8_0_at_{c} {goal}"] = int8["step_ms"] / q8["step_ms"]
+    for c in contexts:
+        ours, theirs = _find(rows, "retnet-f32", c), _find(rows, "llamacpp-f32", c)
+        if ours and theirs:
+            goal = " (goal >= 1.5)" if c == 1024 else ""
+            s[f"prefill_speedup_vs_llamacpp_f32_at_{c}{goal}"] = (
+                ours["prefill_tokens_per_s"] / theirs["prefill_tokens_per_s"]
+            )
+    ours = sorted((r for r in rows if r.get("engine") == "retnet-f32" and "error" not in r), key=lambda r: r["context"])
+    if len(ours) >= 2:
+        first, last = ours[0], ours[-1]
+        key = f"retnet_f32_prefill_rate_at_{last['context']}_over_{first['context']} (goal >= 0.9, flat)"
+        s[key] = last["prefill_tail_tokens_per_s"] / first["prefill_tail_tokens_per_s"]
+        s[f"retnet_f32_step_at_{last['context']}_over_{first['context']}"] = last["step_ms"] / first["step_ms"]
+    not_run = sorted({f"{r['engine']}: {r['error']}" for r in rows if "error" in r})
+    if not_run:
+        s["not_run"] = "; ".join(not_run)
+    return s
+
+
+COLUMNS = [
+    "engine",
+    "context",
+    "step_ms",
+    "tokens_per_s",
+    "prefill_tokens_per_s",
+    "prefill_tail_tokens_per_s",
+    "process_peak_rss_mib",
+    "error",
+]
+
+
+def _prepare_ggufs(args: argparse.Namespace, lcfg: Any, work_dir: Path) -> dict[str, str]:
+    """The equal-size Llama saved and converted to each GGUF type the chosen engines need."""
+    from retnet.benchmarks import llamacpp_gguf as g
+
+    wanted = {e: t for e, t in LLAMACPP_ENGINES.items() if e in args.engines}
+    if not wanted:
+        return {}
+    g.require_dependencies()
+    converter = g.find_converter(args.llama_cpp_converter, work_dir)
+    hf_dir = work_dir / "llama-hf"
+    g.save_llama(build_llama(lcfg, args.seed), hf_dir, args.seed)
+    paths = {}
+    for engine, outtype in wanted.items():
+        print(f"converting the Llama to GGUF {outtype} with {converter}", flush=True)
+        paths[engine] = str(g.convert(converter, hf_dir, outtype, work_dir / f"llama-{outtype}.gguf"))
+    return paths
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Prepare the GGUF files, run each engine in its own process, write the report; returns the summary."""
+    retnet_kwargs = dict(TINY if args.tiny else DECODE_100M)
+    rcfg, lcfg = build_pair(retnet_kwargs)
+    work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="retnet-llamacpp-"))
+    time_budget = TimeBudget(args.max_minutes)
+    rows: list[dict[str, Any]] = []
+    try:
+        ggufs = _prepare_ggufs(args, lcfg, work_dir)
+        for engine, context in cases(args.engines, args.contexts, args.long_contexts):
+            if (reason := not_available(engine)) or (reason := time_budget.exhausted()):
+                result: dict[str, Any] = {"error": reason}
+            else:
+                kwargs = dict(
+                    engine=engine,
+                    retnet_config=retnet_kwargs,
+                    context=context,
+                    prefill_block=args.prefill_block,
+                    warmup=args.warmup,
+                    steps=args.steps,
+                    threads=args.threads,
+                    gguf=ggufs.get(engine),
+                    flash_attn=args.llama_flash_attn == "on",
+                    seed=args.seed,
+                )
+                target = "retnet.benchmarks.bench_llamacpp:engine_case"
+                result = run_case(args, target, kwargs, timeout_s=args.case_timeout, threads=args.threads)
+            rows.append(row_of(engine, context, result))
+            print(_progress(rows[-1]), flush=True)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    summary = summarize(rows)
+    summary["retnet_params"] = rcfg.num_parameters()
+    summary["llama_params"] = count_parameters_of_config(lcfg)
+    write_report(
+        args.name,
+        title="Batch-1 decoding and prefill on the CPU: RetNet vs llama.cpp (equal-size Llama, GGUF f32 / Q8_0)",
+        rows=rows,
+        out_dir=args.out_dir,
+        columns=COLUMNS,
+        summary=summary,
+        notes=notes(args, rcfg, lcfg),
+        chart=chart(rows),
+    )
+    return summary
+
+
+def _progress(row: dict[str, Any]) -> str:
+    head = f"{row['engine']:>16} context {row['context']:>6}: "
+    if "error" in row:
+        return head + row["error"]
+    return head + f"{row['step_ms']:.2f} ms/token, prefill {row['prefill_tokens_per_s']:.1f} tok/s"
+
+
+def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
+    text = f"""
+- Models (random weights, seed {args.seed}): RetNet d={rcfg.hidden_size}, {rcfg.num_layers} layers,
+  {rcfg.num_heads} heads, d_v=ffn={rcfg.value_dim}, vocab {rcfg.vocab_size}, {rcfg.num_parameters():,} parameters;
+  the equal-size Llama (`retnet.benchmarks.baseline`, as in `bench decode`) d={lcfg.hidden_size},
+  {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size},
+  {count_parameters_of_config(lcfg):,} parameters.
+- llama.cpp: the Llama saved with `save_pretrained` (safetensors) and a SentencePiece `tokenizer.model`, converted
+  by llama.cpp's own `convert_hf_to_gguf.py` (`--outtype f32` and `--outtype q8_0`), run by `llama-cpp-python`
+  (`Llama.eval` on token ids; n_batch = n_ubatch = {args.prefill_block}; flash attention
+  {args.llama_flash_attn}; KV cache in llama.cpp's default type, f16). The converter only recognises byte-level
+  BPE tokenizers it has a hash for, so the Llama gets a SentencePiece vocabulary, for which the converter writes
+  the `default` pre-tokenizer; ids go in directly, so the tokenizer takes no part in the timings.
+- RetNet: `retnet-f32` is the eager recurrent step (`mode="recurrent"`) and chunkwise prefill;
+  `retnet-compiled` the step from `make_decode_step(model, compile=True)`; `retnet-int8` the model from
+  `quantize_int8(model)`, both prefilling like `retnet-f32` on their model. `first_step_s` in the JSON: the
+  warm-up's first decode step (for `retnet-compiled`, the compile cost).
+- Batch 1, {args.threads} thread(s) for both (`n_threads` = `n_threads_batch` = torch threads). Each (engine,
+  context) runs in a fresh process: one warm-up block and step, then a prefill of `context` random token ids
+  from empty in blocks of {args.prefill_block}, then the median of {args.steps} single-token steps after
+  {args.warmup} warm-up steps at that context (logits included). `prefill_tokens_per_s`: context / prefill
+  seconds; `prefill_tail_tokens_per_s`: the rate over the last blocks covering 1024 tokens (the rate at that
+  depth). Contexts are built by real prefill only, never filled synthetically.
+- Goals (issue 15): float32 faster than llama.cpp f32 at every context from 1K; int8 within 1.2x of Q8_0 at 1K
+  and faster from 4K; prefill >= 1.5x llama.cpp's at 1K and flat to 128K.
+"""
+    return text + (f"- {args.note}\n" if args.note else "")
+
+
+def chart(rows: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retnet.benchmarks.report import style_log_axes
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for engine in ENGINES:
+        pts = sorted((r for r in rows if r["engine"] == engine and "error" not in r), key=lambda r: r["context"])
+        if not pts:
+            continue
+        x = [r["context"] for r in pts]
+        style = "--s" if engine.startswith("llamacpp") else "-o"
+        axes[0].plot(x, [r["step_ms"] for r in pts], style, label=engine)
+        axes[1].plot(x, [r["prefill_tokens_per_s"] for r in pts], style, label=engine)
+    style_log_axes(axes, "context length (tokens)", ("ms per decoded token (batch 1)", "prefill tokens/s"))
+    fig.suptitle("RetNet vs llama.cpp on the CPU, same threads (equal-size models)")
+    return fig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("llamacpp", help="batch-1 decode and prefill, RetNet vs llama.cpp (GGUF f32/Q8_0)")
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="engines (default all)")
+    p.add_argument("--contexts", type=_ints, default=[1024, 8192, 32768], help="contexts for every engine")
+    p.add_argument(
+        "--long-contexts",
+        type=_ints_or_none,
+        default=[],
+        help="more contexts for retnet-f32 only, e.g. 131072 ('none' or omitted: none)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="threads for every engine")
+    p.add_argument("--prefill-block", type=int, default=512, help="prefill block (llama.cpp n_batch/n_ubatch)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--llama-cpp-converter",
+        default=None,
+        help="llama.cpp's convert_hf_to_gguf.py: the llama-cpp-python sdist (.tar.gz), a source folder or the script",
+    )
+    p.add_argument("--llama-flash-attn", choices=("on", "off"), default="on", help="llama.cpp flash attention")
+    p.add_argument("--work-dir", default=None, help="keep the Hugging Face folder and GGUF files here")
+    p.add_argument("--case-timeout", type=float, default=5400.0, help="seconds per engine before it is abandoned")
+    TimeBudget.add_argument(p)
+    p.add_argument("--note", default="", help="a line added to the report's notes (e.g. how quiet the machine was)")
+    p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
+    p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
+    p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.add_argument("--name", default="llamacpp", help="report file name (<name>.json/.md/.png)")
+    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])

@@ -1,0 +1,167 @@
+"""``retnet bench llamacpp`` without llama.cpp: the RetNet engines at toy size, the report, the summary's
+ratios, finding the converter in an sdist, and the errors when llama.cpp's side is missing."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from retnet.benchmarks import bench_llamacpp as b
+from retnet.benchmarks import llamacpp_gguf as g
+from retnet.cli.errors import CLIError
+from retnet.cli.main import main
+
+
+def _main(monkeypatch, argv):
+    monkeypatch.setattr(sys, "argv", ["retnet", *argv])
+    return main(argv)
+
+
+def test_retnet_engines_smoke(tmp_path, monkeypatch):
+    argv = ["bench", "llamacpp", "--tiny", "--in-process", "--engines", *b.RETNET_ENGINES, "--contexts", "16,48"]
+    argv += ["--long-contexts", "96", "--prefill-block", "16", "--warmup", "1", "--steps", "2"]
+    assert _main(monkeypatch, [*argv, "--out-dir", str(tmp_path), "--note", "toy run"]) == 0
+    data = json.loads((tmp_path / "llamacpp.json").read_text())
+    assert data["command"].startswith("retnet bench llamacpp") and "processor" in data["machine"]
+    assert all((tmp_path / f"llamacpp.{ext}").stat().st_size > 0 for ext in ("md", "png"))
+    assert "toy run" in (tmp_path / "llamacpp.md").read_text()
+    rows = data["rows"]
+    # the long context is retnet-f32's only
+    assert [r["context"] for r in rows if r["engine"] == "retnet-f32"] == [16, 48, 96]
+    for engine in ("retnet-compiled", "retnet-int8"):
+        mine = [r for r in rows if r["engine"] == engine]
+        assert [r["context"] for r in mine] == [16, 48]
+        reason = b.not_available(engine)
+        if reason:  # the function is not in this version of the library: reported, not silently dropped
+            assert all(r["error"] == reason for r in mine) and engine in data["summary"]["not_run"]
+    for r in rows:
+        if "error" in r:
+            continue
+        assert r["step_ms"] > 0 and abs(r["tokens_per_s"] - 1e3 / r["step_ms"]) < 1e-9 * r["tokens_per_s"]
+        assert r["prefill_tokens_per_s"] > 0 and len(r["step_times_ms"]) == 2
+    f32 = {r["context"]: r for r in rows if r["engine"] == "retnet-f32"}
+    # each context is prefilled from empty in its own case
+    for c, r in f32.items():
+        assert r["prefill_tokens_per_s"] == pytest.approx(c / r["prefill_s"])
+    assert f32[16]["prefill_tail_tokens_per_s"] == pytest.approx(f32[16]["prefill_tokens_per_s"])
+    assert "retnet_f32_prefill_rate_at_96_over_16 (goal >= 0.9, flat)" in data["summary"]
+
+
+def _row(engine, context, step_ms, prefill, tail=None):
+    return dict(
+        engine=engine, context=context, step_ms=step_ms, prefill_tokens_per_s=prefill, prefill_tail_tokens_per_s=tail
+    )
+
+
+def test_summary_ratios_against_the_goals():
+    rows = [
+        _row("llamacpp-f32", 1024, 50.0, 200.0),
+        _row("llamacpp-f32", 8192, 150.0, 100.0),
+        _row("llamacpp-q8_0", 1024, 20.0, 300.0),
+        _row("llamacpp-q8_0", 8192, 60.0, 150.0),
+        _row("retnet-f32", 1024, 40.0, 400.0, 400.0),
+        _row("retnet-f32", 8192, 44.0, 390.0, 380.0),
+        _row("retnet-int8", 1024, 30.0, 500.0),
+        _row("retnet-int8", 8192, 30.0, 500.0),
+        {"engine": "retnet-compiled", "context": 1024, "error": "not available: this retnet has no f()"},
+    ]
+    s = b.summarize(rows)
+    assert s["f32_speedup_vs_llamacpp_f32_at_1024 (goal > 1)"] == pytest.approx(50 / 40)
+    assert s["f32_speedup_vs_llamacpp_f32_at_8192 (goal > 1)"] == pytest.approx(150 / 44)
+    assert s["int8_step_over_q8_0_at_1024 (goal <= 1.2)"] == pytest.approx(30 / 20)
+    assert s["int8_step_over_q8_0_at_8192 (goal < 1)"] == pytest.approx(30 / 60)
+    assert s["prefill_speedup_vs_llamacpp_f32_at_1024 (goal >= 1.5)"] == pytest.approx(2.0)
+    assert s["retnet_f32_prefill_rate_at_8192_over_1024 (goal >= 0.9, flat)"] == pytest.approx(380 / 400)
+    assert s["not_run"] == "retnet-compiled: not available: this retnet has no f()"
+    assert not any(k.startswith("compiled_speedup") for k in s)
+
+
+def test_cases_run_every_engine_at_a_context_before_the_next_context():
+    assert b.engine_contexts("retnet-f32", [8192, 1024], [131072]) == [1024, 8192, 131072]
+    assert b.engine_contexts("llamacpp-f32", [8192, 1024], [131072]) == [1024, 8192]
+    got = b.cases(["llamacpp-f32", "retnet-f32"], [8192, 1024], [131072])
+    assert got == [
+        ("llamacpp-f32", 1024),
+        ("retnet-f32", 1024),
+        ("llamacpp-f32", 8192),
+        ("retnet-f32", 8192),
+        ("retnet-f32", 131072),
+    ]
+
+
+def test_tail_rate_covers_the_last_blocks():
+    assert b.tail_rate([512, 512, 512, 100], [1.0, 1.0, 2.0, 0.5], 600) == pytest.approx(612 / 2.5)
+    assert b.tail_rate([512, 512], [1.0, 3.0], 4096) == pytest.approx(1024 / 4.0)
+
+
+def test_find_function_finds_a_models_name_and_none_for_an_absent_one():
+    assert b.find_function("build_state_like_nothing_here") is None
+    from retnet.models import RetNetConfig
+
+    assert b.find_function("RetNetConfig") is RetNetConfig
+
+
+def test_missing_dependency_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(g.importlib.util, "find_spec", lambda name: None)
+    argv = ["bench", "llamacpp", "--tiny", "--in-process", "--engines", "llamacpp-f32", "--out-dir", str(tmp_path)]
+    assert _main(monkeypatch, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "llama-cpp-python, gguf, sentencepiece" in err
+    assert "pip install 'retnet[bench-llamacpp]'" in err
+    assert not (tmp_path / "llamacpp.json").exists()
+
+
+def _tar(path: Path, files: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_converter_is_extracted_from_an_sdist(tmp_path):
+    top = "llama_cpp_python-0.0.0/vendor/llama.cpp/"
+    sdist = _tar(
+        tmp_path / "sdist.tar.gz",
+        {
+            top + "convert_hf_to_gguf.py": "print('converter')\n",
+            top + "conversion/__init__.py": "",
+            top + "gguf-py/gguf/__init__.py": "",
+            top + "ggml/src/big.c": "int x;\n",
+            "llama_cpp_python-0.0.0/llama_cpp/__init__.py": "",
+        },
+    )
+    script = g.find_converter(str(sdist), tmp_path / "work")
+    assert script.read_text() == "print('converter')\n" and script.name == g.CONVERTER
+    assert (script.parent / "conversion" / "__init__.py").is_file()
+    assert (script.parent / "gguf-py" / "gguf" / "__init__.py").is_file()
+    assert not (script.parent / "ggml").exists()  # only what the script imports
+    assert g.find_converter(str(script.parent), tmp_path) == script  # a source folder
+    assert g.find_converter(str(script), tmp_path) == script
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: str(tmp / "absent.tar.gz"), "no such file or folder"),
+        (lambda tmp: str(_tar(tmp / "other.tar.gz", {"pkg/setup.py": ""})), "holds no convert_hf_to_gguf.py"),
+        (lambda tmp: str(tmp), "holds neither convert_hf_to_gguf.py"),
+    ],
+)
+def test_converter_errors_name_the_flag(tmp_path, make, message):
+    with pytest.raises(CLIError, match=message) as exc:
+        g.find_converter(make(tmp_path), tmp_path / "work")
+    assert "--llama-cpp-converter" in str(exc.value)
+
+
+def test_no_converter_flag_and_none_installed_names_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(g, "_in_installed_package", lambda: None)
+    with pytest.raises(CLIError, match="pass --llama-cpp-converter"):
+        g.find_converter(None, tmp_path)
