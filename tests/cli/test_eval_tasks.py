@@ -81,7 +81,11 @@ def test_the_harness_command_line_runs_the_bundled_task(tmp_path, byte_dir, harn
         (["--tasks", "retnet_shakespeare", "--task", "genre"], "--task does not apply to --tasks"),
         (["--tasks", " , "], "--tasks names no task"),
         (["--tasks", "retnet_shakespeare", "--include-path", "/nonexistent"], "--include-path '/nonexistent'"),
-        (["--tasks", "no_such_task"], "--tasks: unknown task(s) no_such_task (bundled: retnet_shakespeare"),
+        pytest.param(  # indexes lm-eval's own ~15,000 task files to be sure: tens of seconds
+            ["--tasks", "no_such_task"],
+            "--tasks: unknown task(s) no_such_task (bundled: retnet_shakespeare",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_user_errors_name_the_flag(capsys, tmp_path, byte_dir, extra, match):

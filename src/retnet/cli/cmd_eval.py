@@ -126,7 +126,11 @@ def run_harness(args: argparse.Namespace) -> int:
         from retnet.hf.harness import TASKS_DIR, RetNetLM, bundled_tasks
     except ImportError as exc:
         raise CLIError(f"--tasks needs lm-evaluation-harness ({exc}): pip install 'retnet[eval]'") from None
-    tasks = TaskManager(include_path=[str(TASKS_DIR)] + ([args.include_path] if args.include_path else []))
+    include = [str(TASKS_DIR)] + ([args.include_path] if args.include_path else [])
+    # Indexing lm-eval's own ~15,000 task files takes tens of seconds: only when a name is not one of ours.
+    tasks = TaskManager(include_path=include, include_defaults=False)
+    if any(not tasks.match_tasks([name]) for name in names):
+        tasks = TaskManager(include_path=include)
     unknown = [name for name in names if not tasks.match_tasks([name])]
     if unknown:
         raise CLIError(
