@@ -15,6 +15,8 @@ from pathlib import Path
 
 EMBEDDED = "shakespeare"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+# What a corpus puts between documents (and :func:`split_corpus` between the parts of its splits): a blank line.
+DOCUMENT_SEPARATOR = "\n\n"
 
 
 class CorpusError(ValueError):
@@ -124,4 +126,4 @@ def split_corpus(corpus: Corpus, val_fraction: float = 0.05) -> tuple[str, str]:
 
 
 def _join(parts: list[str]) -> str:
-    return "\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"
+    return DOCUMENT_SEPARATOR.join(p.strip("\n") for p in parts if p.strip()) + "\n"
