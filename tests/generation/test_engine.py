@@ -10,6 +10,7 @@ import torch
 
 from retnet.data.tokenizers import Tokenizer
 from retnet.generation import Engine, SamplingParams, Sequence, generate
+from retnet.models.decode_step import make_decode_step
 from tests.models.helpers import rel_err, tiny_model
 
 VARIANTS = {
@@ -51,16 +52,19 @@ def alone(model, prompt: list[int], n: int) -> list[int]:
     return seqs[0, len(prompt) :].tolist()
 
 
+@pytest.mark.parametrize("step", ["forward", "lean"])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_greedy_tokens_equal_full_recomputation_in_a_batch(name):
+def test_greedy_tokens_equal_full_recomputation_in_a_batch(name, step):
     """Rows of different lengths, prefilled in chunks, decoded together in slots (more requests than slots, so
-    rows leave and others take their slots), each equal to the argmax of a full forward pass."""
+    rows leave and others take their slots), each equal to the argmax of a full forward pass; with the model's
+    forward as the step and with the lean step the CLI and the server use (``make_decode_step``)."""
     model = variant(name)
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (3, 17, 9, 30, 1)]
     limits = [9, 4, 12, 6, 7]
     seqs = [Sequence(p, SamplingParams(max_tokens=m, temperature=0)) for p, m in zip(prompts, limits)]
-    outs = tokens_of(Engine(model, max_batch=3, prefill_chunk=8), seqs)
+    decode_step = make_decode_step(model) if step == "lean" else None
+    outs = tokens_of(Engine(model, max_batch=3, prefill_chunk=8, decode_step=decode_step), seqs)
     for p, m, got in zip(prompts, limits, outs):
         assert len(got) == m
         assert_recomputes(model, p, got)

@@ -16,6 +16,7 @@ from retnet.data.tokenizers import Tokenizer
 from retnet.generation import Engine, SamplingParams, Sequence
 from retnet.generation.generate import PREFILL_CHUNK
 from retnet.models import RetNetState
+from retnet.models.decode_step import DecodeStepFn
 
 
 class ChatSession:
@@ -35,9 +36,10 @@ class ChatSession:
         user_prefix: str = "",
         user_suffix: str = "\n\n",
         device: torch.device | str = "cpu",
+        decode_step: DecodeStepFn | None = None,
     ) -> None:
         self.tokenizer = tokenizer
-        self.engine = Engine(model, tokenizer, max_batch=1, prefill_chunk=PREFILL_CHUNK)
+        self.engine = Engine(model, tokenizer, max_batch=1, prefill_chunk=PREFILL_CHUNK, decode_step=decode_step)
         self.params = SamplingParams(
             max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, stop=[stop] if stop else []
         )

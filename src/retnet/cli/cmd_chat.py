@@ -7,7 +7,7 @@ import sys
 
 from retnet.cli.chat_session import ChatSession
 from retnet.cli.cmd_generate import add_sampling_args
-from retnet.cli.flags import device_from_flag
+from retnet.cli.flags import device_from_flag, quantize_from_flag
 from retnet.cli.model_dir import load_model_dir
 
 
@@ -31,7 +31,10 @@ def _unescape(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     dev = device_from_flag(args.device)
+    from retnet.models.decode_step import make_decode_step
+
     model, tokenizer = load_model_dir(args.model_dir, dev)
+    model = quantize_from_flag(model, args.quantize, dev)
     session = ChatSession(
         model,
         tokenizer,
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         user_prefix=_unescape(args.user_prefix),
         user_suffix=_unescape(args.user_suffix),
         device=dev,
+        decode_step=make_decode_step(model, compile=args.compile),
     )
     if args.system:
         session.feed(tokenizer.encode(args.system))

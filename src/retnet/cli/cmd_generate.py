@@ -8,7 +8,7 @@ import sys
 import torch
 
 from retnet.cli.errors import CLIError
-from retnet.cli.flags import POSITIVE, SEED, device_from_flag, number
+from retnet.cli.flags import POSITIVE, SEED, add_decode_speed_flags, device_from_flag, number, quantize_from_flag
 from retnet.cli.model_dir import load_model_dir
 from retnet.training.config import DEVICES, Bounds
 
@@ -17,7 +17,7 @@ TOP_P = Bounds(0, 1, lo_open=True, integer=False)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
-    """Sampling flags shared by generate and chat (each checked as it is parsed)."""
+    """Sampling, device and decode-speed flags shared by generate and chat (each checked as it is parsed)."""
     p.add_argument(
         "--max-tokens", type=number(POSITIVE), default=max_tokens, help=f"tokens to generate (default {max_tokens})"
     )
@@ -28,6 +28,7 @@ def add_sampling_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
     )
     p.add_argument("--seed", type=number(SEED), default=0, help="sampling seed, 0 to 2**64-1 (same seed, same text)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto, cpu or cuda")
+    add_decode_speed_flags(p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,14 +49,18 @@ def generate_text(
     top_p: float | None,
     seed: int,
     device: str = "auto",
+    compile: bool = False,
+    quantize: str = "none",
     out=None,
 ) -> str:
     """Stream the continuation of ``prompt`` to ``out`` (stdout by default) and return it."""
     from retnet.generation import Engine, SamplingParams, Sequence
     from retnet.generation.generate import PREFILL_CHUNK
+    from retnet.models.decode_step import make_decode_step
 
     dev = device_from_flag(device)
     model, tokenizer = load_model_dir(model_dir, dev)
+    model = quantize_from_flag(model, quantize, dev)
     ids = tokenizer.encode(prompt or "\n")
     if not ids:
         raise CLIError("--prompt encodes to no tokens")
@@ -64,7 +69,8 @@ def generate_text(
     out = out or sys.stdout
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     seq = Sequence(ids, params, generator=torch.Generator(device=dev).manual_seed(seed))
-    engine = Engine(model, tokenizer, max_batch=1, prefill_chunk=PREFILL_CHUNK)
+    decode_step = make_decode_step(model, compile=compile)
+    engine = Engine(model, tokenizer, max_batch=1, prefill_chunk=PREFILL_CHUNK, decode_step=decode_step)
     pieces: list[str] = []
     if prompt:
         out.write(prompt)
@@ -90,5 +96,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         device=args.device,
+        compile=args.compile,
+        quantize=args.quantize,
     )
     return 0

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from retnet.cli.errors import CLIError
+from retnet.cli.flags import add_decode_speed_flags
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="conversation store (default: next to MODEL_DIR)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_decode_speed_flags(p)
     g = p.add_argument_group("limits")
     g.add_argument("--max-prompt-tokens", type=int, default=4096, help="new tokens per request")
     g.add_argument("--max-tokens", type=int, default=1024, dest="max_tokens_limit", help="largest max_tokens")
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             api_key=api_key,
             dtype=args.dtype,
             threads=args.threads,
+            compile=args.compile,
+            quantize=args.quantize,
             max_prompt_tokens=args.max_prompt_tokens,
             max_tokens_limit=args.max_tokens_limit,
             default_max_tokens=args.default_max_tokens,

@@ -38,15 +38,15 @@ from retnet.generation.requests import (
 from retnet.generation.sampling import NonFiniteLogitsError, invalid_rows, sample_next
 from retnet.generation.slots import StateSlots
 from retnet.generation.stops import StopMatcher
+from retnet.models.decode_step import DecodeStepFn
 from retnet.models.state import RetNetState
 
 log = logging.getLogger("retnet.generation")
 
-DecodeStep = Callable[[torch.Tensor, RetNetState], tuple[torch.Tensor, RetNetState]]
 PROGRESS_EVERY = 8  # a prompt of more chunks than this logs its prefill progress every that many chunks
 
 
-def eager_decode_step(model) -> DecodeStep:
+def eager_decode_step(model) -> DecodeStepFn:
     """``(ids [n, 1], state) -> (logits [n, V], state)``: one recurrent step of ``model``, eager PyTorch."""
 
     def step(ids: torch.Tensor, state: RetNetState) -> tuple[torch.Tensor, RetNetState]:
@@ -87,8 +87,11 @@ class Engine:
 
     ``tokenizer`` (a :class:`retnet.data.tokenizers.Tokenizer`, or ``None`` for token ids only) turns tokens
     into text and names the end-of-sequence ids. ``vocab_size`` restricts sampling to the ids below it
-    (default: the tokenizer's). ``decode_step`` replaces the eager recurrent step (same signature as
-    :func:`eager_decode_step`, e.g. a compiled one).
+    (default: the tokenizer's). ``decode_step`` is the one function every decode step goes through: by default
+    the model's own forward (:func:`eager_decode_step`, the reference, which any wrapper module satisfies);
+    ``retnet generate``, ``chat`` and ``serve`` pass the lean step of :func:`retnet.models.decode_step.
+    make_decode_step` (``--compile`` compiles it). It must not change the state it is given: a batched step
+    that raises is retried row by row from that state.
     """
 
     def __init__(
@@ -102,7 +105,7 @@ class Engine:
         threads: int | None = None,
         vocab_size: int | None = None,
         prefill_mode: str = "auto",
-        decode_step: DecodeStep | None = None,
+        decode_step: DecodeStepFn | None = None,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
             if value < 1:

@@ -20,7 +20,9 @@ from retnet.data.tokenizers import Tokenizer
 from retnet.generation import Engine
 from retnet.generation.sampling import invalid_rows
 from retnet.models import RetNetState, load_pretrained
+from retnet.models.decode_step import make_decode_step
 from retnet.models.directory import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from retnet.models.quantize import check_quantize, quantize_int8
 from retnet.runtime.malloc import limit_arenas, trim
 from retnet.serving.chat_template import TEMPLATE_NAME, ChatTemplate
 from retnet.serving.config import ServerConfig
@@ -118,6 +120,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         torch.set_num_threads(config.threads)
     model = load_pretrained(config.model_dir, dtype=DTYPES[config.dtype])
     probe = probe_model(model, config.model_dir, config.dtype)  # refuse a broken model; the state layout
+    check_quantize(config.quantize, model.device)
+    if config.quantize == "int8":
+        model = quantize_int8(model)
     tokenizer = Tokenizer.load(config.model_dir, eos_token_id=model.config.eos_token_id)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
@@ -134,6 +139,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         max_queue=config.max_queue,
         prefill_chunk=config.prefill_chunk,
         threads=config.threads,
+        decode_step=make_decode_step(model, compile=config.compile),
     )
     prefix = PrefixCache(config.prefix_cache_bytes, config.prefix_every) if config.prefix_cache_bytes else None
     metrics = Metrics(engine.load, store.stats, prefix.stats if prefix else PrefixCache(0, 0).stats)

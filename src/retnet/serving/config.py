@@ -14,6 +14,8 @@ class ServerConfig:
     api_key: str | None = None
     dtype: str = "float32"
     threads: int | None = None
+    compile: bool = False  # torch.compile the decode step (retnet.models.decode_step)
+    quantize: str = "none"  # "int8": int8 weights for every linear layer (CPU, float32 only)
     # request limits
     max_prompt_tokens: int = 4096  # new tokens per request (a conversation's history is not counted)
     max_tokens_limit: int = 1024  # largest allowed max_tokens
