@@ -31,6 +31,7 @@ from retnet.serving.metrics import CONTENT_TYPE, Metrics
 from retnet.serving.middleware import LimitsAndAuth, authorized
 from retnet.serving.page import register_page
 from retnet.serving.prefix_cache import PrefixCache
+from retnet.serving.protocol import page_params
 from retnet.serving.response_log import ResponseLog
 from retnet.serving.responses import register_response_routes
 from retnet.serving.routes import Generator, register_generation_routes
@@ -50,7 +51,6 @@ log = logging.getLogger("retnet.serving")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FULL_HASH_LIMIT = 1 << 30
 PROBE_TOKENS = 8
-MAX_LIST_LIMIT = 100
 
 
 class ModelCheckError(ValueError):
@@ -228,21 +228,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def list_conversations(request: Request) -> dict:
         """Stored conversations, newest first by default; ``limit`` (1-100, default 20), ``after`` (an id from
         the previous page's ``last_id``) and ``order`` (``desc`` or ``asc``) page through them."""
-        query = request.query_params
-        unknown = sorted(set(query) - {"limit", "after", "order"})
-        if unknown:
-            raise APIError(400, f"unrecognized query parameter: '{unknown[0]}'", param=unknown[0])
-        raw = query.get("limit", "20")
-        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIST_LIMIT):
-            raise APIError(400, f"'limit' must be an integer from 1 to {MAX_LIST_LIMIT}, got {raw!r}", param="limit")
-        order = query.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise APIError(400, f"'order' must be 'asc' or 'desc', got {order!r}", param="order")
-        after = query.get("after")
+        limit, order, after = page_params(request, {"limit", "after", "order"})
         if after is not None and not CONV_ID.fullmatch(after):
             raise APIError(400, f"'after' must be a conversation id, got {after!r}", param="after")
         try:
-            page, more = await asyncio.to_thread(store.list, int(raw), after=after, order=order)
+            page, more = await asyncio.to_thread(store.list, limit, after=after, order=order)
         except ConversationNotFound as exc:
             raise APIError(404, str(exc), param="after", code="conversation_not_found") from exc
         data = [c.public() for c in page]

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from retnet.serving.errors import APIError
+
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+MAX_LIST_LIMIT = 100  # the largest page of a listing route
 
 
 class _Strict(BaseModel):
@@ -78,3 +82,20 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: Literal[False] | None = None
     response_format: ResponseFormat | None = None
+
+
+# ---------------------------------------------------------------- listing routes' query parameters
+def page_params(request: Request, allowed: set[str]) -> tuple[int, str, str | None]:
+    """``limit`` (1-100, default 20), ``order`` (asc/desc, default desc) and ``after``, with unknown parameters
+    refused by name."""
+    query = request.query_params
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise APIError(400, f"unrecognized query parameter: '{unknown[0]}'", param=unknown[0])
+    raw = query.get("limit", "20")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIST_LIMIT):
+        raise APIError(400, f"'limit' must be an integer from 1 to {MAX_LIST_LIMIT}, got {raw!r}", param="limit")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise APIError(400, f"'order' must be 'asc' or 'desc', got {order!r}", param="order")
+    return int(raw), order, query.get("after")

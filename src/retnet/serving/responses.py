@@ -36,6 +36,7 @@ from safetensors.torch import save as save_tensors
 from retnet.generation import Finished, SamplingParams
 from retnet.models import RetNetState
 from retnet.serving.errors import APIError
+from retnet.serving.protocol import MAX_LIST_LIMIT, page_params
 from retnet.serving.response_log import RESP_ID, Prompt, ResponseLog, ResponseRecord
 from retnet.serving.responses_protocol import ResponseBody, ResponsesRequest, output_text, usage
 from retnet.serving.routes import SSE_HEADERS, Generator, Turn, TurnStream
@@ -44,7 +45,6 @@ from retnet.serving.store import Conversation, ConversationBusy, ConversationNot
 
 KIND = "response"  # the conversation kind of response states: the chat routes refuse to continue them
 PROMPT_KIND = "prompt"  # the kind of states after a response's prompt (regenerate without a forward pass)
-MAX_LIST_LIMIT = 100
 
 
 def _event(seq: list[int], kind: str, **fields) -> str:
@@ -53,22 +53,6 @@ def _event(seq: list[int], kind: str, **fields) -> str:
     seq[0] += 1
     data = {"type": kind, "sequence_number": seq[0] - 1, **fields}
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-
-
-def _page_params(request: Request, allowed: set[str]) -> tuple[int, str, str | None]:
-    """``limit`` (1-100, default 20), ``order`` (asc/desc, default desc) and ``after``, with unknown parameters
-    refused by name."""
-    query = request.query_params
-    unknown = sorted(set(query) - allowed)
-    if unknown:
-        raise APIError(400, f"unrecognized query parameter: '{unknown[0]}'", param=unknown[0])
-    raw = query.get("limit", "20")
-    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIST_LIMIT):
-        raise APIError(400, f"'limit' must be an integer from 1 to {MAX_LIST_LIMIT}, got {raw!r}", param="limit")
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise APIError(400, f"'order' must be 'asc' or 'desc', got {order!r}", param="order")
-    return int(raw), order, query.get("after")
 
 
 class Responses:
@@ -320,7 +304,7 @@ def register_response_routes(app: FastAPI, gen: Generator, log: ResponseLog) -> 
         """Stored responses (an extension): the page parameters of ``/v1/conversations``, plus ``root_id`` (one
         conversation tree) and ``roots=true`` (only the first response of each conversation). Each entry is the
         response object plus ``root_id`` and ``input`` (its input items)."""
-        limit, order, after = _page_params(request, {"limit", "after", "order", "root_id", "roots"})
+        limit, order, after = page_params(request, {"limit", "after", "order", "root_id", "roots"})
         roots = request.query_params.get("roots", "false")
         if roots not in ("true", "false"):
             raise APIError(400, f"'roots' must be 'true' or 'false', got {roots!r}", param="roots")
@@ -345,7 +329,7 @@ def register_response_routes(app: FastAPI, gen: Generator, log: ResponseLog) -> 
     @app.api_route("/v1/responses/{response_id}/input_items", methods=["GET", "HEAD"])
     async def input_items(response_id: str, request: Request) -> dict:
         """The response's input messages (``order`` desc by default, as OpenAI; ``limit``, ``after``)."""
-        limit, order, after = _page_params(request, {"limit", "after", "order", "include"})
+        limit, order, after = page_params(request, {"limit", "after", "order", "include"})
         rec, _ = await responses.live(response_id, "response_id")
         items = rec.input if order == "asc" else rec.input[::-1]
         if after is not None:
