@@ -38,7 +38,7 @@ from retnet.models import RetNetState
 from retnet.serving.errors import APIError
 from retnet.serving.response_log import RESP_ID, Prompt, ResponseLog, ResponseRecord
 from retnet.serving.responses_protocol import ResponseBody, ResponsesRequest, output_text, usage
-from retnet.serving.routes import SSE_HEADERS, Generator, Turn, TurnStream
+from retnet.serving.routes import SSE_HEADERS, Generator, Turn, TurnStream, progress_comment
 from retnet.serving.state_io import StateFileError, check_state
 from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, StoreFull
 
@@ -198,8 +198,10 @@ class Responses:
             yield _event(seq, "response.content_part.added", **where, part=output_text(""))
             parts: list[str] = []
             while True:
-                kind, value = await gen.next_event(turn)
-                if kind == "text":
+                kind, value = await gen.next_event(turn, progress=True)
+                if kind == "progress":
+                    yield progress_comment(*value)
+                elif kind == "text":
                     parts.append(value)
                     yield _event(seq, "response.output_text.delta", **where, delta=value, logprobs=[])
                 elif kind == "error" or kind == "done":
