@@ -8,7 +8,7 @@ for a fixed time and reports throughput, latency percentiles, errors and the ser
 
 ``--case prefix`` instead starts two servers, one without prefix states and one with them, and sends each the
 same new conversations that share one long system prompt: time to first token and prefilled tokens, side by
-side.
+side. ``--case document`` sends documents of 8K to 128K tokens (:mod:`retnet.benchmarks.serve_document`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="serving: TTFT per conversation turn and concurrent streaming load, or prefix states"
     )
     p.add_argument(
-        "--case", choices=["turns", "prefix"], default="turns",
+        "--case", choices=["turns", "prefix", "document"], default="turns",
         help="turns: conversation turns and streaming load; prefix: a shared system prompt with and without "
-        "prefix states",
+        "prefix states; document: long documents (prefill speed and memory by length)",
     )  # fmt: skip
     p.add_argument("--model", type=Path, default=None, help="model directory (default: random weights, --preset)")
     p.add_argument("--preset", default="tiny", help="preset for the random model (default tiny)")
@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="server torch threads (default 1: clients share the cores)")
     p.add_argument("--conversations", type=int, default=100, help="prefix case: new conversations")
     p.add_argument("--system-tokens", type=int, default=2000, help="prefix case: tokens of the shared system prompt")
+    p.add_argument(
+        "--lengths", type=lambda v: [int(x) for x in v.split(",")], default=None,
+        help="document case: comma-separated document lengths in tokens (default 8192,...,131072)",
+    )  # fmt: skip
+    p.add_argument("--prefill-chunk", type=int, default=256, help="document case: the server's --prefill-chunk")
+    p.add_argument("--doc-repeats", type=int, default=3, help="document case: runs per length (the fastest counts)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
     p.add_argument("--name", default=None, help="report name (default: serve, or serve_prefix)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test of the benchmark)")
@@ -484,10 +490,37 @@ def _prefix_chart(runs: dict, prefilled: dict, args):
     return fig
 
 
+def _document_case(args) -> int:
+    from retnet.benchmarks.serve_document import DEFAULT_LENGTHS, document_chart, run_document_case
+    from retnet.models import RetNetConfig
+    from retnet.serving.random_model import write_random_model
+
+    args.lengths = args.lengths or list(DEFAULT_LENGTHS)
+    if args.quick:
+        args.lengths, args.doc_repeats = [1024, 2048], 1
+    with tempfile.TemporaryDirectory(prefix="retnet-bench-serve-") as tmp:
+        tmp = Path(tmp)
+        model_dir = args.model or write_random_model(tmp / "model", RetNetConfig.preset(args.preset, vocab_size=257))
+        rows, summary, notes = run_document_case(args, model_dir, tmp, _Server)
+    write_report(
+        args.name or "serve_document",
+        title="Serving: long documents, prefill speed and memory by length",
+        rows=rows,
+        out_dir=args.out,
+        summary=summary,
+        notes=notes,
+        chart=document_chart(rows),
+    )
+    print(summary)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from retnet.models import RetNetConfig
     from retnet.serving.random_model import write_random_model
 
+    if args.case == "document":
+        return _document_case(args)
     if args.case == "prefix":
         if args.quick:
             args.conversations, args.system_tokens, args.reply_tokens = 3, min(args.system_tokens, 300), 2

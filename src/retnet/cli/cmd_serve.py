@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-queue", type=int, default=256, help="waiting requests before HTTP 429")
     g.add_argument("--prefill-chunk", type=int, default=256, help="prompt tokens per scheduler step")
     g.add_argument(
+        "--progress-interval", type=float, default=1.0, dest="progress_interval_s",
+        help="seconds between prefill progress comments on a streaming request (default 1)",
+    )  # fmt: skip
+    g.add_argument(
         "--request-timeout", type=float, default=30.0, help="seconds to receive a request's headers, and its body"
     )
     s = p.add_argument_group("conversation store")
@@ -97,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_queue=args.max_queue,
             prefill_chunk=args.prefill_chunk,
+            progress_interval_s=args.progress_interval_s,
             max_conversations=args.max_conversations,
             max_store_bytes=args.max_store_bytes,
             conversation_ttl_s=args.conversation_ttl,

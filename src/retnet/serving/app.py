@@ -33,6 +33,7 @@ from retnet.serving.page import register_page
 from retnet.serving.prefix_cache import PrefixCache
 from retnet.serving.protocol import page_params
 from retnet.serving.response_log import ResponseLog
+from retnet.serving.response_log_sqlite import SQLiteResponseLog
 from retnet.serving.responses import register_response_routes
 from retnet.serving.routes import Generator, register_generation_routes
 from retnet.serving.state_io import first_non_finite, state_tensors
@@ -113,6 +114,16 @@ def open_store(config: ServerConfig, fingerprint: str) -> ConversationStore:
     return RedisStore(config.store, lock_ttl_s=config.redis_lock_ttl_s, **bounds)
 
 
+def open_response_log(config: ServerConfig, store: ConversationStore) -> ResponseLog:
+    """The Responses API's records next to the conversation states: in the same Redis database for a Redis
+    store (so every replica continues every response), else in SQLite under ``--data-dir``."""
+    if config.store == "sqlite":
+        return SQLiteResponseLog(config.data_dir)
+    from retnet.serving.response_log_redis import RedisResponseLog
+
+    return RedisResponseLog(store.r, store.where)
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """Load the model, tokenizer and store (errors raise here, before serving) and build the app."""
     limit_arenas()
@@ -131,7 +142,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         )
     template = ChatTemplate.from_dir(config.model_dir)
     store = open_store(config, model_fingerprint(config.model_dir) + f":{config.dtype}")
-    response_log = ResponseLog(config.data_dir)
+    response_log = open_response_log(config, store)
     engine = Engine(
         model,
         tokenizer,

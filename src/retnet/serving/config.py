@@ -27,6 +27,7 @@ class ServerConfig:
     max_batch: int = 64  # sequences decoded together
     max_queue: int = 256  # requests waiting to start; more get HTTP 429
     prefill_chunk: int = 256  # prompt tokens per prefill step, so long prompts interleave with decoding
+    progress_interval_s: float = 1.0  # a streaming request's prefill progress (an SSE comment) at most this often
     # conversation store
     max_conversations: int = 10_000
     max_store_bytes: int = 4 << 30
@@ -69,6 +70,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.state_cache_bytes < 0:
             raise ValueError(f"state_cache_bytes must be >= 0, got {self.state_cache_bytes}")
+        if not 0 < self.progress_interval_s < float("inf"):
+            raise ValueError(
+                f"progress_interval_s must be a positive number of seconds, got {self.progress_interval_s!r}"
+            )
         if not 0 < self.request_timeout_s < float("inf"):
             raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s}")
         if not self.conversation_ttl_s > 0:

@@ -39,7 +39,7 @@ from retnet.serving.errors import APIError
 from retnet.serving.protocol import MAX_LIST_LIMIT, page_params
 from retnet.serving.response_log import RESP_ID, Prompt, ResponseLog, ResponseRecord
 from retnet.serving.responses_protocol import ResponseBody, ResponsesRequest, output_text, usage
-from retnet.serving.routes import SSE_HEADERS, Generator, Turn, TurnStream
+from retnet.serving.routes import SSE_HEADERS, Generator, Turn, TurnStream, progress_comment
 from retnet.serving.state_io import StateFileError, check_state
 from retnet.serving.store import Conversation, ConversationBusy, ConversationNotFound, StoreFull
 
@@ -182,8 +182,10 @@ class Responses:
             yield _event(seq, "response.content_part.added", **where, part=output_text(""))
             parts: list[str] = []
             while True:
-                kind, value = await gen.next_event(turn)
-                if kind == "text":
+                kind, value = await gen.next_event(turn, progress=True)
+                if kind == "progress":
+                    yield progress_comment(*value)
+                elif kind == "text":
                     parts.append(value)
                     yield _event(seq, "response.output_text.delta", **where, delta=value, logprobs=[])
                 elif kind == "error" or kind == "done":

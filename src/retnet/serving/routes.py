@@ -42,6 +42,12 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
+def progress_comment(done: int, total: int) -> str:
+    """A server-sent-events comment line with a long prompt's prefill progress: clients that do not look for it
+    (the ``openai`` client, browsers' EventSource) skip comments by the SSE standard."""
+    return f": prefill {done}/{total}\n\n"
+
+
 class Turn:
     """One request's life: its conversation (if any), its sequence in the engine, its event queue."""
 
@@ -64,6 +70,7 @@ class Turn:
         self.saved = False
         self.closed = False
         self.cached_tokens = 0  # prompt tokens covered by a prefix state (not prefilled)
+        self.reported = 0  # prompt tokens prefilled when progress was last reported
 
 
 class TurnStream(StreamingResponse):
@@ -251,13 +258,20 @@ class Generator:
         except EngineOverloaded as exc:
             raise APIError(429, str(exc), code="server_overloaded") from exc
 
-    async def next_event(self, turn: Turn) -> tuple[str, object]:
+    async def next_event(self, turn: Turn, progress: bool = False) -> tuple[str, object]:
         """The turn's next engine event; an ``error`` if the engine thread is gone, so no request waits forever.
-        A ``done`` counts the prompt tokens a prefix state covered too, and ends go to the metrics."""
+        A ``done`` counts the prompt tokens a prefix state covered too, and ends go to the metrics. With
+        ``progress``, a prefill that advanced during ``--progress-interval`` seconds without other events gives
+        ``("progress", (prefilled, total))`` (tokens of this request's prefill)."""
+        wait = min(LIVENESS_S, self.config.progress_interval_s) if progress else LIVENESS_S
         while True:
             try:
-                kind, value = await asyncio.wait_for(turn.events.get(), LIVENESS_S)
+                kind, value = await asyncio.wait_for(turn.events.get(), wait)
             except TimeoutError:
+                seq = turn.seq
+                if progress and seq is not None and turn.reported < seq.prefilled < len(seq.prompt_ids):
+                    turn.reported = seq.prefilled  # read from the engine thread's sequence: one int, no lock
+                    return "progress", (turn.reported, len(seq.prompt_ids))
                 if self.engine.alive():
                     continue
                 kind, value = "error", SHUTTING_DOWN
@@ -312,8 +326,10 @@ class Generator:
 
         async def stream() -> AsyncIterator[str]:  # TurnStream closes the turn, however the stream ends
             while True:
-                kind, value = await self.next_event(turn)
-                if kind == "first":  # the role chunk goes out with the first token: its arrival is the TTFT
+                kind, value = await self.next_event(turn, progress=True)
+                if kind == "progress":
+                    yield progress_comment(*value)
+                elif kind == "first":  # the role chunk goes out with the first token: its arrival is the TTFT
                     yield _sse(make_chunk(None))
                 elif kind == "text":
                     yield _sse(make_chunk(value))
