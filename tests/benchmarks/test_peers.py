@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 import torch
 
 from retnet.benchmarks.baseline import TRAIN_25M, count_parameters
 from retnet.benchmarks.peers import BASELINES, build_baseline, peer_config, peer_parameters, start, state_nbytes, step
+from retnet.cli.main import main as cli_main
 from retnet.models import RetNetConfig
 
 TINY = dict(vocab_size=97, hidden_size=32, num_layers=2, num_heads=2, value_dim=48, ffn_dim=64)
@@ -83,3 +87,49 @@ def test_state_bytes_are_measured_from_the_real_caches(tiny_peers):
 def test_unknown_baseline_is_named():
     with pytest.raises(ValueError, match="baseline must be one of"):
         peer_config("gpt", RetNetConfig(**TINY))
+
+
+@pytest.mark.slow
+def test_state_memory_peers_report(tmp_path, monkeypatch):
+    """``retnet bench state-memory --peers`` at toy size: one row per model, measured state, equal sizes."""
+    models = ["retnet", *BASELINES]
+    argv = ["bench", "state-memory", "--preset", "tiny", "--peers", *models, "--peer-contexts", "16,64"]
+    monkeypatch.setattr(sys, "argv", ["retnet", *argv])
+    assert cli_main([*argv, "--out-dir", str(tmp_path)]) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {f"peers_state_memory.{ext}" for ext in ("json", "md", "png")}
+    data = json.loads((tmp_path / "peers_state_memory.json").read_text())
+    rows = {r["model"]: r for r in data["rows"]}
+    assert list(rows) == models
+    tiny = RetNetConfig.preset("tiny")
+    assert rows["retnet"]["state_bytes_fixed"] == tiny.num_layers * tiny.state_nbytes_per_layer() + 8  # + offsets
+    for name, r in rows.items():
+        assert abs(r["params"] - rows["retnet"]["params"]) / rows["retnet"]["params"] < 0.02, name
+        grows = name == "llama"
+        assert (r["MiB_at_64"] > r["MiB_at_16"]) is grows and (r["state_bytes_per_token"] > 0) is grows
+    assert rows["llama"]["state_bytes_per_token"] == 2 * tiny.num_layers * tiny.hidden_size * 4
+    assert "reference paths" in (tmp_path / "peers_state_memory.md").read_text()
+
+
+@pytest.mark.slow
+def test_decode_with_peers(tmp_path, monkeypatch):
+    """``retnet bench decode`` at toy size with every peer: real steps, fixed states, RWKV batch 1 only."""
+    argv = ["bench", "decode", "--tiny", "--in-process", "--contexts", "16,64", "--batch8-contexts", "16"]
+    argv += ["--paths", "none", "--large-batch", "2", "--threads", "1", "--prefill-max", "16", "--warmup", "0"]
+    argv += ["--steps", "1", "--models", "retnet", *BASELINES, "--out-dir", str(tmp_path), "--name", "pd"]
+    monkeypatch.setattr(sys, "argv", ["retnet", *argv])
+    assert cli_main(argv) == 0
+    data = json.loads((tmp_path / "pd.json").read_text())
+    rows = {(r["model"], r["batch"], r["context"]): r for r in data["rows"]}
+    assert len(rows) == 15
+    assert "batch 1 only" in rows[("rwkv", 2, 16)]["error"]
+    for name in ("mamba", "mamba2", "rwkv"):
+        a, b = rows[(name, 1, 16)], rows[(name, 1, 64)]
+        assert a["path"] == "hf-reference" and a["step_ms"] > 0
+        assert (a["context_fill"], b["context_fill"]) == ("prefill", "synthetic")
+        assert a["state_or_cache_mib"] == b["state_or_cache_mib"] > 0  # a fixed-size state
+        assert abs(data["summary"][f"{name}_params"] - data["summary"]["retnet_params"]) < 0.02 * 123200
+    for name in ("mamba", "mamba2"):
+        assert rows[(name, 2, 16)]["state_or_cache_mib"] == 2 * rows[(name, 1, 16)]["state_or_cache_mib"]
+    assert rows[("llama", 1, 64)]["state_or_cache_mib"] == 4 * rows[("llama", 1, 16)]["state_or_cache_mib"]
+    assert "reference paths" in (tmp_path / "pd.md").read_text()
