@@ -130,8 +130,11 @@ def peer_state_rows(preset: str, models: list[str], contexts: list[int]) -> list
 
 def run_peers(args: argparse.Namespace) -> int:
     """``--peers``: state bytes vs context for RetNet and its peers; report ``<--name>`` (peers_state_memory)."""
+    import os
+
     from retnet.benchmarks.peers import REFERENCE_PATH_NOTE
 
+    load = os.getloadavg()
     rows = peer_state_rows(args.preset, args.peers, args.peer_contexts)
     by = {r["model"]: r for r in rows}
     summary: dict[str, Any] = {"preset": args.preset, "batch": 1, "dtype": "float32"}
@@ -151,7 +154,8 @@ def run_peers(args: argparse.Namespace) -> int:
         "caches after prefills of 2 and 5 tokens (random weights, `transformers` "
         "classes sized to RetNet's parameter count: same width, depth and vocabulary, one inner width solved); "
         "the columns `MiB_at_N` are fixed + N x per-token. " + REFERENCE_PATH_NOTE + " Sizes do not depend on "
-        "that: the fast kernels keep the same states."
+        "that: the fast kernels keep the same states. Load average (1/5/15 min) at the start: "
+        f"{'/'.join(f'{x:.1f}' for x in load)}; byte counts do not depend on the machine's load."
     )
     chart = None if args.no_chart else _peers_chart(rows, args.peer_contexts)
     paths = write_report(
