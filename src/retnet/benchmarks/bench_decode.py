@@ -15,6 +15,12 @@ the decoding engine keeps it) along one *path*: ``eager``, ``compiled`` (``torch
 ``forward(mode="recurrent")``, for comparison). ``--compile``/``--quantize`` pick the main grid's path;
 ``--paths`` adds batch-1 RetNet rows on other paths at ``--path-contexts``. ``--model-dir`` measures int8's
 quality cost: validation bits/byte of a trained model with float32 and with int8 weights.
+
+``--models`` also takes the recurrent peers of :mod:`retnet.benchmarks.peers` (``mamba``, ``mamba2``,
+``rwkv``: ``transformers`` models at RetNet's parameter count, stepping from their own caches through their
+CPU reference paths); they prefill in one forward, and beyond ``--prefill-max`` their fixed-size state comes
+from a ``--prefill-block`` prefill (a step's cost does not depend on the context). ``--size 25m`` runs the
+~25M models instead of the ~100M ones.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 
 from retnet.benchmarks.baseline import (
     DECODE_100M,
+    TRAIN_25M,
     build_llama,
     build_pair,
     build_retnet,
@@ -45,10 +52,13 @@ from retnet.benchmarks.measure import (
     run_case,
     time_steps,
 )
+from retnet.benchmarks.peers import RECURRENT
 from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 from retnet.models import RetNetConfig
 
-MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
+DEFAULT_MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
+MODELS = (*DEFAULT_MODELS, *RECURRENT)
+SIZES = {"100m": DECODE_100M, "25m": TRAIN_25M}
 MIB = 1024**2
 
 
@@ -93,7 +103,7 @@ def _weights_read_per_step(model: torch.nn.Module, batch: int) -> int:
     """Weight bytes a decode step reads: every matrix once, but only ``batch`` rows of the embedding table."""
     total = 0
     for name, p in {id(p): (n, p) for n, p in model.named_parameters()}.values():
-        if "embed_tokens" in name and not getattr(model.config, "tie_word_embeddings", False):
+        if "embed" in name and not getattr(model.config, "tie_word_embeddings", False):
             total += batch * p.shape[1] * p.element_size()
         else:
             total += p.numel() * p.element_size()
@@ -134,6 +144,8 @@ def decode_case(
     bandwidth = measure_bandwidth(dev, bandwidth_mib * MIB)
     reset_peak_memory(dev)
     rcfg, lcfg = build_pair(retnet_config)
+    if model in RECURRENT:
+        return _peer_case(model, rcfg, batch, context, prefill_max, prefill_block, warmup, steps, dev, seed, bandwidth)
     if model != "llama":
         rcfg = build_pair(variant_config(model, retnet_config))[0]
     net = (build_llama(lcfg, seed) if model == "llama" else build_retnet(rcfg, seed)).to(dev)
@@ -229,6 +241,67 @@ def decode_case(
     }
 
 
+def _peer_case(
+    model: str,
+    rcfg: RetNetConfig,
+    batch: int,
+    context: int,
+    prefill_max: int,
+    prefill_block: int,
+    warmup: int,
+    steps: int,
+    dev: torch.device,
+    seed: int,
+    bandwidth: float,
+) -> dict[str, Any]:
+    """:func:`decode_case` for a recurrent peer: prefill in one forward, then time one-token steps."""
+    from retnet.benchmarks.peers import build_baseline, start, state_nbytes, step
+
+    net, info = build_baseline(model, rcfg, seed)
+    net = net.to(dev)
+    real = context <= prefill_max
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, rcfg.vocab_size, (1, context if real else min(context, prefill_block)), generator=gen)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        _, state = start(net, ids.expand(batch, -1).to(dev))
+    fill_s = time.perf_counter() - t0
+    memo_bytes = state_nbytes(state)
+    rss_before = current_rss()
+    reset_peak_memory(dev)
+    tokens = torch.randint(0, rcfg.vocab_size, (batch, 1), generator=gen).to(dev)
+    holder = {"state": state}
+
+    def one() -> None:
+        with torch.no_grad():
+            holder["state"] = step(net, tokens, holder["state"])[1]
+
+    times = time_steps(one, dev, warmup, steps)
+    step_s = sorted(times)[len(times) // 2]
+    floor_s = (_weights_read_per_step(net, batch) + memo_bytes) / bandwidth
+    return {
+        "model": model,
+        "path": "hf-reference",
+        "batch": batch,
+        "context": context,
+        "context_fill": "prefill" if real else "synthetic",
+        "params": info["params"],
+        "weights_read_mib": _weights_read_per_step(net, batch) / MIB,
+        "compile_s": None,
+        "step_ms": step_s * 1e3,
+        "step_ms_min": min(times) * 1e3,
+        "tokens_per_s": batch / step_s,
+        "memory_mib": peak_memory(dev) / MIB,
+        "rss_before_decode_mib": rss_before / MIB if dev.type == "cpu" else None,
+        "state_or_cache_mib": memo_bytes / MIB,
+        "bandwidth_gbs": bandwidth / 1e9,
+        "floor_ms": floor_s * 1e3,
+        "step_over_floor": step_s / floor_s,
+        "fill_s": fill_s,
+        "step_times_ms": [t * 1e3 for t in times],
+    }
+
+
 def _grid(contexts_b1: list[int], contexts_b8: list[int], batch_large: int) -> list[tuple[int, int]]:
     return [(1, c) for c in contexts_b1] + [(batch_large, c) for c in contexts_b8]
 
@@ -246,14 +319,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(str(exc)) from None
     if dev.type != "cpu":
         args.paths = [p for p in args.paths if not p.startswith("int8")]  # the int8 kernels are CPU-only
-    retnet_kwargs = dict(DECODE_100M)
+    retnet_kwargs = dict(SIZES[args.size])
     if args.tiny:
         retnet_kwargs = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96)
     rcfg, lcfg = build_pair(retnet_kwargs)
     budget = args.memory_budget_gib * GIB
     rows: list[dict[str, Any]] = []
     time_budget = TimeBudget(args.max_minutes)
-    variants = {m: RetNetConfig(**variant_config(m, retnet_kwargs)) for m in args.models if m != "llama"}
+    variants = {m: RetNetConfig(**variant_config(m, retnet_kwargs)) for m in args.models if m in DEFAULT_MODELS[:4]}
     main_path = path_from_flags(args.compile, args.quantize)
     cases = [
         (model, batch, context, main_path)
@@ -269,16 +342,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for model, batch, context, path in cases:
         row: dict[str, Any] = {
             "model": model,
-            "path": "hf" if model == "llama" else path,
+            "path": "hf" if model == "llama" else "hf-reference" if model in RECURRENT else path,
             "batch": batch,
             "context": context,
         }
         if model == "llama":
             need = llama_cache_bytes(lcfg, batch, context)
+        elif model in RECURRENT:
+            need = 0  # a fixed-size state
         else:
             cfg = variants[model]  # the KV caches' part only (hybrid, YOCO): retention states are fixed
             need = cfg.state_nbytes(context, batch_size=batch) - cfg.state_nbytes(0, batch_size=batch)
-        if need > budget:
+        if model == "rwkv" and batch > 1:
+            row["error"] = "skipped: transformers' RWKV one-token step supports batch 1 only"
+        elif need > budget:
             row["error"] = f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {args.memory_budget_gib:g} GiB"
         elif over := time_budget.exhausted():
             row["error"] = over
@@ -313,6 +390,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary["llama_params"] = count_parameters_of_config(lcfg)
     for model, cfg in variants.items():
         summary[f"{model}_params"] = cfg.num_parameters()
+    if any(m in RECURRENT for m in args.models):
+        from retnet.benchmarks.peers import REFERENCE_PATH_NOTE, peer_parameters
+
+        for model in (m for m in args.models if m in RECURRENT):
+            summary[f"{model}_params"] = peer_parameters(model, rcfg)
+        summary["peers_note"] = REFERENCE_PATH_NOTE
     write_report(
         args.name,
         title="Decoding: RetNet (recurrent) and its variants vs Llama (HF transformers, SDPA + KV cache)",
@@ -320,7 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out_dir=args.out_dir,
         columns=COLUMNS,
         summary=summary,
-        notes=notes(args, rcfg, lcfg, dev) + _load_note(load_start, os.getloadavg()),
+        notes=notes(args, rcfg, lcfg, dev) + _peers_note(args.models) + _load_note(load_start, os.getloadavg()),
         chart=chart(rows),
     )
     return summary
@@ -368,7 +451,7 @@ def _find(rows: list[dict[str, Any]], model: str, batch: int, context: int, path
     """The row that ran for (model, batch, context) on ``path`` (any path when ``None``), else ``None``."""
     for r in rows:
         if (r.get("model"), r.get("batch"), r.get("context")) == (model, batch, context) and "error" not in r:
-            if path is None or r.get("path") in (path, "hf"):
+            if path is None or r.get("path") in (path, "hf", "hf-reference"):
                 return r
     return None
 
@@ -376,7 +459,7 @@ def _find(rows: list[dict[str, Any]], model: str, batch: int, context: int, path
 def summarize(rows: list[dict[str, Any]], large_batch: int, main_path: str = "eager") -> dict[str, Any]:
     """The headline figures against the issue's goals (``None`` where a case did not run)."""
     s: dict[str, Any] = {"main_path": main_path}
-    main = [r for r in rows if r.get("path") in (main_path, "hf")]
+    main = [r for r in rows if r.get("path") in (main_path, "hf", "hf-reference")]
     r8, l8 = _find(main, "retnet", large_batch, 8192), _find(main, "llama", large_batch, 8192)
     if r8 and l8:
         s[f"throughput_ratio_b{large_batch}_8k (goal >= 10)"] = r8["tokens_per_s"] / l8["tokens_per_s"]
@@ -474,6 +557,21 @@ def int8_quality(model_dir: str, max_batches: int | None, threads: int) -> dict[
         out["val_bits_per_byte_int8"] / out["val_bits_per_byte_float32"] - 1
     )
     return out
+
+
+def _peers_note(models: list[str]) -> str:
+    """The recurrent peers' line of the notes (empty when none ran)."""
+    from retnet.benchmarks.peers import REFERENCE_PATH_NOTE
+
+    peers = [m for m in models if m in RECURRENT]
+    if not peers:
+        return ""
+    return (
+        f"- Peers ({', '.join(peers)}; `path` hf-reference): `transformers` models built by "
+        "`retnet.benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
+        "inner width solved), stepping from their own caches. " + REFERENCE_PATH_NOTE + " They prefill in one "
+        "forward; RWKV runs at batch 1 only.\n"
+    )
 
 
 def _load_note(start: tuple[float, ...], end: tuple[float, ...]) -> str:
@@ -601,7 +699,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case before it is abandoned")
     TimeBudget.add_argument(p)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default all)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(DEFAULT_MODELS),
+        help=f"models to run (default {' '.join(DEFAULT_MODELS)}; peers: {' '.join(RECURRENT)}, CPU reference paths)",
+    )
+    p.add_argument("--size", choices=tuple(SIZES), default="100m", help="model size (default 100m; 25m: byte vocab)")
     p.add_argument(
         "--paths",
         type=_paths,

@@ -5,6 +5,10 @@ config, checked against a real :class:`RetNetState` for the measured model). (2)
 peak RSS after N generated tokens for each N (default 100 and 10,000), each run in a fresh subprocess so the
 peaks are independent: greedy decoding with :func:`retnet.generation.stream_generate`, one recurrent step per
 token. The goal: peak RSS after 10,000 tokens within 2% of that after 100.
+
+With ``--peers``, instead: the decode state's bytes vs context (batch 1, float32) for RetNet and the baselines
+of :mod:`retnet.benchmarks.peers` (Llama, Mamba, Mamba-2, RWKV), each sized to the preset's parameter count;
+every model's fixed and per-token bytes are measured on its real cache after prefills of two lengths.
 """
 
 from __future__ import annotations
@@ -89,7 +93,109 @@ def state_table(batch_size: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
+def peer_state_rows(preset: str, models: list[str], contexts: list[int]) -> list[dict[str, Any]]:
+    """One row per model: parameters, measured fixed and per-token state bytes, MiB at each context."""
+    import torch
+
+    from retnet.benchmarks.peers import build_baseline
+    from retnet.models import RetNetConfig, RetNetForCausalLM
+
+    rc = RetNetConfig.preset(preset)
+    rows = []
+    for name in models:
+        if name == "retnet":
+            torch.manual_seed(0)
+            model = RetNetForCausalLM(rc).eval()
+            with torch.no_grad():
+                sizes = [model.model(torch.zeros(1, n, dtype=torch.long), use_cache=True)[1].nbytes() for n in (2, 5)]
+            per_token = (sizes[1] - sizes[0]) // 3
+            info = {"class": "RetNetForCausalLM", "params": model.num_parameters()}
+            info |= {"state_bytes_fixed": sizes[0] - 2 * per_token, "state_bytes_per_token": per_token}
+        else:
+            model, info = build_baseline(name, rc)
+        del model
+        row = {"model": name, "class": info["class"], "params": info["params"]}
+        row["solved width"] = ", ".join(f"{k} {v}" for k, v in info.get("free_width", {}).items()) or "-"
+        row |= {"state_bytes_fixed": info["state_bytes_fixed"], "state_bytes_per_token": info["state_bytes_per_token"]}
+        for c in contexts:
+            row[f"MiB_at_{c}"] = (info["state_bytes_fixed"] + c * info["state_bytes_per_token"]) / 2**20
+        rows.append(row)
+        print(
+            f"{name}: {row['params']:,} parameters, state {row['state_bytes_fixed']:,} B"
+            f" + {row['state_bytes_per_token']:,} B/token",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    """``--peers``: state bytes vs context for RetNet and its peers; report ``<--name>`` (peers_state_memory)."""
+    import os
+
+    from retnet.benchmarks.peers import REFERENCE_PATH_NOTE
+
+    load = os.getloadavg()
+    rows = peer_state_rows(args.preset, args.peers, args.peer_contexts)
+    by = {r["model"]: r for r in rows}
+    summary: dict[str, Any] = {"preset": args.preset, "batch": 1, "dtype": "float32"}
+    if "retnet" in by:
+        for name, r in by.items():
+            if name != "retnet" and r["state_bytes_per_token"] == 0:
+                summary[f"retnet state / {name} state"] = round(
+                    by["retnet"]["state_bytes_fixed"] / r["state_bytes_fixed"], 2
+                )
+            elif name != "retnet":
+                equal = by["retnet"]["state_bytes_fixed"] / r["state_bytes_per_token"]
+                summary[f"{name} cache equals the retnet state at (tokens)"] = round(equal)
+    notes = (
+        "Bytes of each model's decode state at batch 1, float32: RetNet's retention states; Llama's KV cache "
+        "(`DynamicCache`); Mamba's and Mamba-2's convolution + SSM states (`DynamicCache` linear-attention "
+        "layers); RWKV's five `[B, d, layers]` tensors. Fixed and per-token bytes are measured on the real "
+        "caches after prefills of 2 and 5 tokens (random weights, `transformers` "
+        "classes sized to RetNet's parameter count: same width, depth and vocabulary, one inner width solved); "
+        "the columns `MiB_at_N` are fixed + N x per-token. " + REFERENCE_PATH_NOTE + " Sizes do not depend on "
+        "that: the fast kernels keep the same states. Load average (1/5/15 min) at the start: "
+        f"{'/'.join(f'{x:.1f}' for x in load)}; byte counts do not depend on the machine's load."
+    )
+    chart = None if args.no_chart else _peers_chart(rows, args.peer_contexts)
+    paths = write_report(
+        args.name or "peers_state_memory",
+        title=f"Decode state bytes vs context: RetNet and its peers (preset {args.preset}, equal parameters)",
+        rows=rows,
+        out_dir=args.out_dir,
+        summary=summary,
+        notes=notes,
+        chart=chart,
+    )
+    print(" ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _peers_chart(rows: list[dict[str, Any]], contexts: list[int]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retnet.benchmarks.report import style_log_axes
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.plot(
+            contexts,
+            [r[f"MiB_at_{c}"] for c in contexts],
+            "--s" if r["state_bytes_per_token"] else "-o",
+            label=r["model"],
+        )
+    style_log_axes([ax], "context length (tokens)", ["decode state (MiB, batch 1, float32)"])
+    ax.set_title("Decode state vs context, equal parameter counts")
+    fig.tight_layout()
+    return fig
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.peers:
+        return run_peers(args)
     from retnet.benchmarks.measure import run_isolated
     from retnet.models import RetNetConfig
 
@@ -223,4 +329,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    from retnet.benchmarks.peers import BASELINES
+
+    p.add_argument(
+        "--peers",
+        nargs="+",
+        choices=("retnet", *BASELINES),
+        default=None,
+        help="instead: decode state bytes vs context for these models at the preset's size",
+    )
+    p.add_argument(
+        "--peer-contexts",
+        type=_token_counts,
+        default=[1024, 4096, 16384, 65536, 262144],
+        help="contexts of the --peers table (comma-separated)",
+    )
+    p.add_argument("--name", default=None, help="report name with --peers (default peers_state_memory)")
     p.set_defaults(func=run)

@@ -1,0 +1,135 @@
+"""The peer registry: every baseline is the real ``transformers`` model, matched in size, with a real decode state."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from retnet.benchmarks.baseline import TRAIN_25M, count_parameters
+from retnet.benchmarks.peers import BASELINES, build_baseline, peer_config, peer_parameters, start, state_nbytes, step
+from retnet.cli.main import main as cli_main
+from retnet.models import RetNetConfig
+
+TINY = dict(vocab_size=97, hidden_size=32, num_layers=2, num_heads=2, value_dim=48, ffn_dim=64)
+CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "mamba": "MambaForCausalLM",
+    "mamba2": "Mamba2ForCausalLM",
+    "rwkv": "RwkvForCausalLM",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_peers():
+    rc = RetNetConfig(**TINY)
+    return rc, {name: build_baseline(name, rc) for name in BASELINES}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_tiny_peer_matches_parameters_width_and_depth(tiny_peers, name):
+    rc, peers = tiny_peers
+    model, info = peers[name]
+    assert type(model).__name__ == CLASSES[name] == info["class"]
+    assert info["params"] == count_parameters(model)
+    assert abs(info["params"] - rc.num_parameters()) / rc.num_parameters() < 0.02
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size) == (32, 2, 97)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_25m_peer_matches_parameters(name):
+    rc = RetNetConfig(**TRAIN_25M)
+    n = peer_parameters(name, rc)  # counted on the meta device: no memory, no initialisation
+    assert abs(n - rc.num_parameters()) / rc.num_parameters() < 0.02, (name, n)
+    cfg = peer_config(name, rc)
+    assert (cfg.hidden_size, cfg.num_hidden_layers) == (rc.hidden_size, rc.num_layers)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_cached_greedy_step_equals_full_forward(tiny_peers, name):
+    """Prefill, then one greedy step from the cache: the same logits as a full forward over the whole sequence."""
+    _, peers = tiny_peers
+    model, _ = peers[name]
+    rows = 1 if name == "rwkv" else 2  # transformers' RWKV one-token step broadcasts rows wrongly when B > 1
+    ids = torch.randint(0, 97, (rows, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, state = start(model, ids)
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        before = state_nbytes(state)
+        stepped, state = step(model, token, state)
+        full, _ = start(model, torch.cat([ids, token], 1))
+    torch.testing.assert_close(stepped[:, -1], full[:, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, full[:, :-1], rtol=1e-4, atol=1e-4)
+    grew = state_nbytes(state) - before
+    assert grew == (2 * 2 * 32 * 4 * rows if name == "llama" else 0)  # K and V, 2 layers, float32
+
+
+def test_state_bytes_are_measured_from_the_real_caches(tiny_peers):
+    rc, peers = tiny_peers
+    infos = {name: info for name, (_, info) in peers.items()}
+    assert infos["llama"]["state_bytes_fixed"] == 0
+    assert infos["llama"]["state_bytes_per_token"] == 2 * rc.num_layers * rc.hidden_size * 4
+    inner = infos["mamba"]["free_width"]["intermediate_size"]
+    mamba_cfg = peers["mamba"][0].config
+    expected = rc.num_layers * inner * (mamba_cfg.conv_kernel + mamba_cfg.state_size) * 4  # conv + SSM state
+    assert (infos["mamba"]["state_bytes_fixed"], infos["mamba"]["state_bytes_per_token"]) == (expected, 0)
+    assert infos["rwkv"]["state_bytes_fixed"] == 5 * rc.hidden_size * rc.num_layers * 4
+    m2 = peers["mamba2"][0].config
+    inner2 = m2.num_heads * m2.head_dim
+    conv = inner2 + 2 * m2.n_groups * m2.state_size
+    expected2 = rc.num_layers * (conv * m2.conv_kernel + m2.num_heads * m2.head_dim * m2.state_size) * 4
+    assert infos["mamba2"]["state_bytes_fixed"] == expected2
+    assert all("reference" in infos[n]["notes"] for n in ("mamba", "mamba2", "rwkv"))
+
+
+def test_unknown_baseline_is_named():
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        peer_config("gpt", RetNetConfig(**TINY))
+
+
+@pytest.mark.slow
+def test_state_memory_peers_report(tmp_path, monkeypatch):
+    """``retnet bench state-memory --peers`` at toy size: one row per model, measured state, equal sizes."""
+    models = ["retnet", *BASELINES]
+    argv = ["bench", "state-memory", "--preset", "tiny", "--peers", *models, "--peer-contexts", "16,64"]
+    monkeypatch.setattr(sys, "argv", ["retnet", *argv])
+    assert cli_main([*argv, "--out-dir", str(tmp_path)]) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {f"peers_state_memory.{ext}" for ext in ("json", "md", "png")}
+    data = json.loads((tmp_path / "peers_state_memory.json").read_text())
+    rows = {r["model"]: r for r in data["rows"]}
+    assert list(rows) == models
+    tiny = RetNetConfig.preset("tiny")
+    assert rows["retnet"]["state_bytes_fixed"] == tiny.num_layers * tiny.state_nbytes_per_layer() + 8  # + offsets
+    for name, r in rows.items():
+        assert abs(r["params"] - rows["retnet"]["params"]) / rows["retnet"]["params"] < 0.02, name
+        grows = name == "llama"
+        assert (r["MiB_at_64"] > r["MiB_at_16"]) is grows and (r["state_bytes_per_token"] > 0) is grows
+    assert rows["llama"]["state_bytes_per_token"] == 2 * tiny.num_layers * tiny.hidden_size * 4
+    assert "reference paths" in (tmp_path / "peers_state_memory.md").read_text()
+
+
+@pytest.mark.slow
+def test_decode_with_peers(tmp_path, monkeypatch):
+    """``retnet bench decode`` at toy size with every peer: real steps, fixed states, RWKV batch 1 only."""
+    argv = ["bench", "decode", "--tiny", "--in-process", "--contexts", "16,64", "--batch8-contexts", "16"]
+    argv += ["--paths", "none", "--large-batch", "2", "--threads", "1", "--prefill-max", "16", "--warmup", "0"]
+    argv += ["--steps", "1", "--models", "retnet", *BASELINES, "--out-dir", str(tmp_path), "--name", "pd"]
+    monkeypatch.setattr(sys, "argv", ["retnet", *argv])
+    assert cli_main(argv) == 0
+    data = json.loads((tmp_path / "pd.json").read_text())
+    rows = {(r["model"], r["batch"], r["context"]): r for r in data["rows"]}
+    assert len(rows) == 15
+    assert "batch 1 only" in rows[("rwkv", 2, 16)]["error"]
+    for name in ("mamba", "mamba2", "rwkv"):
+        a, b = rows[(name, 1, 16)], rows[(name, 1, 64)]
+        assert a["path"] == "hf-reference" and a["step_ms"] > 0
+        assert (a["context_fill"], b["context_fill"]) == ("prefill", "synthetic")
+        assert a["state_or_cache_mib"] == b["state_or_cache_mib"] > 0  # a fixed-size state
+        assert abs(data["summary"][f"{name}_params"] - data["summary"]["retnet_params"]) < 0.02 * 123200
+    for name in ("mamba", "mamba2"):
+        assert rows[(name, 2, 16)]["state_or_cache_mib"] == 2 * rows[(name, 1, 16)]["state_or_cache_mib"]
+    assert rows[("llama", 1, 64)]["state_or_cache_mib"] == 4 * rows[("llama", 1, 16)]["state_or_cache_mib"]
+    assert "reference paths" in (tmp_path / "pd.md").read_text()
