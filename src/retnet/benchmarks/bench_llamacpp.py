@@ -2,9 +2,10 @@
 
 The llama.cpp side is the equal-size Llama of ``bench decode`` (:mod:`retnet.benchmarks.baseline`), random
 weights, converted to GGUF f32 and Q8_0 by llama.cpp's own converter (:mod:`retnet.benchmarks.llamacpp_gguf`)
-and run through ``llama-cpp-python``. The RetNet side: float32 eager (the recurrent step), float32 compiled
-(``make_decode_step(model, compile=True)``) and int8 weights (``quantize_int8(model)``); the last two are
-reported as "not available" where this version of the library has no such function.
+and run through ``llama-cpp-python``. The RetNet side decodes through the step ``retnet generate``, ``chat`` and
+``serve`` run (:func:`retnet.models.make_decode_step`, state updated in place): float32 eager, float32 compiled
+(``compile=True``; its compile time is reported apart from the timed steps) and eager on int8 weights
+(:func:`retnet.models.quantize_int8`).
 
 Each (engine, context) runs in a fresh process: one warm-up block and step, then a prefill of ``context``
 random token ids from empty in blocks of ``--prefill-block`` (timed: prefill tokens/s), then single-token
@@ -14,12 +15,10 @@ decode steps at that context (timed: ms/token).
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,34 +33,8 @@ from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 LLAMACPP_ENGINES = {"llamacpp-f32": "f32", "llamacpp-q8_0": "q8_0"}
 RETNET_ENGINES = ("retnet-f32", "retnet-compiled", "retnet-int8")
 ENGINES = (*LLAMACPP_ENGINES, *RETNET_ENGINES)
-# engine -> the library function it needs beyond the eager model (looked up in the lower layers)
-OPTIONAL_FUNCTIONS = {"retnet-compiled": "make_decode_step", "retnet-int8": "quantize_int8"}
 TINY = dict(vocab_size=320, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96, chunk_size=16)
 MIB = 1024**2
-
-
-def find_function(name: str, packages: Sequence[str] = ("retnet.models", "retnet.layers", "retnet.ops")) -> Any:
-    """``name`` from the first of ``packages`` (or one of their modules) that defines it, else ``None``."""
-    for package in packages:
-        pkg = importlib.import_module(package)
-        if callable(found := getattr(pkg, name, None)):
-            return found
-        for info in pkgutil.iter_modules(pkg.__path__):
-            try:
-                module = importlib.import_module(f"{package}.{info.name}")
-            except ImportError:  # a module that needs an optional package (Triton) cannot hold it here
-                continue
-            if callable(found := getattr(module, name, None)):
-                return found
-    return None
-
-
-def not_available(engine: str) -> str | None:
-    """Why ``engine`` cannot run with this version of the library (its function is missing), else ``None``."""
-    name = OPTIONAL_FUNCTIONS.get(engine)
-    if name is not None and find_function(name) is None:
-        return f"not available: this retnet has no {name}()"
-    return None
 
 
 def engine_contexts(engine: str, contexts: list[int], long_contexts: list[int]) -> list[int]:
@@ -71,42 +44,32 @@ def engine_contexts(engine: str, contexts: list[int], long_contexts: list[int]) 
     return sorted(set(contexts) | set(extra))
 
 
-def _next_state(out: Any) -> Any:
-    """The state from a decode step's output: a ``CausalLMOutput``-like object or a ``(logits, state)`` pair."""
-    return out.state if hasattr(out, "state") else out[-1]
-
-
 def _retnet_engine(engine: str, config: dict[str, Any], seed: int) -> tuple[Callable, Callable, dict[str, Any]]:
-    """Prefill and decode callables over a state holder for a RetNet engine, and facts about it."""
-    from retnet.models import RetNetConfig
+    """Prefill and decode callables over a state holder for a RetNet engine, and facts about it (``compile_s``
+    is read after the warm-up, whose first step compiles)."""
+    from retnet.models import RetNetConfig, make_decode_step, quantize_int8
+    from retnet.models.quantize import quantized_weight_bytes
 
     net = build_retnet(RetNetConfig(**config), seed)
     info: dict[str, Any] = {"params": count_parameters(net)}
     if engine == "retnet-int8":
-        quantized = find_function("quantize_int8")(net)
-        net = quantized if quantized is not None else net
+        quantize_int8(net)
+        info["int8_weight_mib"] = quantized_weight_bytes(net) / MIB
+    step = make_decode_step(net, compile=engine == "retnet-compiled", in_place=True)
     holder: dict[str, Any] = {"state": None}
 
     def prefill(ids: torch.Tensor) -> None:
         with torch.no_grad():
             holder["state"] = net.model(ids, state=holder["state"], use_cache=True, mode="chunkwise")[1]
 
-    if engine == "retnet-compiled":
-        step_fn = find_function("make_decode_step")(net, compile=True)
-
-        def decode(token: torch.Tensor) -> None:
-            with torch.no_grad():
-                holder["state"] = _next_state(step_fn(token, holder["state"]))
-    else:
-
-        def decode(token: torch.Tensor) -> None:
-            with torch.no_grad():
-                holder["state"] = net(token, state=holder["state"], use_cache=True, mode="recurrent").state
+    def decode(token: torch.Tensor) -> None:
+        holder["state"] = step(token, holder["state"])[1]
 
     def reset() -> None:
         holder["state"] = None
 
     info["reset"] = reset
+    info["compile_s"] = lambda: step.compile_s
     return prefill, decode, info
 
 
@@ -174,6 +137,8 @@ def engine_case(
     decode(torch.randint(0, vocab, (1, 1), generator=gen))
     info["first_step_s"] = time.perf_counter() - t0
     info.pop("reset")()
+    if callable(compile_s := info.pop("compile_s", None)):
+        info["compile_s"] = compile_s()
     ids = torch.randint(0, vocab, (1, context), generator=gen)
     block_tokens, block_seconds = [], []
     for start in range(0, context, prefill_block):
@@ -264,6 +229,7 @@ COLUMNS = [
     "prefill_tokens_per_s",
     "prefill_tail_tokens_per_s",
     "process_peak_rss_mib",
+    "compile_s",
     "error",
 ]
 
@@ -296,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ggufs = _prepare_ggufs(args, lcfg, work_dir)
         for engine, context in cases(args.engines, args.contexts, args.long_contexts):
-            if (reason := not_available(engine)) or (reason := time_budget.exhausted()):
+            if reason := time_budget.exhausted():
                 result: dict[str, Any] = {"error": reason}
             else:
                 kwargs = dict(
@@ -354,10 +320,12 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   {args.llama_flash_attn}; KV cache in llama.cpp's default type, f16). The converter only recognises byte-level
   BPE tokenizers it has a hash for, so the Llama gets a SentencePiece vocabulary, for which the converter writes
   the `default` pre-tokenizer; ids go in directly, so the tokenizer takes no part in the timings.
-- RetNet: `retnet-f32` is the eager recurrent step (`mode="recurrent"`) and chunkwise prefill;
-  `retnet-compiled` the step from `make_decode_step(model, compile=True)`; `retnet-int8` the model from
-  `quantize_int8(model)`, both prefilling like `retnet-f32` on their model. `first_step_s` in the JSON: the
-  warm-up's first decode step (for `retnet-compiled`, the compile cost).
+- RetNet: every engine prefills chunkwise (`model.model(..., mode="chunkwise")`) and decodes through
+  `retnet.models.make_decode_step(model, in_place=True)`, the step `retnet generate`/`chat`/`serve` run:
+  `retnet-f32` eager, `retnet-compiled` with `compile=True` (torch.compile, inductor), `retnet-int8` eager on
+  the model from `retnet.models.quantize_int8(model)` (PyTorch's per-channel int8 linear layers;
+  `int8_weight_mib` in the JSON). The compile happens in the warm-up's first step: `compile_s` in the JSON
+  (and the table) is that cost, outside the timed steps; `first_step_s` is the warm-up's first step.
 - Batch 1, {args.threads} thread(s) for both (`n_threads` = `n_threads_batch` = torch threads). Each (engine,
   context) runs in a fresh process: one warm-up block and step, then a prefill of `context` random token ids
   from empty in blocks of {args.prefill_block}, then the median of {args.steps} single-token steps after
