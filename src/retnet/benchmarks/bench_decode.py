@@ -215,21 +215,42 @@ def decode_case(
     if fast is not None and fast.compiled:
         step()  # the compilation (its time is compile_s), never inside the timed steps
     times = time_steps(step, dev, warmup, steps)
-    step_s = sorted(times)[len(times) // 2]
     weights_read = _weights_read_per_step(net, batch) + quantized_weight_bytes(net)
-    floor_s = (weights_read + memo_bytes) / bandwidth
-    return {
+    case = {
         "model": model,
         "path": path,
         "batch": batch,
         "context": context,
         "context_fill": "prefill" if real else "synthetic",
         "params": params,
+    }
+    return _timed_row(
+        case, times, weights_read, memo_bytes, bandwidth, dev, rss_before, fill_s, getattr(fast, "compile_s", None)
+    )
+
+
+def _timed_row(
+    case: dict[str, Any],
+    times: list[float],
+    weights_read: int,
+    memo_bytes: int,
+    bandwidth: float,
+    dev: torch.device,
+    rss_before: int,
+    fill_s: float,
+    compile_s: float | None,
+) -> dict[str, Any]:
+    """One result row: ``case`` (model, path, batch, context, fill, params) plus the timings of its steps, the
+    memory read and the bandwidth floor (bytes read per step / measured bandwidth)."""
+    step_s = sorted(times)[len(times) // 2]
+    floor_s = (weights_read + memo_bytes) / bandwidth
+    return {
+        **case,
         "weights_read_mib": weights_read / MIB,
-        "compile_s": getattr(fast, "compile_s", None),
+        "compile_s": compile_s,
         "step_ms": step_s * 1e3,
         "step_ms_min": min(times) * 1e3,
-        "tokens_per_s": batch / step_s,
+        "tokens_per_s": case["batch"] / step_s,
         "memory_mib": peak_memory(dev) / MIB,
         "rss_before_decode_mib": rss_before / MIB if dev.type == "cpu" else None,
         "state_or_cache_mib": memo_bytes / MIB,
@@ -277,29 +298,12 @@ def _peer_case(
             holder["state"] = step(net, tokens, holder["state"])[1]
 
     times = time_steps(one, dev, warmup, steps)
-    step_s = sorted(times)[len(times) // 2]
-    floor_s = (_weights_read_per_step(net, batch) + memo_bytes) / bandwidth
-    return {
-        "model": model,
-        "path": "hf-reference",
-        "batch": batch,
-        "context": context,
-        "context_fill": "prefill" if real else "synthetic",
-        "params": info["params"],
-        "weights_read_mib": _weights_read_per_step(net, batch) / MIB,
-        "compile_s": None,
-        "step_ms": step_s * 1e3,
-        "step_ms_min": min(times) * 1e3,
-        "tokens_per_s": batch / step_s,
-        "memory_mib": peak_memory(dev) / MIB,
-        "rss_before_decode_mib": rss_before / MIB if dev.type == "cpu" else None,
-        "state_or_cache_mib": memo_bytes / MIB,
-        "bandwidth_gbs": bandwidth / 1e9,
-        "floor_ms": floor_s * 1e3,
-        "step_over_floor": step_s / floor_s,
-        "fill_s": fill_s,
-        "step_times_ms": [t * 1e3 for t in times],
-    }
+    fill = "prefill" if real else "synthetic"
+    case = {"model": model, "path": "hf-reference", "batch": batch, "context": context, "context_fill": fill}
+    case["params"] = info["params"]
+    return _timed_row(
+        case, times, _weights_read_per_step(net, batch), memo_bytes, bandwidth, dev, rss_before, fill_s, None
+    )
 
 
 def _grid(contexts_b1: list[int], contexts_b8: list[int], batch_large: int) -> list[tuple[int, int]]:
