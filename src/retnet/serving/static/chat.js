@@ -55,7 +55,9 @@ function children(parentId, rootId) {
   for (const n of nodes.values()) {
     if (n.previous_response_id === parentId && (parentId !== null || n.id === rootId)) out.push(n);
   }
-  return out.sort((a, b) => a.created_at - b.created_at || (a.id < b.id ? -1 : 1));
+  // created_at has whole seconds: ties keep the map's order, which is the server's creation order (the tree is
+  // loaded oldest first and new answers are added as they arrive); sort is stable. Ids are random: no tie-break.
+  return out.sort((a, b) => a.created_at - b.created_at);
 }
 
 function path(id) {
