@@ -1,15 +1,15 @@
-"""The conversation store: persistence, atomic turns, eviction by count, bytes and age, fingerprints."""
+"""The SQLite + files store's own promises: its files (persistence, replaced state files, orphans, markers,
+symbolic links). What every store promises (locks, bounds, eviction, listing) is in test_store_backends.py."""
 
 from __future__ import annotations
 
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from retnet.models import RetNetState
-from retnet.serving.store import ConversationBusy, ConversationNotFound, StoreError, StoreFull
+from retnet.serving.store import StoreError
 from retnet.serving.store_sqlite import MARKER, SQLiteStore
 from tests.cli.helpers import snapshot
 
@@ -117,113 +117,3 @@ def test_a_store_from_before_the_marker_is_adopted(tmp_path):
     (tmp_path / MARKER).unlink()
     reopened = open_store(tmp_path)
     assert reopened.get(conv.id).turns == 1 and (tmp_path / MARKER).is_file()
-
-
-def test_create_and_lock_is_one_step_and_the_count_bound_holds(tmp_path):
-    """Issue #20.4: with max_count 1, a second stored conversation evicted the first between its creation and
-    its lock (ConversationNotFound, HTTP 500), and the store ended above its bound."""
-    store = open_store(tmp_path, max_count=1)
-    first = store.create("chat", acquire=True)
-    with pytest.raises(StoreFull):
-        store.create("chat", acquire=True)
-    assert store.totals()[0] == 1 and store.get(first.id).id == first.id
-    store.release(first.id)
-    second = store.create("chat", acquire=True)
-    with pytest.raises(ConversationNotFound, match="lru"):
-        store.get(first.id)
-    assert store.totals()[0] == 1 and second.id in store.busy
-
-    def race(_):
-        try:
-            return store.create("completion", acquire=True).id
-        except StoreFull:
-            return None
-
-    store.release(second.id)
-    with ThreadPoolExecutor(8) as pool:
-        got = [c for c in pool.map(race, range(16)) if c is not None]
-    assert len(got) == 1 and store.totals()[0] == 1 and store.busy == {got[0]}
-
-
-def test_listing_pages_through_live_conversations(tmp_path):
-    clock = Clock()
-    store = open_store(tmp_path, clock, ttl_s=100)
-    ids = []
-    for _ in range(5):
-        clock.t += 1
-        ids.append(store.create("chat").id)
-    page, more = store.list(2)
-    assert [c.id for c in page] == ids[::-1][:2] and more
-    page2, more2 = store.list(2, after=page[-1].id)
-    page3, more3 = store.list(2, after=page2[-1].id)
-    assert [c.id for c in page + page2 + page3] == ids[::-1] and more2 and not more3
-    assert [c.id for c in store.list(10, order="asc")[0]] == ids
-    clock.t += 99.5  # the first four are past their ttl
-    assert [c.id for c in store.list(10)[0]] == ids[4:]
-    with pytest.raises(ConversationNotFound):
-        store.list(2, after="conv_" + "0" * 24)
-
-
-def test_lru_eviction_by_count_and_bytes(tmp_path):
-    clock = Clock()
-    store = open_store(tmp_path, clock, max_count=3)
-    ids = []
-    for i in range(4):
-        clock.t += 1
-        c = store.create("chat")
-        store.save_turn(c.id, state(float(i)), [1], new_tokens=1)
-        ids.append(c.id)
-    with pytest.raises(ConversationNotFound, match="lru"):
-        store.get(ids[0])
-    one = store.get(ids[1]).nbytes
-    store2 = open_store(tmp_path / "b", clock, max_bytes=2 * one)
-    kept = []
-    for i in range(3):
-        clock.t += 1
-        c = store2.create("chat")
-        store2.save_turn(c.id, state(float(i)), [1], new_tokens=1)
-        kept.append(c.id)
-        if i == 1:
-            clock.t += 1
-            store2.save_turn(kept[0], state(9.0), [1], new_tokens=1)  # touch the first: now the second is LRU
-    stats = store2.stats()
-    assert stats["conversations"] == 2 and stats["bytes"] <= 2 * one and stats["evicted"]["lru"] == 1
-    with pytest.raises(ConversationNotFound):
-        store2.get(kept[1])
-    store2.get(kept[0])
-
-
-def test_ttl_expiry_is_a_not_found(tmp_path):
-    clock = Clock()
-    store = open_store(tmp_path, clock, ttl_s=10)
-    conv = store.create("chat")
-    clock.t += 11
-    with pytest.raises(ConversationNotFound, match="expired"):
-        store.get(conv.id)
-    with pytest.raises(ConversationNotFound, match="unknown"):
-        store.get("conv_nope")
-
-
-def test_busy_conversation_rejects_a_second_turn(tmp_path):
-    store = open_store(tmp_path)
-    conv = store.create("chat")
-    store.acquire(conv.id)
-    with pytest.raises(ConversationBusy):
-        store.acquire(conv.id)
-    store.release(conv.id)
-    store.acquire(conv.id)
-
-
-def test_states_of_another_model_are_refused(tmp_path):
-    open_store(tmp_path).close()
-    with pytest.raises(StoreError, match="different model"):
-        open_store(tmp_path, fingerprint="m2")
-
-
-def test_memory_cache_returns_copies(tmp_path):
-    store = open_store(tmp_path, cache_bytes=1 << 20)
-    conv = store.create("chat")
-    store.save_turn(conv.id, state(3.0), [1], new_tokens=1)
-    a = store.load(store.get(conv.id))
-    a.layers[0].zero_()
-    assert float(store.load(store.get(conv.id)).layers[0].sum()) == 3.0 * 48

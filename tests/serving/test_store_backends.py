@@ -74,6 +74,7 @@ def test_create_and_lock_is_one_step_and_the_count_bound_holds(opener):
     first = store.create("chat", acquire=True)
     with pytest.raises(StoreFull):
         store.create("chat", acquire=True)
+    assert store.stats()["conversations"] == 1 and store.get(first.id).id == first.id
     store.release(first.id)
     second = store.create("chat", acquire=True)
     with pytest.raises(ConversationNotFound, match="lru"):

@@ -31,7 +31,7 @@ from retnet.serving.metrics import CONTENT_TYPE, Metrics
 from retnet.serving.middleware import LimitsAndAuth, authorized
 from retnet.serving.page import register_page
 from retnet.serving.prefix_cache import PrefixCache
-from retnet.serving.protocol import page_params
+from retnet.serving.protocol import list_page, page_params
 from retnet.serving.response_log import ResponseLog
 from retnet.serving.response_log_sqlite import SQLiteResponseLog
 from retnet.serving.responses import register_response_routes
@@ -247,13 +247,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         except ConversationNotFound as exc:
             raise APIError(404, str(exc), param="after", code="conversation_not_found") from exc
         data = [c.public() for c in page]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
+        return list_page(data, more)
 
     @app.post("/v1/conversations")
     async def create_conversation(request: Request) -> dict:

@@ -25,12 +25,20 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+# The request fields every generating route shares (the OpenAI ranges; top_k and seed are our extensions).
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopK = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+
+
 class _Sampling(_Strict):
-    model: Annotated[str, Field(min_length=1, max_length=256)]
+    model: ModelName
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=1)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -39,7 +47,7 @@ class _Sampling(_Strict):
         | list[Annotated[str, Field(min_length=1, max_length=256)]]
         | None
     ) = None
-    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
+    seed: Seed | None = None
     presence_penalty: Annotated[float, Field(ge=0.0, le=0.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=0.0, le=0.0)] | None = None
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
@@ -99,3 +107,14 @@ def page_params(request: Request, allowed: set[str]) -> tuple[int, str, str | No
     if order not in ("asc", "desc"):
         raise APIError(400, f"'order' must be 'asc' or 'desc', got {order!r}", param="order")
     return int(raw), order, query.get("after")
+
+
+def list_page(data: list[dict], has_more: bool) -> dict:
+    """One page of a listing route, in the OpenAI list shape (``first_id``/``last_id`` for the next request)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }

@@ -83,9 +83,6 @@ class SQLiteResponseLog:
         self, limit: int, *, after: str | None = None, order: str = "desc", root_id: str | None = None,
         roots_only: bool = False,
     ) -> tuple[list[ResponseRecord], bool]:  # fmt: skip
-        """Records by creation time (then id), ``order`` "desc" or "asc", after the record ``after``, only those
-        of the tree ``root_id`` and/or only roots; returns the page and whether more follow. ``after`` must
-        exist (LookupError otherwise)."""
         cmp, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         where, args = ["1"], []
         with self.lock:

@@ -36,7 +36,7 @@ from safetensors.torch import save as save_tensors
 from retnet.generation import Finished, SamplingParams
 from retnet.models import RetNetState
 from retnet.serving.errors import APIError
-from retnet.serving.protocol import MAX_LIST_LIMIT, page_params
+from retnet.serving.protocol import MAX_LIST_LIMIT, list_page, page_params
 from retnet.serving.response_log import RESP_ID, Prompt, ResponseLog, ResponseRecord
 from retnet.serving.responses_protocol import ResponseBody, ResponsesRequest, output_text, usage
 from retnet.serving.routes import SSE_HEADERS, Generator, Turn, TurnStream, progress_comment
@@ -78,16 +78,9 @@ class Responses:
         return rec, conv
 
     def sampling(self, req: ResponsesRequest) -> SamplingParams:
-        cfg = self.gen.config
-        if req.model != cfg.model_name:
-            raise APIError(404, f"the model '{req.model}' does not exist", param="model", code="model_not_found")
-        n = req.max_output_tokens
-        n = min(cfg.default_max_tokens, cfg.max_tokens_limit) if n is None else n
-        if n > cfg.max_tokens_limit:
-            raise APIError(
-                400, f"max_output_tokens is {n}, above this server's limit of {cfg.max_tokens_limit}",
-                param="max_output_tokens", code="max_tokens_exceeded",
-            )  # fmt: skip
+        n = self.gen.check_model_and_length(
+            req.model, req.max_output_tokens, "max_output_tokens", self.gen.config.default_max_tokens
+        )
         return SamplingParams(
             max_tokens=n,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -161,15 +154,7 @@ class Responses:
 
         if not req.stream:
             try:
-                parts: list[str] = []
-                while True:
-                    kind, value = await gen.next_event(turn)
-                    if kind == "text":
-                        parts.append(value)
-                    elif kind == "error":
-                        raise APIError(value.status, value.message, code=value.code)
-                    elif kind == "done":
-                        return await complete("".join(parts), value)
+                return await complete(*await gen.collect(turn))
             finally:
                 await gen.close_turn(turn)
 
@@ -271,13 +256,7 @@ class Responses:
                 await asyncio.to_thread(self.drop, rec)
                 continue
             data.append(public(rec))
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
+        return list_page(data, more)
 
     def prune(self) -> None:
         """Drop the records whose states were evicted or expired (housekeeping)."""

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from retnet.serving.protocol import _Strict
+from retnet.serving.protocol import ModelName, Seed, Temperature, TopK, TopP, _Strict
 
 
 class InputText(_Strict):
@@ -41,17 +41,17 @@ class TextConfig(_Strict):
 
 
 class ResponsesRequest(_Strict):
-    model: Annotated[str, Field(min_length=1, max_length=256)]
+    model: ModelName
     input: Annotated[list[InputMessage], Field(min_length=1)] | str  # the list first: its errors name the item
     instructions: str | None = None
     previous_response_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     store: bool = True
     stream: bool = False
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=1)] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    seed: Seed | None = None
     metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
     text: TextConfig | None = None

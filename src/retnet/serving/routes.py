@@ -112,18 +112,24 @@ class Generator:
         self.prefix, self.metrics = prefix, metrics
 
     # ---------------------------------------------------------------- validation
+    def check_model_and_length(self, model: str, max_tokens: int | None, param: str, default_max: int) -> int:
+        """Refuse another model's name; the reply's token budget (``default_max`` when unset), within the limit."""
+        if model != self.config.model_name:
+            raise APIError(404, f"the model '{model}' does not exist", param="model", code="model_not_found")
+        limit = self.config.max_tokens_limit
+        max_tokens = min(default_max, limit) if max_tokens is None else max_tokens
+        if max_tokens > limit:
+            raise APIError(
+                400, f"{param} is {max_tokens}, above this server's limit of {limit}",
+                param=param, code="max_tokens_exceeded",
+            )  # fmt: skip
+        return max_tokens
+
     def check_common(self, req: CompletionRequest | ChatCompletionRequest, default_max: int) -> SamplingParams:
-        if req.model != self.config.model_name:
-            raise APIError(404, f"the model '{req.model}' does not exist", param="model", code="model_not_found")
         max_tokens = req.max_tokens
         if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
             max_tokens = req.max_completion_tokens
-        max_tokens = min(default_max, self.config.max_tokens_limit) if max_tokens is None else max_tokens
-        if max_tokens > self.config.max_tokens_limit:
-            raise APIError(
-                400, f"max_tokens is {max_tokens}, above this server's limit of {self.config.max_tokens_limit}",
-                param="max_tokens", code="max_tokens_exceeded",
-            )  # fmt: skip
+        max_tokens = self.check_model_and_length(req.model, max_tokens, "max_tokens", default_max)
         stop = req.stop_list()
         if len(stop) > self.config.max_stop:
             raise APIError(400, f"at most {self.config.max_stop} stop sequences are allowed", param="stop")
@@ -305,20 +311,25 @@ class Generator:
         turn.saved = True
 
     # ---------------------------------------------------------------- responses
+    async def collect(self, turn: Turn) -> tuple[str, Finished]:
+        """The whole reply of a non-streamed request: its text and the engine's final event (errors raised)."""
+        parts: list[str] = []
+        while True:
+            kind, value = await self.next_event(turn)
+            if kind == "text":
+                parts.append(value)
+            elif kind == "error":
+                raise APIError(value.status, value.message, code=value.code)
+            elif kind == "done":
+                return "".join(parts), value
+
     async def respond(self, turn: Turn, req, make_chunk, make_final) -> dict | StreamingResponse:
         """Collect the reply (JSON) or stream it (SSE). ``make_chunk(text)`` / ``make_final(text, fin)``."""
         if not req.stream:
             try:
-                parts: list[str] = []
-                while True:
-                    kind, value = await self.next_event(turn)
-                    if kind == "text":
-                        parts.append(value)
-                    elif kind == "error":
-                        raise APIError(value.status, value.message, code=value.code)
-                    elif kind == "done":
-                        await self.finish(turn, value)
-                        return make_final("".join(parts), value)
+                text, fin = await self.collect(turn)
+                await self.finish(turn, fin)
+                return make_final(text, fin)
             finally:
                 await self.close_turn(turn)
 

@@ -81,6 +81,28 @@ class Conversation:
         }
 
 
+EVICTION_POLICY = "expire after ttl_s idle, then least recently used until within both bounds"
+
+
+def store_stats(store, count: int, total: int, evicted: dict[str, int], active_turns: int, **extra) -> dict:
+    """The ``stats()`` dict every store returns (for /health and /metrics): counts and bytes, the bounds read
+    from ``store`` (``max_count``, ``max_bytes``, ``ttl_s``), evictions by reason, turns in progress, the
+    in-process state cache, then the implementation's own fields (``backend`` and what it adds)."""
+    return {
+        "conversations": count,
+        "bytes": total,
+        "max_conversations": store.max_count,
+        "max_bytes": store.max_bytes,
+        "ttl_s": store.ttl_s,
+        "eviction_policy": EVICTION_POLICY,
+        "evicted": {"lru": evicted.get("lru", 0), "expired": evicted.get("expired", 0)},
+        "active_turns": active_turns,
+        "cached_states": len(store.cache),
+        "cached_bytes": store.cache.nbytes,
+        **extra,
+    }
+
+
 class ConversationStore(Protocol):
     """Conversation records and their states. Every method may be called from any thread."""
 

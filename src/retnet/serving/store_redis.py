@@ -36,6 +36,7 @@ from retnet.serving.store import (
     StoreFull,
     StoreUnavailable,
     new_conversation_id,
+    store_stats,
 )
 
 log = logging.getLogger("retnet.serving")
@@ -354,21 +355,9 @@ class RedisStore:
     def stats(self) -> dict:
         count, total = self._totals()
         evicted = {k.decode(): int(v) for k, v in self.r.hgetall(PREFIX + "evicted").items()}
-        return {
-            "conversations": count,
-            "bytes": total,
-            "max_conversations": self.max_count,
-            "max_bytes": self.max_bytes,
-            "ttl_s": self.ttl_s,
-            "eviction_policy": "expire after ttl_s idle, then least recently used until within both bounds",
-            "evicted": {"lru": evicted.get("lru", 0), "expired": evicted.get("expired", 0)},
-            "active_turns": len(self.held),
-            "cached_states": len(self.cache),
-            "cached_bytes": self.cache.nbytes,
-            "backend": "redis",
-            "url": self.where,
-            "lock_ttl_s": self.lock_ms / 1000,
-        }
+        return store_stats(
+            self, count, total, evicted, len(self.held), backend="redis", url=self.where, lock_ttl_s=self.lock_ms / 1000
+        )
 
     def close(self) -> None:
         self.stopping.set()

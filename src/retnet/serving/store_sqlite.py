@@ -34,6 +34,7 @@ from retnet.serving.store import (
     StoreError,
     StoreFull,
     new_conversation_id,
+    store_stats,
 )
 
 SCHEMA = """
@@ -281,19 +282,7 @@ class SQLiteStore:
     def stats(self) -> dict:
         with self.lock:
             count, total = self.totals()
-            return {
-                "conversations": count,
-                "bytes": total,
-                "max_conversations": self.max_count,
-                "max_bytes": self.max_bytes,
-                "ttl_s": self.ttl_s,
-                "eviction_policy": "expire after ttl_s idle, then least recently used until within both bounds",
-                "evicted": dict(self.evictions),
-                "active_turns": len(self.busy),
-                "cached_states": len(self.cache),
-                "cached_bytes": self.cache.nbytes,
-                "backend": "sqlite",
-            }
+            return store_stats(self, count, total, self.evictions, len(self.busy), backend="sqlite")
 
     def close(self) -> None:
         with self.lock:
