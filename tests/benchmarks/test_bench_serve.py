@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from retnet.benchmarks import bench_serve
-from retnet.benchmarks.report import write_report
 from retnet.cli.main import build_parser
+from retnet_benchmarks import bench_serve
+from retnet_benchmarks.report import write_report
 
 
 def test_summary_and_report_schema(tmp_path):
@@ -78,8 +78,8 @@ def test_system_prompt_has_the_asked_number_of_tokens(tmp_path):
 def test_document_case_arguments_kv_baseline_and_peak_reset(tmp_path):
     import os
 
-    from retnet.benchmarks import serve_document
     from retnet.models import RetNetConfig
+    from retnet_benchmarks import serve_document
 
     args = build_parser().parse_args(["bench", "serve", "--case", "document", "--lengths", "8192,1024"])
     assert args.lengths == [8192, 1024] and args.doc_repeats == 3 and args.prefill_chunk == 256

@@ -7,7 +7,7 @@ peaks are independent: greedy decoding with :func:`retnet.generation.stream_gene
 token. The goal: peak RSS after 10,000 tokens within 2% of that after 100.
 
 With ``--peers``, instead: the decode state's bytes vs context (batch 1, float32) for RetNet and the baselines
-of :mod:`retnet.benchmarks.peers` (Llama, Mamba, Mamba-2, RWKV), each sized to the preset's parameter count;
+of :mod:`retnet_benchmarks.peers` (Llama, Mamba, Mamba-2, RWKV), each sized to the preset's parameter count;
 every model's fixed and per-token bytes are measured on its real cache after prefills of two lengths.
 """
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, markdown_table, write_report
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, markdown_table, write_report
 
 GOAL_PERCENT = 2.0
 
@@ -97,8 +97,8 @@ def peer_state_rows(preset: str, models: list[str], contexts: list[int]) -> list
     """One row per model: parameters, measured fixed and per-token state bytes, MiB at each context."""
     import torch
 
-    from retnet.benchmarks.peers import build_baseline
     from retnet.models import RetNetConfig, RetNetForCausalLM
+    from retnet_benchmarks.peers import build_baseline
 
     rc = RetNetConfig.preset(preset)
     rows = []
@@ -132,7 +132,7 @@ def run_peers(args: argparse.Namespace) -> int:
     """``--peers``: state bytes vs context for RetNet and its peers; report ``<--name>`` (peers_state_memory)."""
     import os
 
-    from retnet.benchmarks.peers import REFERENCE_PATH_NOTE
+    from retnet_benchmarks.peers import REFERENCE_PATH_NOTE
 
     load = os.getloadavg()
     rows = peer_state_rows(args.preset, args.peers, args.peer_contexts)
@@ -177,7 +177,7 @@ def _peers_chart(rows: list[dict[str, Any]], contexts: list[int]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from retnet.benchmarks.report import style_log_axes
+    from retnet_benchmarks.report import style_log_axes
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
@@ -196,8 +196,8 @@ def _peers_chart(rows: list[dict[str, Any]], contexts: list[int]):
 def run(args: argparse.Namespace) -> int:
     if args.peers:
         return run_peers(args)
-    from retnet.benchmarks.measure import run_isolated
     from retnet.models import RetNetConfig
+    from retnet_benchmarks.measure import run_isolated
 
     counts = args.tokens
     config = RetNetConfig.preset(args.preset)
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
         }
         # A fresh interpreter per count, so each peak RSS is its own; no timeout, as before.
-        res = run_isolated("retnet.benchmarks.bench_state_memory:decode_once", kwargs, timeout_s=None)
+        res = run_isolated("retnet_benchmarks.bench_state_memory:decode_once", kwargs, timeout_s=None)
         if "error" in res:
             raise RuntimeError(f"state-memory decoding subprocess ({n} tokens) failed: {res['error']}")
         runs.append(
@@ -329,7 +329,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
-    from retnet.benchmarks.peers import BASELINES
+    from retnet_benchmarks.peers import BASELINES
 
     p.add_argument(
         "--peers",

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retnet.benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
-from retnet.benchmarks.bench_decode import _ints
-from retnet.benchmarks.measure import run_case
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 from retnet.models import RetNetConfig
+from retnet_benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
+from retnet_benchmarks.bench_decode import _ints
+from retnet_benchmarks.measure import run_case
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 # The ``tiny`` preset's shape with the byte vocabulary: small enough to train on a shared 2-core CPU.
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             threads=args.threads,
             seed=args.seed,
         )
-        row = run_case(args, "retnet.benchmarks.bench_quality:quality_case", kwargs, args.case_timeout)
+        row = run_case(args, "retnet_benchmarks.bench_quality:quality_case", kwargs, args.case_timeout)
         row.setdefault("model", model)
         print(_progress(row, args.factors), flush=True)
         rows.append(row)

@@ -1,6 +1,6 @@
 """One retention benchmark case, meant to run in a fresh process: time and peak memory of one (mode, T).
 
-``retnet bench retention`` runs :func:`run_case` through :func:`retnet.benchmarks.measure.run_case`.
+``retnet bench retention`` runs :func:`run_case` through :func:`retnet_benchmarks.measure.run_case`.
 A fresh process per case keeps peak memory honest: ``ru_maxrss`` is a high-water mark of the whole process,
 so a case can only be measured against a baseline taken after its own setup, never after another case.
 """

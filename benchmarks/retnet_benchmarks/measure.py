@@ -1,6 +1,6 @@
 """Measuring helpers shared by the benchmarks: isolated worker processes, peak memory, bandwidth, timing.
 
-Each benchmark case runs in a fresh Python process (``python -m retnet.benchmarks.worker``) so its peak
+Each benchmark case runs in a fresh Python process (``python -m retnet_benchmarks.worker``) so its peak
 resident memory (``ru_maxrss`` / ``VmHWM``) belongs to that case alone and an out-of-memory kill ends only it.
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+import retnet
 
 RESULT_MARKER = "RETNET_BENCH_RESULT "
 GIB = 1024**3
@@ -119,6 +121,15 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, step
     return times
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment, with ``PYTHONPATH`` leading to the ``retnet`` and ``retnet_benchmarks`` it
+    imported, so that a child process (a case, a server) runs the same code even from an uninstalled checkout."""
+    env = dict(os.environ)
+    roots = [str(Path(m.__file__).resolve().parents[1]) for m in (sys.modules[__package__], retnet)]
+    env["PYTHONPATH"] = os.pathsep.join([*dict.fromkeys(roots), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def run_isolated(
     target: str,
     kwargs: dict[str, Any],
@@ -135,10 +146,8 @@ def run_isolated(
     peak above it. ``timeout_s`` None waits as long as the case runs. An out-of-memory kill, a crash, an
     exception or the timeout becomes an ``error`` row, never a crash of the benchmark.
     """
-    src = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "retnet.benchmarks.worker"]
+    env = child_env()
+    cmd = [sys.executable, "-m", "retnet_benchmarks.worker"]
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         cmd += ["--threads", str(threads)]

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 from retnet.cli.errors import CLIError
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

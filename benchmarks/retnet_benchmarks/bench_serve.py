@@ -8,14 +8,13 @@ for a fixed time and reports throughput, latency percentiles, errors and the ser
 
 ``--case prefix`` instead starts two servers, one without prefix states and one with them, and sends each the
 same new conversations that share one long system prompt: time to first token and prefilled tokens, side by
-side. ``--case document`` sends documents of 8K to 128K tokens (:mod:`retnet.benchmarks.serve_document`).
+side. ``--case document`` sends documents of 8K to 128K tokens (:mod:`retnet_benchmarks.serve_document`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import socket
 import statistics
@@ -25,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.measure import child_env
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 MODEL = "bench-retnet"
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum old tunes".split()
@@ -76,8 +76,7 @@ def _free_port() -> int:
 class _Server:
     def __init__(self, model_dir: Path, data_dir: Path, threads: int | None, extra: list[str] = ()) -> None:
         self.port = _free_port()
-        src = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = child_env()
         env.pop("RETNET_API_KEY", None)
         cmd = [sys.executable, "-m", "retnet", "serve", str(model_dir), "--port", str(self.port)]
         cmd += ["--model-name", MODEL, "--data-dir", str(data_dir), "--max-prompt-tokens", "100000"]
@@ -491,9 +490,9 @@ def _prefix_chart(runs: dict, prefilled: dict, args):
 
 
 def _document_case(args) -> int:
-    from retnet.benchmarks.serve_document import DEFAULT_LENGTHS, document_chart, run_document_case
     from retnet.models import RetNetConfig
     from retnet.serving.random_model import write_random_model
+    from retnet_benchmarks.serve_document import DEFAULT_LENGTHS, document_chart, run_document_case
 
     args.lengths = args.lengths or list(DEFAULT_LENGTHS)
     if args.quick:

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
-from retnet.benchmarks.bench_decode import _ints
-from retnet.benchmarks.measure import (
+from retnet.models import RetNetForCausalLM
+from retnet_benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
+from retnet_benchmarks.bench_decode import _ints
+from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
     current_rss,
@@ -25,8 +26,7 @@ from retnet.benchmarks.measure import (
     run_case,
     time_steps,
 )
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
-from retnet.models import RetNetForCausalLM
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 MIB = 1024**2
 VARIANTS = (("retnet", "parallel"), ("retnet", "chunkwise"), ("llama", "sdpa"))
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 row = run_case(
                     args,
-                    "retnet.benchmarks.bench_train:train_case",
+                    "retnet_benchmarks.bench_train:train_case",
                     dict(
                         model=model,
                         mode=mode,

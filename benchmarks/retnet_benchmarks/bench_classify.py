@@ -13,8 +13,8 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from retnet.benchmarks.report import write_report
     from retnet.training.classification import run_task
+    from retnet_benchmarks.report import write_report
 
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []

@@ -65,8 +65,8 @@ def parallel_bytes_estimate(seq_len: int, batch: int, heads: int, layers: int) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from retnet.benchmarks.measure import run_isolated
-    from retnet.benchmarks.report import write_report
+    from retnet_benchmarks.measure import run_isolated
+    from retnet_benchmarks.report import write_report
 
     rows: list[dict[str, Any]] = []
     for seq_len in args.lengths:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{arch:18s} T={seq_len:6d} skipped: {row['skipped']}", flush=True)
                 continue
             res = run_isolated(
-                "retnet.benchmarks.bench_encoder:encoder_case",
+                "retnet_benchmarks.bench_encoder:encoder_case",
                 {
                     "arch": arch,
                     "seq_len": seq_len,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 CHECK_TOL = 5e-3
 CHECK_BATCH, CHECK_HEADS = 2, 4
@@ -45,7 +45,7 @@ def _positive(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retnet.benchmarks import kernels_gpu as kg
+    from retnet_benchmarks import kernels_gpu as kg
 
     _positive(args)
     kg.require_cuda()

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 
 class _Stamps:

@@ -16,7 +16,7 @@ the decoding engine keeps it) along one *path*: ``eager``, ``compiled`` (``torch
 ``--paths`` adds batch-1 RetNet rows on other paths at ``--path-contexts``. ``--model-dir`` measures int8's
 quality cost: validation bits/byte of a trained model with float32 and with int8 weights.
 
-``--models`` also takes the recurrent peers of :mod:`retnet.benchmarks.peers` (``mamba``, ``mamba2``,
+``--models`` also takes the recurrent peers of :mod:`retnet_benchmarks.peers` (``mamba``, ``mamba2``,
 ``rwkv``: ``transformers`` models at RetNet's parameter count, stepping from their own caches through their
 CPU reference paths); they prefill in one forward, and beyond ``--prefill-max`` their fixed-size state comes
 from a ``--prefill-block`` prefill (a step's cost does not depend on the context). ``--size 25m`` runs the
@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.baseline import (
+from retnet.models import RetNetConfig
+from retnet_benchmarks.baseline import (
     DECODE_100M,
     TRAIN_25M,
     build_llama,
@@ -41,7 +42,7 @@ from retnet.benchmarks.baseline import (
     count_parameters,
     variant_config,
 )
-from retnet.benchmarks.measure import (
+from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
     current_rss,
@@ -52,9 +53,8 @@ from retnet.benchmarks.measure import (
     run_case,
     time_steps,
 )
-from retnet.benchmarks.peers import RECURRENT
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
-from retnet.models import RetNetConfig
+from retnet_benchmarks.peers import RECURRENT
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 DEFAULT_MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 MODELS = (*DEFAULT_MODELS, *RECURRENT)
@@ -276,7 +276,7 @@ def _peer_case(
     bandwidth: float,
 ) -> dict[str, Any]:
     """:func:`decode_case` for a recurrent peer: prefill in one forward, then time one-token steps."""
-    from retnet.benchmarks.peers import build_baseline, start, state_nbytes, step
+    from retnet_benchmarks.peers import build_baseline, start, state_nbytes, step
 
     net, info = build_baseline(model, rcfg, seed)
     net = net.to(dev)
@@ -366,7 +366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             row = run_case(
                 args,
-                "retnet.benchmarks.bench_decode:decode_case",
+                "retnet_benchmarks.bench_decode:decode_case",
                 dict(
                     model=model,
                     retnet_config=retnet_kwargs,
@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for model, cfg in variants.items():
         summary[f"{model}_params"] = cfg.num_parameters()
     if any(m in RECURRENT for m in args.models):
-        from retnet.benchmarks.peers import REFERENCE_PATH_NOTE, peer_parameters
+        from retnet_benchmarks.peers import REFERENCE_PATH_NOTE, peer_parameters
 
         for model in (m for m in args.models if m in RECURRENT):
             summary[f"{model}_params"] = peer_parameters(model, rcfg)
@@ -431,7 +431,7 @@ COLUMNS = [
 
 
 def count_parameters_of_config(llama_config: Any) -> int:
-    from retnet.benchmarks.baseline import llama_num_parameters
+    from retnet_benchmarks.baseline import llama_num_parameters
 
     head_dim = llama_config.hidden_size // llama_config.num_attention_heads
     return llama_num_parameters(
@@ -565,14 +565,14 @@ def int8_quality(model_dir: str, max_batches: int | None, threads: int) -> dict[
 
 def _peers_note(models: list[str]) -> str:
     """The recurrent peers' line of the notes (empty when none ran)."""
-    from retnet.benchmarks.peers import REFERENCE_PATH_NOTE
+    from retnet_benchmarks.peers import REFERENCE_PATH_NOTE
 
     peers = [m for m in models if m in RECURRENT]
     if not peers:
         return ""
     return (
         f"- Peers ({', '.join(peers)}; `path` hf-reference): `transformers` models built by "
-        "`retnet.benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
+        "`retnet_benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
         "inner width solved), stepping from their own caches. " + REFERENCE_PATH_NOTE + " They prefill in one "
         "forward; RWKV runs at batch 1 only.\n"
     )

@@ -1,7 +1,7 @@
 """``retnet bench recall``: multi-query associative recall accuracy vs sequence length, per architecture.
 
 Trains RetNet, gated RetNet, a hybrid (gated retention + softmax attention), YOCO and a Hugging Face Llama
-(SDPA) of about equal size on MQAR generated on the fly (:mod:`retnet.benchmarks.mqar`), each for the same
+(SDPA) of about equal size on MQAR generated on the fly (:mod:`retnet_benchmarks.mqar`), each for the same
 number of steps and tokens, then scores fresh sequences at every length. The number of key-value pairs grows
 with the length (``length / 4``), so a fixed-size state must hold more pairs at longer lengths while
 attention can look each pair up. CPU-sized by default (21 minutes measured on a shared 2-core machine);
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.mqar import MQARTask, recall_accuracy
-from retnet.benchmarks.report import write_report
+from retnet_benchmarks.mqar import MQARTask, recall_accuracy
+from retnet_benchmarks.report import write_report
 
 VARIANTS = ("retnet", "gated", "hybrid", "yoco", "llama")
 

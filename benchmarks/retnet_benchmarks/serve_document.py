@@ -6,7 +6,7 @@ document is served like any conversation). Per length: prefill tokens/s (prompt 
 first token, seen by the client), the server's peak RSS during the request above its RSS before it
 (``VmHWM`` after resetting it through ``/proc/PID/clear_refs``), the progress comments the stream carried, and
 the follow-up turn's time to first token and prompt tokens. The memory goal compares the peak growth with the
-KV cache a matched Llama (:func:`retnet.benchmarks.baseline.matched_llama_config`, float32) needs for the same
+KV cache a matched Llama (:func:`retnet_benchmarks.baseline.matched_llama_config`, float32) needs for the same
 length.
 """
 
@@ -25,7 +25,7 @@ FOLLOW_UP_TOKENS = 32
 
 def llama_kv_bytes(config, tokens: int) -> int:
     """A float32 KV cache of the matched Llama for ``tokens`` tokens (keys and values, every layer)."""
-    from retnet.benchmarks.baseline import matched_llama_config
+    from retnet_benchmarks.baseline import matched_llama_config
 
     llama = matched_llama_config(config, max_positions=max(tokens, 2048))
     head_dim = llama.hidden_size // llama.num_attention_heads
@@ -170,7 +170,7 @@ niceness {os.nice(0)} on a machine shared with other engineers' jobs (load avera
 `peak_rss_growth_mib` is the largest, over the runs, of the server's peak RSS
 during the request (`VmHWM`, reset just before through `/proc/PID/clear_refs`) minus its RSS just before;
 `llama_kv_cache_mib` is the float32 KV cache of a Llama of matched size
-(`retnet.benchmarks.baseline.matched_llama_config`) for the same length. `progress_comments` counts the
+(`retnet_benchmarks.baseline.matched_llama_config`) for the same length. `progress_comments` counts the
 `: prefill DONE/TOTAL` SSE comments the stream carried (one per `--progress-interval`, default 1 s; fewest over
 the runs); the server also logged {len(log_lines)} `prefill:` progress lines at INFO. `follow_up_prompt_tokens`:
 the follow-up turn processed only its own tokens plus the pending one.

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.report import write_report
+from retnet_benchmarks.report import write_report
 
 VARIANTS = {"retnet": "", "gated": "-gated", "hybrid": "-hybrid", "yoco": "-yoco"}  # preset name suffixes
 
