@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from retnet_benchmarks.options import add_out_dir, add_threads
+
 
 def run(args: argparse.Namespace) -> int:
     import torch
@@ -106,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", choices=("genre", "digits"), default=["digits", "genre"])
     p.add_argument("--steps", type=_steps, default=None, help="per-task steps, e.g. genre=400,digits=800")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p, 2)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    add_out_dir(p)
     p.set_defaults(func=run)

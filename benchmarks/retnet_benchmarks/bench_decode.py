@@ -40,6 +40,7 @@ from retnet_benchmarks.baseline import (
     build_pair,
     build_retnet,
     count_parameters,
+    count_parameters_of_config,
     variant_config,
 )
 from retnet_benchmarks.measure import (
@@ -53,6 +54,7 @@ from retnet_benchmarks.measure import (
     run_case,
     time_steps,
 )
+from retnet_benchmarks.options import add_device, positive_ints, positive_ints_or_none
 from retnet_benchmarks.peers import RECURRENT
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
@@ -430,20 +432,6 @@ COLUMNS = [
 ]
 
 
-def count_parameters_of_config(llama_config: Any) -> int:
-    from retnet_benchmarks.baseline import llama_num_parameters
-
-    head_dim = llama_config.hidden_size // llama_config.num_attention_heads
-    return llama_num_parameters(
-        llama_config.vocab_size,
-        llama_config.hidden_size,
-        llama_config.num_hidden_layers,
-        llama_config.intermediate_size,
-        llama_config.num_key_value_heads * head_dim,
-        llama_config.tie_word_embeddings,
-    )
-
-
 def _progress(row: dict[str, Any]) -> str:
     head = f"{row['model']:>6} {row.get('path', ''):>13} batch {row['batch']} context {row['context']:>6}: "
     if "error" in row:
@@ -651,16 +639,6 @@ def chart(rows: list[dict[str, Any]]):
     return fig
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _paths(text: str) -> list[str]:
     """Comma-separated step paths, or ``none``."""
     if text.strip().lower() == "none":
@@ -672,22 +650,17 @@ def _paths(text: str) -> list[str]:
     return paths
 
 
-def _ints_or_none(text: str) -> list[int]:
-    """Comma-separated positive integers, or ``none`` for no cases."""
-    return [] if text.strip().lower() == "none" else _ints(text)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding latency/throughput/memory vs context, RetNet vs Llama")
     p.add_argument(
         "--contexts",
-        type=_ints,
+        type=positive_ints,
         default=[1024, 2048, 4096, 8192, 16384, 32768, 65536],
         help="context lengths at batch 1",
     )
     p.add_argument(
         "--batch8-contexts",
-        type=_ints_or_none,
+        type=positive_ints_or_none,
         default=[1024, 2048, 4096, 8192, 16384, 32768],
         help="context lengths at the large batch ('none': no large-batch cases)",
     )
@@ -697,7 +670,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2, help="torch threads per case")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device(p)
     p.add_argument(
         "--memory-budget-gib", type=float, default=10.0, help="skip Llama cases whose KV cache would exceed this"
     )
@@ -718,7 +691,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated RetNet step paths also timed at batch 1 ({', '.join(PATHS)}; 'none': only the main one)",
     )
     p.add_argument(
-        "--path-contexts", type=_ints, default=None, help="contexts of the --paths rows (default: 1024 and 8192)"
+        "--path-contexts",
+        type=positive_ints,
+        default=None,
+        help="contexts of the --paths rows (default: 1024 and 8192)",
     )
     p.add_argument("--model-dir", default=None, help="trained model directory: validation bits/byte, float32 vs int8")
     p.add_argument("--quality-batches", type=int, default=None, help="limit the quality evaluation to N batches")
@@ -726,4 +702,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
     p.add_argument("--name", default="decode", help="report file name (<name>.json/.md/.png)")
-    p.set_defaults(func=lambda a: (print(run(a)), 0)[1], decode_speed_flags=True)  # + --compile, --quantize
+    p.set_defaults(func=run, decode_speed_flags=True)  # + --compile, --quantize

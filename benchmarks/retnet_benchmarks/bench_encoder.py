@@ -12,6 +12,8 @@ import statistics
 import time
 from typing import Any
 
+from retnet_benchmarks.options import add_out_dir, add_threads
+
 ARCHS = ("retnet-parallel", "retnet-chunkwise", "transformer")
 CASE_TIMEOUT_S = 3600.0
 
@@ -170,7 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p, 2)
     p.add_argument("--memory-budget-gb", type=float, default=8.0)
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    add_out_dir(p)
     p.set_defaults(func=run)

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import write_report
 
 
 class _Stamps:
@@ -130,8 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     parser.add_argument("--tokens", type=int, default=1000, help="tokens to generate (default: 1000)")
     parser.add_argument("--prompt-len", type=int, default=16, help="prompt length (default: 16)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR), help="report directory (default: docs/benchmarks)")
+    add_threads(parser, 1, "torch threads")
+    add_out_dir(parser)
 
     def main(args: argparse.Namespace) -> int:
         summary = run(args.preset, args.tokens, args.prompt_len, args.threads, args.out_dir)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.options import add_out_dir
+from retnet_benchmarks.report import write_report
 
 CHECK_TOL = 5e-3
 CHECK_BATCH, CHECK_HEADS = 2, 4
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--decode-batch", type=int, default=64, help="states in the decoding-step measurement")
-    p.add_argument("--out", default=str(DEFAULT_OUT_DIR), help="report directory (default docs/benchmarks)")
+    add_out_dir(p, "--out")
     p.set_defaults(func=run)
 
 

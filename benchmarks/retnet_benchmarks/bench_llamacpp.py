@@ -25,9 +25,16 @@ from typing import Any
 
 import torch
 
-from retnet_benchmarks.baseline import DECODE_100M, build_llama, build_pair, build_retnet, count_parameters
-from retnet_benchmarks.bench_decode import _ints, _ints_or_none, count_parameters_of_config
+from retnet_benchmarks.baseline import (
+    DECODE_100M,
+    build_llama,
+    build_pair,
+    build_retnet,
+    count_parameters,
+    count_parameters_of_config,
+)
 from retnet_benchmarks.measure import TimeBudget, run_case, time_steps
+from retnet_benchmarks.options import positive_ints, positive_ints_or_none
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 LLAMACPP_ENGINES = {"llamacpp-f32": "f32", "llamacpp-q8_0": "q8_0"}
@@ -363,10 +370,10 @@ def chart(rows: list[dict[str, Any]]):
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("llamacpp", help="batch-1 decode and prefill, RetNet vs llama.cpp (GGUF f32/Q8_0)")
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="engines (default all)")
-    p.add_argument("--contexts", type=_ints, default=[1024, 8192, 32768], help="contexts for every engine")
+    p.add_argument("--contexts", type=positive_ints, default=[1024, 8192, 32768], help="contexts for every engine")
     p.add_argument(
         "--long-contexts",
-        type=_ints_or_none,
+        type=positive_ints_or_none,
         default=[],
         help="more contexts for retnet-f32 only, e.g. 131072 ('none' or omitted: none)",
     )
@@ -389,4 +396,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
     p.add_argument("--name", default="llamacpp", help="report file name (<name>.json/.md/.png)")
-    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])
+    p.set_defaults(func=run)

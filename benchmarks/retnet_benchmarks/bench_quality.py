@@ -20,9 +20,9 @@ from torch import nn
 
 from retnet.models import RetNetConfig
 from retnet_benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
-from retnet_benchmarks.bench_decode import _ints
 from retnet_benchmarks.measure import run_case
-from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.report import write_report
 
 MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 # The ``tiny`` preset's shape with the byte vocabulary: small enough to train on a shared 2-core CPU.
@@ -263,14 +263,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300; quick 60)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 30; quick 10)")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--factors", type=_ints, default=[1, 2, 4, 8], help="evaluation lengths / training length")
+    p.add_argument("--factors", type=positive_ints, default=[1, 2, 4, 8], help="evaluation lengths / training length")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default 65536; quick 16384)")
     p.add_argument("--eval-batch-tokens", type=int, default=8192)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p, 2)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--case-timeout", type=float, default=3600.0)
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
-    p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    add_out_dir(p)
     p.add_argument("--name", default="quality", help="report file name (<name>.json/.md/.png)")
-    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])
+    p.set_defaults(func=run)

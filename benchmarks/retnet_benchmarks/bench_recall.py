@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from retnet_benchmarks.mqar import MQARTask, recall_accuracy
+from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
 from retnet_benchmarks.report import write_report
 
 VARIANTS = ("retnet", "gated", "hybrid", "yoco", "llama")
@@ -195,18 +196,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from exc
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("recall", help="associative recall (MQAR) accuracy vs length per architecture")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(VARIANTS), help="comma-separated")
     p.add_argument(
-        "--lengths", type=_int_list, default=[16, 32, 64, 128], help="sequence lengths (default %(default)s)"
+        "--lengths", type=positive_ints, default=[16, 32, 64, 128], help="sequence lengths (default %(default)s)"
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps per model (default %(default)s)")
     p.add_argument("--batch-tokens", type=int, default=1024, help="tokens per training step (default %(default)s)")
@@ -219,11 +213,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--eval-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads in all (default %(default)s)")
+    add_threads(p, 2, "CPU threads in all")
     p.add_argument("--workers", type=int, default=2, help="models trained at once, one process each")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds): 30 steps, lengths 16 and 32")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks/recall.*")
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    add_out_dir(p)
     p.add_argument("--report-name", default="recall", help="file stem under --out-dir (default %(default)s)")
     p.set_defaults(func=run)

@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from retnet_benchmarks.measure import child_env
-from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.measure import child_env, current_rss
+from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import write_report
 
 MODEL = "bench-retnet"
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum old tunes".split()
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of measured load")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of load before measuring")
     p.add_argument("--load-max-tokens", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="server torch threads (default 1: clients share the cores)")
+    add_threads(p, 1, "server torch threads (1: the clients share the cores)")
     p.add_argument("--conversations", type=int, default=100, help="prefix case: new conversations")
     p.add_argument("--system-tokens", type=int, default=2000, help="prefix case: tokens of the shared system prompt")
     p.add_argument(
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--prefill-chunk", type=int, default=256, help="document case: the server's --prefill-chunk")
     p.add_argument("--doc-repeats", type=int, default=3, help="document case: runs per length (the fastest counts)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
+    add_out_dir(p, "--out")
     p.add_argument("--name", default=None, help="report name (default: serve, or serve_prefix)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test of the benchmark)")
     p.set_defaults(func=run)
@@ -106,11 +107,7 @@ class _Server:
         raise RuntimeError("server did not become healthy")
 
     def rss_bytes(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return current_rss(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

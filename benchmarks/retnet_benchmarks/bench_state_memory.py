@@ -14,27 +14,15 @@ every model's fixed and per-token bytes are measured on its real cache after pre
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from retnet_benchmarks.report import DEFAULT_OUT_DIR, markdown_table, write_report
+from retnet_benchmarks.measure import current_rss, peak_rss
+from retnet_benchmarks.options import add_out_dir, add_threads, positive_int
+from retnet_benchmarks.report import markdown_table, write_report
 
 GOAL_PERCENT = 2.0
-
-
-def _rss_kib(field: str) -> int:
-    """``VmRSS`` (current) or ``VmHWM`` (peak) of this process in KiB, from /proc (ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, threads: int, seed: int) -> dict:
@@ -50,7 +38,7 @@ def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, thre
     model = RetNetForCausalLM(config).eval()
     prompt = torch.randint(0, config.vocab_size, (batch_size, prompt_len))
     out = torch.empty(batch_size, tokens, dtype=torch.long)  # the generated ids themselves (8 bytes per token)
-    rss_before = _rss_kib("VmRSS")
+    rss_before = current_rss() // 1024
     stream = stream_generate(model, prompt, max_new_tokens=tokens, temperature=0.0)
     start = time.perf_counter()
     count = 0
@@ -63,8 +51,8 @@ def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, thre
         "state_bytes": stream.state.nbytes(),
         "state_layer_bytes": int(stream.state.layers[0].numel() * stream.state.layers[0].element_size()),
         "rss_before_decode_kib": rss_before,
-        "rss_end_kib": _rss_kib("VmRSS"),
-        "peak_rss_kib": _rss_kib("VmHWM"),
+        "rss_end_kib": current_rss() // 1024,
+        "peak_rss_kib": peak_rss() // 1024,
         "seconds": seconds,
         "parameters": model.num_parameters(),
     }
@@ -301,16 +289,6 @@ def _token_counts(text: str) -> list[int]:
     return counts
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "state-memory",
@@ -323,11 +301,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokens", type=_token_counts, default=[100, 10000], help="generated-token counts, one subprocess each"
     )
-    p.add_argument("--prompt-len", type=_positive, default=16, help="prompt length (default 16)")
-    p.add_argument("--batch-size", type=_positive, default=1)
-    p.add_argument("--threads", type=_positive, default=1, help="torch threads in the subprocess (default 1)")
+    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt length (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    add_threads(p, 1, "torch threads in the subprocess")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    add_out_dir(p)
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
     from retnet_benchmarks.peers import BASELINES
 

@@ -19,6 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
+from retnet_benchmarks.measure import current_rss, peak_rss, reset_peak_rss
+
 DEFAULT_LENGTHS = (8192, 16384, 32768, 65536, 131072)
 FOLLOW_UP_TOKENS = 32
 
@@ -30,20 +32,6 @@ def llama_kv_bytes(config, tokens: int) -> int:
     llama = matched_llama_config(config, max_positions=max(tokens, 2048))
     head_dim = llama.hidden_size // llama.num_attention_heads
     return 2 * llama.num_hidden_layers * llama.num_key_value_heads * head_dim * tokens * 4
-
-
-def _status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no {field}")
-
-
-def reset_peak(pid: int) -> None:
-    """Reset the process's peak RSS (``VmHWM``) to its current RSS (Linux: write 5 to ``clear_refs``)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as fh:
-        fh.write("5")
 
 
 def _document(tokens: int, vocab: int, seed: int) -> list[int]:
@@ -76,10 +64,10 @@ def stream_completion(url: str, body: dict) -> dict:
 
 def _one_document(server, pid: int, common: dict, doc: list[int]) -> dict:
     """The document as a new stored conversation, then a follow-up turn: times, peak RSS growth, progress."""
-    before = _status(pid, "VmRSS")
-    reset_peak(pid)
+    before = current_rss(pid)
+    reset_peak_rss(pid)
     first = stream_completion(server.url, {**common, "prompt": doc, "store": True})
-    growth = _status(pid, "VmHWM") - before
+    growth = peak_rss(pid) - before
     follow = stream_completion(
         server.url, {**common, "prompt": doc[:FOLLOW_UP_TOKENS], "conversation_id": first["conv"], "max_tokens": 8}
     )
@@ -109,7 +97,7 @@ def run_document_case(args, model_dir: Path, tmp: Path, server_cls) -> tuple[lis
         pid = server.proc.pid
         common = {"model": "bench-retnet", "max_tokens": 1, "temperature": 0}
         stream_completion(server.url, {**common, "prompt": _document(2048, config.vocab_size, 0)})  # warm-up
-        weights_rss = _status(pid, "VmRSS")
+        weights_rss = current_rss(pid)
         for i, n in enumerate(lengths):
             runs = [_one_document(server, pid, common, _document(n, config.vocab_size, i + 1)) for _ in range(repeats)]
             fastest = min(r["prefill_s"] for r in runs)

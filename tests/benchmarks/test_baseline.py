@@ -13,9 +13,10 @@ from retnet_benchmarks.baseline import (
     build_pair,
     build_retnet,
     count_parameters,
+    count_parameters_of_config,
     llama_num_parameters,
 )
-from retnet_benchmarks.bench_decode import count_parameters_of_config, llama_cache_bytes
+from retnet_benchmarks.bench_decode import llama_cache_bytes
 
 
 @pytest.mark.parametrize(
