@@ -41,15 +41,6 @@ class LlamaLM(nn.Module):
         return self.llama(input_ids=input_ids, use_cache=False)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """The trainer's grouping: weight decay on matrices only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
 def quality_case(
     model: str,
     retnet_config: dict[str, Any],
@@ -68,6 +59,7 @@ def quality_case(
     from retnet.data import Tokenizer, WindowSampler, load_corpus, split_corpus
     from retnet.data.batching import encode_tensor
     from retnet.training.evaluate import evaluate
+    from retnet.training.optim import param_groups
     from retnet.training.schedule import warmup_cosine
 
     torch.set_num_threads(threads)
@@ -87,7 +79,7 @@ def quality_case(
     else:
         net = build_retnet(build_pair(variant_config(model, retnet_config))[0], seed)
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(_param_groups(net, 0.1), lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(net, 0.1), lr=lr, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=0.1)
     sampler = WindowSampler(train_tokens, seq_len, seed)
     net.train()

@@ -11,12 +11,12 @@ attention can look each pair up. CPU-sized by default (21 minutes measured on a 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
 import torch
 
+from retnet.training.schedule import lr_factor
 from retnet_benchmarks.mqar import MQARTask, recall_accuracy
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
 from retnet_benchmarks.report import write_report
@@ -64,13 +64,6 @@ def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[str, Any]:
     """Train one variant on mixed lengths; return its accuracy at every length."""
     torch.manual_seed(args.seed)
@@ -84,7 +77,7 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
     losses = []
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, warmup)
+            group["lr"] = args.lr * lr_factor(step, warmup_steps=warmup, total_steps=args.steps, min_lr_ratio=0.1)
         seq_len = lengths[step % len(lengths)]
         # Same number of tokens per step at every length.
         batch = max(1, args.batch_tokens // seq_len)
