@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import subplots
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,13 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chart(rows):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = sorted({r["task"] for r in rows})
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     width = 0.35
     for i, arch in enumerate(("retnet", "transformer")):
         vals = [next(r["accuracy"] for r in rows if r["task"] == t and r["arch"] == arch) for t in tasks]

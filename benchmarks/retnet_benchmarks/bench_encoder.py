@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import subplots
 
 ARCHS = ("retnet-parallel", "retnet-chunkwise", "transformer")
 CASE_TIMEOUT_S = 3600.0
@@ -141,12 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chart(rows, archs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for arch in archs:
         pts = [r for r in rows if r["arch"] == arch and "ms" in r]
         if pts:

@@ -16,7 +16,7 @@ import time
 import torch
 
 from retnet_benchmarks.options import add_out_dir, add_threads
-from retnet_benchmarks.report import write_report
+from retnet_benchmarks.report import subplots, write_report
 
 
 class _Stamps:
@@ -108,15 +108,10 @@ def run(preset: str, tokens: int, prompt_len: int, threads: int, out_dir: str) -
 
 
 def _chart(hf_dt: list[float], ours_dt: list[float]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     def smooth(xs: list[float], w: int = 25) -> list[float]:
         return [1e3 * statistics.median(xs[max(0, i - w) : i + 1]) for i in range(len(xs))]
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = subplots(figsize=(7, 3.5))
     ax.plot(range(2, len(hf_dt) + 2), smooth(hf_dt), label="transformers generate (RetNetCache)")
     ax.plot(range(2, len(ours_dt) + 2), smooth(ours_dt), label="retnet generate")
     ax.set_xlabel("generated token")

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from retnet_benchmarks.options import add_out_dir
-from retnet_benchmarks.report import write_report
+from retnet_benchmarks.report import subplots, write_report
 
 CHECK_TOL = 5e-3
 CHECK_BATCH, CHECK_HEADS = 2, 4
@@ -118,13 +118,8 @@ def _run_check(args: argparse.Namespace, kg) -> int:
 
 def chart(rows: list[dict[str, Any]]):
     """Forward+backward time vs length, one panel per head dim, log-log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dims = sorted({r["D"] for r in rows})
-    fig, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4), squeeze=False)
+    fig, axes = subplots(1, len(dims), figsize=(6 * len(dims), 4), squeeze=False)
     for ax, D in zip(axes[0], dims):
         for method in METHODS:
             pts = [(r["T"], r["fwdbwd_ms"]) for r in rows if r["D"] == D and r["method"] == method and "fwdbwd_ms" in r]

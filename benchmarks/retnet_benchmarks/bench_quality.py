@@ -22,7 +22,7 @@ from retnet.models import RetNetConfig
 from retnet_benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
 from retnet_benchmarks.measure import run_case
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
-from retnet_benchmarks.report import write_report
+from retnet_benchmarks.report import subplots, write_report
 
 MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 # The ``tiny`` preset's shape with the byte vocabulary: small enough to train on a shared 2-core CPU.
@@ -227,12 +227,7 @@ def _kwargs(rcfg: RetNetConfig) -> dict[str, Any]:
 
 
 def chart(rows: list[dict[str, Any]], factors: list[int], seq_len: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for r in rows:
         if "error" in r:
             continue

@@ -19,7 +19,7 @@ import torch
 from retnet.training.schedule import lr_factor
 from retnet_benchmarks.mqar import MQARTask, recall_accuracy
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
-from retnet_benchmarks.report import write_report
+from retnet_benchmarks.report import subplots, write_report
 
 VARIANTS = ("retnet", "gated", "hybrid", "yoco", "llama")
 
@@ -120,12 +120,7 @@ def _train_one(name: str, args: argparse.Namespace, task: MQARTask, threads: int
 
 
 def chart(rows: list[dict[str, Any]], lengths: list[int]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for r in rows:
         ax.plot(lengths, [r[f"acc@{n}"] for n in lengths], marker="o", label=r["model"])
     ax.set_xscale("log", base=2)

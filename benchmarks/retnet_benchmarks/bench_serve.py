@@ -26,7 +26,7 @@ from pathlib import Path
 
 from retnet_benchmarks.measure import child_env, current_rss
 from retnet_benchmarks.options import add_out_dir, add_threads
-from retnet_benchmarks.report import write_report
+from retnet_benchmarks.report import subplots, write_report
 
 MODEL = "bench-retnet"
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum old tunes".split()
@@ -281,12 +281,7 @@ async def _load(server: _Server, args) -> dict:
 
 # -------------------------------------------------------------------------------------------- report
 def _chart(rows: list[dict], load: dict, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4))
     turns = [r["turn"] for r in rows]
     a.plot(turns, [r["ttft_resend_ms"] for r in rows], "o-", ms=3, label="re-send whole history")
     a.plot(turns, [r["ttft_stateful_ms"] for r in rows], "o-", ms=3, label="stored state (conversation_id)")
@@ -461,12 +456,7 @@ and the assistant prompt.
 
 
 def _prefix_chart(runs: dict, prefilled: dict, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
     for mode, label in (("without", "without prefix states"), ("with", "with prefix states")):
         a.plot([r["ttft_ms"] for r in runs[mode]], "o", ms=3, label=label)
     a.set_yscale("log")

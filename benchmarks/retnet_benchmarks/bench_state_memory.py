@@ -20,7 +20,7 @@ from typing import Any
 
 from retnet_benchmarks.measure import current_rss, peak_rss
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_int
-from retnet_benchmarks.report import markdown_table, write_report
+from retnet_benchmarks.report import markdown_table, subplots, write_report
 
 GOAL_PERCENT = 2.0
 
@@ -160,14 +160,9 @@ def run_peers(args: argparse.Namespace) -> int:
 
 
 def _peers_chart(rows: list[dict[str, Any]], contexts: list[int]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from retnet_benchmarks.report import style_log_axes
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for r in rows:
         ax.plot(
             contexts,
@@ -258,12 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chart(presets: list[dict[str, Any]], runs: list[dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4))
     a.bar([p["preset"] for p in presets], [p["state_bytes_per_layer"] / 2**20 for p in presets], color="tab:blue")
     a.set_yscale("log")
     a.set_ylabel("MiB per layer (float32, batch 1)")

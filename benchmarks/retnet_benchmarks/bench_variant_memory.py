@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
-from retnet_benchmarks.report import write_report
+from retnet_benchmarks.report import subplots, write_report
 
 VARIANTS = {"retnet": "", "gated": "-gated", "hybrid": "-hybrid", "yoco": "-yoco"}  # preset name suffixes
 
@@ -116,12 +116,7 @@ def run(args: argparse.Namespace) -> int:
     )
     chart = None
     if not args.no_write:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        chart, ax = plt.subplots(figsize=(6, 4))
+        chart, ax = subplots(figsize=(6, 4))
         for name in names:
             pts = [r for r in rows if r["model"] == name]
             ax.plot([r["context"] for r in pts], [r["state_MiB"] for r in pts], marker="o", label=name)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from retnet_benchmarks.measure import current_rss, peak_rss, reset_peak_rss
+from retnet_benchmarks.report import subplots
 
 DEFAULT_LENGTHS = (8192, 16384, 32768, 65536, 131072)
 FOLLOW_UP_TOKENS = 32
@@ -167,13 +168,8 @@ the follow-up turn processed only its own tokens plus the pending one.
 
 
 def document_chart(rows: list[dict]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = [r["tokens"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4))
     a.plot(n, [r["prefill_tokens_per_s"] for r in rows], "o-")
     base = rows[0]["prefill_tokens_per_s"]
     a.axhspan(0.85 * base, 1.15 * base, alpha=0.15, color="C2", label="within 15% of 8K")
