@@ -6,16 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retnet.benchmarks.baseline import (
+from retnet_benchmarks.baseline import (
     DECODE_100M,
     TRAIN_25M,
     build_llama,
     build_pair,
     build_retnet,
     count_parameters,
+    count_parameters_of_config,
     llama_num_parameters,
 )
-from retnet.benchmarks.bench_decode import count_parameters_of_config, llama_cache_bytes
+from retnet_benchmarks.bench_decode import llama_cache_bytes
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retnet.benchmarks import bench_kernels, kernels_gpu
 from retnet.cli.main import main
+from retnet_benchmarks import bench_kernels, kernels_gpu
 
 
 @pytest.mark.parametrize("extra", [[], ["--check"]])

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from retnet.benchmarks import bench_llamacpp as b
-from retnet.benchmarks import llamacpp_gguf as g
 from retnet.cli.errors import CLIError
 from retnet.cli.main import main
+from retnet_benchmarks import bench_llamacpp as b
+from retnet_benchmarks import llamacpp_gguf as g
 
 
 def _main(monkeypatch, argv):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from retnet.benchmarks.bench_retention import CASE_TARGET, crossover, estimate_peak_bytes
-from retnet.benchmarks.measure import run_isolated
 from retnet.cli.main import main
+from retnet_benchmarks.bench_retention import CASE_TARGET, crossover, estimate_peak_bytes
+from retnet_benchmarks.measure import run_isolated
 
 TOY = ["--heads", "2", "--dk", "4", "--dv", "8", "--chunk-size", "8", "--repeats", "1", "--threads", "1"]
 

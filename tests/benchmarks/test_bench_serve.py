@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from retnet.benchmarks import bench_serve
-from retnet.benchmarks.report import write_report
 from retnet.cli.main import build_parser
+from retnet_benchmarks import bench_serve
+from retnet_benchmarks.report import write_report
 
 
 def test_summary_and_report_schema(tmp_path):
@@ -78,14 +78,15 @@ def test_system_prompt_has_the_asked_number_of_tokens(tmp_path):
 def test_document_case_arguments_kv_baseline_and_peak_reset(tmp_path):
     import os
 
-    from retnet.benchmarks import serve_document
     from retnet.models import RetNetConfig
+    from retnet_benchmarks import serve_document
+    from retnet_benchmarks.measure import reset_peak_rss
 
     args = build_parser().parse_args(["bench", "serve", "--case", "document", "--lengths", "8192,1024"])
     assert args.lengths == [8192, 1024] and args.doc_repeats == 3 and args.prefill_chunk == 256
     tiny = RetNetConfig.preset("tiny", vocab_size=257)  # d 192, 4 layers: 3 heads of 64 in the matched Llama
     assert serve_document.llama_kv_bytes(tiny, 131072) == 2 * 4 * 192 * 131072 * 4
-    serve_document.reset_peak(os.getpid())  # Linux lets a process reset its own peak RSS
+    assert reset_peak_rss(os.getpid())  # Linux lets a process reset its own peak RSS
     rows = [
         {"tokens": n, "prefill_tokens_per_s": 100.0, "llama_kv_cache_mib": n / 100, "peak_rss_growth_mib": 1.0}
         for n in (1024, 2048)

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from retnet.benchmarks.measure import run_isolated
 from retnet.cli.main import main
+from retnet_benchmarks.measure import run_isolated
 
 MACHINE_KEYS = {"platform", "processor", "cpu_count", "torch", "device"}
 
@@ -104,8 +104,8 @@ def test_decode_variants_fill_kv_caches_at_the_context(tmp_path, monkeypatch):
     rows = {(r["model"], r["batch"], r["context"]): r for r in data["rows"]}
     assert len(rows) == 9 and all("error" not in r for r in rows.values())
     assert rows[("hybrid", 1, 16)]["context_fill"] == "prefill" and rows[("yoco", 1, 64)]["context_fill"] == "synthetic"
-    from retnet.benchmarks.baseline import variant_config
     from retnet.models import RetNetConfig
+    from retnet_benchmarks.baseline import variant_config
 
     base = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96)
     for model in ("gated", "hybrid", "yoco"):
@@ -154,9 +154,9 @@ def test_train_max_minutes_skips_the_remaining_cases_and_still_reports(tmp_path,
 
 
 def test_isolated_worker_reports_result_peak_memory_and_errors():
-    ok = run_isolated("retnet.benchmarks.report:machine_info", {}, timeout_s=120)
+    ok = run_isolated("retnet_benchmarks.report:machine_info", {}, timeout_s=120)
     assert ok["torch"] == torch.__version__ and ok["process_peak_rss"] > 10 * 1024**2
-    bad = run_isolated("retnet.benchmarks.nonexistent:f", {}, timeout_s=120)
+    bad = run_isolated("retnet_benchmarks.nonexistent:f", {}, timeout_s=120)
     assert bad["error"].startswith("exit code") and "nonexistent" in bad["error"]
 
 
@@ -217,6 +217,6 @@ def test_decode_paths_and_int8_quality(tmp_path, monkeypatch):
 
 
 def test_decode_refuses_int8_off_the_cpu(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("retnet.benchmarks.bench_decode.pick_device", lambda name: __import__("torch").device("meta"))
+    monkeypatch.setattr("retnet_benchmarks.bench_decode.pick_device", lambda name: __import__("torch").device("meta"))
     assert _main(monkeypatch, _tiny_decode(tmp_path, "--quantize", "int8")) == 2
     assert "--quantize int8 runs on the CPU only" in capsys.readouterr().err

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from retnet.benchmarks.bench_state_memory import state_table
 from retnet.cli.main import main as cli_main
 from retnet.models import PRESETS, RetNetConfig
+from retnet_benchmarks.bench_state_memory import state_table
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from retnet.benchmarks.measure import run_isolated
+from retnet_benchmarks.measure import run_isolated
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from retnet.benchmarks.mqar import MQARTask, recall_accuracy
 from retnet.cli.main import main
+from retnet_benchmarks.mqar import MQARTask, recall_accuracy
 
 
 def test_mqar_batches_pair_every_query_with_its_value():

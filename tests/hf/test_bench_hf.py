@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from retnet.benchmarks.bench_hf import run
+from retnet_benchmarks.bench_hf import run
 
 
 def test_bench_hf_writes_its_report(tmp_path):

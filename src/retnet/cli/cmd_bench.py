@@ -1,35 +1,29 @@
-"""``retnet bench NAME``: run a benchmark; each ``retnet/benchmarks/bench_<name>.py`` adds one NAME."""
+"""``retnet bench`` without the benchmark suite: a placeholder that says how to install it.
+
+The suite is its own distribution (``retnet-benchmarks``, ``benchmarks/`` in the repository); installed, it adds
+the real ``retnet bench`` through the ``retnet.cli`` entry points (:mod:`retnet.cli.plugins`) and this adds nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
-from collections.abc import Callable
 
-from retnet.cli.flags import add_decode_speed_flags
+from retnet.cli.errors import CLIError
+from retnet.cli.plugins import providers
+
+INSTALL_HINT = "the benchmark suite is not installed; from a checkout of the repository: pip install -e ./benchmarks"
 
 
-def _retaining_freed_memory(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from retnet.runtime.malloc import retain_freed_memory
-
-        retain_freed_memory()
-        return func(args)
-
-    return run
+def _missing(args: argparse.Namespace) -> int:
+    raise CLIError(INSTALL_HINT)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="run a benchmark (results under docs/benchmarks/)")
-    bench_sub = parser.add_subparsers(dest="bench_name", metavar="NAME")
-    import retnet.benchmarks as pkg
-
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name.startswith("bench_"):
-            importlib.import_module(f"retnet.benchmarks.{info.name}").register(bench_sub)
-    for sub in bench_sub.choices.values():  # in-process cases repeat large allocations as training does
-        sub.set_defaults(func=_retaining_freed_memory(sub.get_default("func")))
-        if sub.get_default("decode_speed_flags"):  # benchmarks that decode take the CLI's own flags
-            add_decode_speed_flags(sub)
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    if "bench" in providers():
+        return
+    # No option prefix: every word after `bench` (names, flags, --help) is taken as is, so any call gets the hint.
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark (needs: pip install -e ./benchmarks)", prefix_chars="\0"
+    )
+    parser.add_argument("words", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=_missing)

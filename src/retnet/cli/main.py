@@ -2,7 +2,8 @@
 
 Every module ``retnet/cli/cmd_<name>.py`` defines ``register(subparsers)``, which adds its subcommand and
 sets ``func`` (taking the parsed ``argparse.Namespace`` and returning an exit code). Modules are found
-automatically, so adding a subcommand never edits this file.
+automatically, so adding a subcommand never edits this file. Other installed distributions add subcommands the
+same way through the ``retnet.cli`` entry points (:mod:`retnet.cli.plugins`; the benchmark suite adds ``bench``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from typing import NoReturn
 
 from retnet.cli.errors import CLIError
+from retnet.cli.plugins import providers
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
             importlib.import_module(f"retnet.cli.{info.name}").register(subparsers)
+    for _, entry_point in sorted(providers().items()):
+        entry_point.load()(subparsers)
     return parser
 
 

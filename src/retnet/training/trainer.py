@@ -40,6 +40,7 @@ from retnet.training.errors import TrainError
 from retnet.training.evaluate import EvalResult, evaluate
 from retnet.training.memory import check_fits
 from retnet.training.metrics import MetricsLog, plot_losses
+from retnet.training.optim import param_groups
 from retnet.training.schedule import warmup_cosine
 
 
@@ -108,13 +109,6 @@ def prepare_tokenizer(cfg: TrainConfig, train_text: str, resume_dir: Path | None
     if cfg.tokenizer == "byte":
         return Tokenizer.byte()
     return Tokenizer.train_bpe(paragraphs(train_text), cfg.vocab_size)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only (not on norms, biases or the 1-D decay/gate vectors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _log(info: dist_utils.DistInfo, msg: str, quiet: bool) -> None:
@@ -213,7 +207,7 @@ def train(
     # Compiled for the training steps only; evaluation (no gradients, other batch sizes) runs eagerly.
     step_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay),
+        param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         fused=info.device.type == "cuda" or None,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from retnet.cli.errors import CLIError
 from retnet.ops import gated_log_decay, official_log_decay, retention
+from retnet_benchmarks.measure import pick_device
 
 # Peak HBM bandwidth by product name (vendor data sheets), bytes/s; the measured copy bandwidth is also reported.
 PEAK_BANDWIDTH = (
@@ -29,8 +30,7 @@ PEAK_BANDWIDTH = (
 
 def require_cuda() -> None:
     """Refuse clearly when there is no GPU (the kernels are CPU-tested through the Triton interpreter)."""
-    if not torch.cuda.is_available():
-        raise CLIError("this benchmark needs a CUDA GPU and none is available (torch.cuda.is_available() is False)")
+    pick_device("cuda")
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise CLIError("TRITON_INTERPRET=1 is set: unset it, timings through the Triton interpreter are meaningless")
     try:

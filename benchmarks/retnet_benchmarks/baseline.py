@@ -31,6 +31,19 @@ def llama_num_parameters(
     return num_layers * per_layer + d + vocab_size * d * (1 if tied else 2)
 
 
+def count_parameters_of_config(llama_config: Any) -> int:
+    """Parameters of the ``LlamaForCausalLM`` a config describes, without building it."""
+    head_dim = llama_config.hidden_size // llama_config.num_attention_heads
+    return llama_num_parameters(
+        llama_config.vocab_size,
+        llama_config.hidden_size,
+        llama_config.num_hidden_layers,
+        llama_config.intermediate_size,
+        llama_config.num_key_value_heads * head_dim,
+        llama_config.tie_word_embeddings,
+    )
+
+
 def matched_llama_config(config: RetNetConfig, head_dim: int = 64, max_positions: int = 131072) -> Any:
     """A ``LlamaConfig`` with RetNet's d, layers, vocab and tying, MLP width solved to match parameters.
 

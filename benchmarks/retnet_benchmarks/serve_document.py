@@ -6,7 +6,7 @@ document is served like any conversation). Per length: prefill tokens/s (prompt 
 first token, seen by the client), the server's peak RSS during the request above its RSS before it
 (``VmHWM`` after resetting it through ``/proc/PID/clear_refs``), the progress comments the stream carried, and
 the follow-up turn's time to first token and prompt tokens. The memory goal compares the peak growth with the
-KV cache a matched Llama (:func:`retnet.benchmarks.baseline.matched_llama_config`, float32) needs for the same
+KV cache a matched Llama (:func:`retnet_benchmarks.baseline.matched_llama_config`, float32) needs for the same
 length.
 """
 
@@ -19,31 +19,20 @@ import statistics
 import time
 from pathlib import Path
 
+from retnet_benchmarks.measure import current_rss, peak_rss, reset_peak_rss
+from retnet_benchmarks.report import subplots
+
 DEFAULT_LENGTHS = (8192, 16384, 32768, 65536, 131072)
 FOLLOW_UP_TOKENS = 32
 
 
 def llama_kv_bytes(config, tokens: int) -> int:
     """A float32 KV cache of the matched Llama for ``tokens`` tokens (keys and values, every layer)."""
-    from retnet.benchmarks.baseline import matched_llama_config
+    from retnet_benchmarks.baseline import matched_llama_config
 
     llama = matched_llama_config(config, max_positions=max(tokens, 2048))
     head_dim = llama.hidden_size // llama.num_attention_heads
     return 2 * llama.num_hidden_layers * llama.num_key_value_heads * head_dim * tokens * 4
-
-
-def _status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no {field}")
-
-
-def reset_peak(pid: int) -> None:
-    """Reset the process's peak RSS (``VmHWM``) to its current RSS (Linux: write 5 to ``clear_refs``)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as fh:
-        fh.write("5")
 
 
 def _document(tokens: int, vocab: int, seed: int) -> list[int]:
@@ -76,10 +65,10 @@ def stream_completion(url: str, body: dict) -> dict:
 
 def _one_document(server, pid: int, common: dict, doc: list[int]) -> dict:
     """The document as a new stored conversation, then a follow-up turn: times, peak RSS growth, progress."""
-    before = _status(pid, "VmRSS")
-    reset_peak(pid)
+    before = current_rss(pid)
+    reset_peak_rss(pid)
     first = stream_completion(server.url, {**common, "prompt": doc, "store": True})
-    growth = _status(pid, "VmHWM") - before
+    growth = peak_rss(pid) - before
     follow = stream_completion(
         server.url, {**common, "prompt": doc[:FOLLOW_UP_TOKENS], "conversation_id": first["conv"], "max_tokens": 8}
     )
@@ -109,7 +98,7 @@ def run_document_case(args, model_dir: Path, tmp: Path, server_cls) -> tuple[lis
         pid = server.proc.pid
         common = {"model": "bench-retnet", "max_tokens": 1, "temperature": 0}
         stream_completion(server.url, {**common, "prompt": _document(2048, config.vocab_size, 0)})  # warm-up
-        weights_rss = _status(pid, "VmRSS")
+        weights_rss = current_rss(pid)
         for i, n in enumerate(lengths):
             runs = [_one_document(server, pid, common, _document(n, config.vocab_size, i + 1)) for _ in range(repeats)]
             fastest = min(r["prefill_s"] for r in runs)
@@ -170,7 +159,7 @@ niceness {os.nice(0)} on a machine shared with other engineers' jobs (load avera
 `peak_rss_growth_mib` is the largest, over the runs, of the server's peak RSS
 during the request (`VmHWM`, reset just before through `/proc/PID/clear_refs`) minus its RSS just before;
 `llama_kv_cache_mib` is the float32 KV cache of a Llama of matched size
-(`retnet.benchmarks.baseline.matched_llama_config`) for the same length. `progress_comments` counts the
+(`retnet_benchmarks.baseline.matched_llama_config`) for the same length. `progress_comments` counts the
 `: prefill DONE/TOTAL` SSE comments the stream carried (one per `--progress-interval`, default 1 s; fewest over
 the runs); the server also logged {len(log_lines)} `prefill:` progress lines at INFO. `follow_up_prompt_tokens`:
 the follow-up turn processed only its own tokens plus the pending one.
@@ -179,13 +168,8 @@ the follow-up turn processed only its own tokens plus the pending one.
 
 
 def document_chart(rows: list[dict]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = [r["tokens"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4))
     a.plot(n, [r["prefill_tokens_per_s"] for r in rows], "o-")
     base = rows[0]["prefill_tokens_per_s"]
     a.axhspan(0.85 * base, 1.15 * base, alpha=0.15, color="C2", label="within 15% of 8K")

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retnet.benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
-from retnet.benchmarks.bench_decode import _ints
-from retnet.benchmarks.measure import run_case
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 from retnet.models import RetNetConfig
+from retnet_benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
+from retnet_benchmarks.measure import run_case
+from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.report import subplots, write_report
 
 MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 # The ``tiny`` preset's shape with the byte vocabulary: small enough to train on a shared 2-core CPU.
@@ -39,15 +39,6 @@ class LlamaLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, mode: str = "auto") -> Any:
         return self.llama(input_ids=input_ids, use_cache=False)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """The trainer's grouping: weight decay on matrices only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
 
 
 def quality_case(
@@ -68,6 +59,7 @@ def quality_case(
     from retnet.data import Tokenizer, WindowSampler, load_corpus, split_corpus
     from retnet.data.batching import encode_tensor
     from retnet.training.evaluate import evaluate
+    from retnet.training.optim import param_groups
     from retnet.training.schedule import warmup_cosine
 
     torch.set_num_threads(threads)
@@ -87,7 +79,7 @@ def quality_case(
     else:
         net = build_retnet(build_pair(variant_config(model, retnet_config))[0], seed)
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(_param_groups(net, 0.1), lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(net, 0.1), lr=lr, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=0.1)
     sampler = WindowSampler(train_tokens, seq_len, seed)
     net.train()
@@ -159,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             threads=args.threads,
             seed=args.seed,
         )
-        row = run_case(args, "retnet.benchmarks.bench_quality:quality_case", kwargs, args.case_timeout)
+        row = run_case(args, "retnet_benchmarks.bench_quality:quality_case", kwargs, args.case_timeout)
         row.setdefault("model", model)
         print(_progress(row, args.factors), flush=True)
         rows.append(row)
@@ -235,12 +227,7 @@ def _kwargs(rcfg: RetNetConfig) -> dict[str, Any]:
 
 
 def chart(rows: list[dict[str, Any]], factors: list[int], seq_len: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for r in rows:
         if "error" in r:
             continue
@@ -263,14 +250,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300; quick 60)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 30; quick 10)")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--factors", type=_ints, default=[1, 2, 4, 8], help="evaluation lengths / training length")
+    p.add_argument("--factors", type=positive_ints, default=[1, 2, 4, 8], help="evaluation lengths / training length")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default 65536; quick 16384)")
     p.add_argument("--eval-batch-tokens", type=int, default=8192)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p, 2)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--case-timeout", type=float, default=3600.0)
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
-    p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    add_out_dir(p)
     p.add_argument("--name", default="quality", help="report file name (<name>.json/.md/.png)")
-    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])
+    p.set_defaults(func=run)

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
-from retnet.benchmarks.bench_decode import _ints
-from retnet.benchmarks.measure import (
+from retnet.models import RetNetForCausalLM
+from retnet_benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
+from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
     current_rss,
@@ -25,8 +25,8 @@ from retnet.benchmarks.measure import (
     run_case,
     time_steps,
 )
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
-from retnet.models import RetNetForCausalLM
+from retnet_benchmarks.options import add_device, positive_ints
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 MIB = 1024**2
 VARIANTS = (("retnet", "parallel"), ("retnet", "chunkwise"), ("llama", "sdpa"))
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 row = run_case(
                     args,
-                    "retnet.benchmarks.bench_train:train_case",
+                    "retnet_benchmarks.bench_train:train_case",
                     dict(
                         model=model,
                         mode=mode,
@@ -280,7 +280,7 @@ def _modes(text: str) -> list[str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama")
-    p.add_argument("--lengths", type=_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--lengths", type=positive_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument(
         "--modes",
         type=_modes,
@@ -297,11 +297,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup-len", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device(p)
     p.add_argument("--memory-budget-gib", type=float, default=10.0)
     p.add_argument("--case-timeout", type=float, default=1800.0)
     TimeBudget.add_argument(p)
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
-    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])
+    p.set_defaults(func=run)

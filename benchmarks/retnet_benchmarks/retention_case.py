@@ -1,14 +1,13 @@
 """One retention benchmark case, meant to run in a fresh process: time and peak memory of one (mode, T).
 
-``retnet bench retention`` runs :func:`run_case` through :func:`retnet.benchmarks.measure.run_case`.
-A fresh process per case keeps peak memory honest: ``ru_maxrss`` is a high-water mark of the whole process,
+``retnet bench retention`` runs :func:`run_case` through :func:`retnet_benchmarks.measure.run_case`.
+A fresh process per case keeps peak memory honest: peak RSS is a high-water mark of the whole process,
 so a case can only be measured against a baseline taken after its own setup, never after another case.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import time
 from typing import Any
@@ -16,13 +15,9 @@ from typing import Any
 import torch
 
 from retnet.ops import official_log_decay, retention
+from retnet_benchmarks.measure import peak_rss
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _max_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _inputs(spec: dict[str, Any], T: int) -> tuple[torch.Tensor, ...]:
@@ -58,7 +53,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     T = spec["T"]
     _step(spec, *_inputs(spec, min(T, 2 * spec["chunk_size"])))  # toy pass: one-time library initialisation
     tensors = _inputs(spec, T)
-    baseline = _max_rss_bytes()
+    baseline = peak_rss()
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     _step(spec, *tensors)  # warm-up at full size
@@ -78,7 +73,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "cpu_ms": 1000 * statistics.median(cpu),
         "warmup_ms": 1000 * warm_s,
         "repeats": repeats,
-        "peak_bytes": max(0, _max_rss_bytes() - baseline),
+        "peak_bytes": max(0, peak_rss() - baseline),
         "baseline_rss_bytes": baseline,
         "load_avg": round((load_before + os.getloadavg()[0]) / 2, 2),
     }

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.report import write_report
+from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.report import subplots, write_report
 
 VARIANTS = {"retnet": "", "gated": "-gated", "hybrid": "-hybrid", "yoco": "-yoco"}  # preset name suffixes
 
@@ -115,12 +116,7 @@ def run(args: argparse.Namespace) -> int:
     )
     chart = None
     if not args.no_write:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        chart, ax = plt.subplots(figsize=(6, 4))
+        chart, ax = subplots(figsize=(6, 4))
         for name in names:
             pts = [r for r in rows if r["model"] == name]
             ax.plot([r["context"] for r in pts], [r["state_MiB"] for r in pts], marker="o", label=name)
@@ -146,16 +142,12 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(checks.values()) else 1
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("variant-memory", help="decoding-state bytes vs context per variant (and Llama)")
-    p.add_argument("--contexts", type=_ints, default=[1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--measure", type=_ints, default=[1024, 2048], help="contexts measured by real prefills")
+    p.add_argument("--contexts", type=positive_ints, default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--measure", type=positive_ints, default=[1024, 2048], help="contexts measured by real prefills")
     p.add_argument("--shape", choices=["tiny", "small"], default="small", help="preset family (default small)")
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p, 2)
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    add_out_dir(p)
     p.set_defaults(func=run)

@@ -1,6 +1,6 @@
 """Measuring helpers shared by the benchmarks: isolated worker processes, peak memory, bandwidth, timing.
 
-Each benchmark case runs in a fresh Python process (``python -m retnet.benchmarks.worker``) so its peak
+Each benchmark case runs in a fresh Python process (``python -m retnet_benchmarks.worker``) so its peak
 resident memory (``ru_maxrss`` / ``VmHWM``) belongs to that case alone and an out-of-memory kill ends only it.
 """
 
@@ -20,18 +20,22 @@ from typing import Any
 
 import torch
 
+import retnet
+from retnet.cli.errors import CLIError
+
 RESULT_MARKER = "RETNET_BENCH_RESULT "
 GIB = 1024**3
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else CPU."""
+    """The one device choice of the suite: ``auto`` is CUDA when present, else the CPU; ``cuda`` without a GPU
+    is a user error (one line, exit code 2)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise CLIError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+        raise CLIError("this benchmark needs a CUDA GPU and none is available (torch.cuda.is_available() is False)")
     return torch.device(name)
 
 
@@ -40,34 +44,59 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _read_status_kib(field: str) -> int | None:
+def status_bytes(field: str, pid: int | None = None) -> int | None:
+    """A memory field of ``/proc/PID/status`` (``VmRSS`` now, ``VmHWM`` peak) in bytes, for this process by
+    default; None where /proc has no such file (not Linux)."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(f"/proc/{pid or 'self'}/status") as fh:
             for line in fh:
                 if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        if pid is not None and os.path.isdir("/proc/self"):
+            raise  # Linux, but that process is gone
     return None
 
 
-def current_rss() -> int:
-    """Resident memory of this process now, in bytes."""
-    kib = _read_status_kib("VmRSS")
-    return kib * 1024 if kib is not None else peak_rss()
+def _foreign(field: str, pid: int) -> int:
+    value = status_bytes(field, pid)
+    if value is None:
+        raise RuntimeError(f"/proc/{pid}/status has no {field} (the RSS of another process needs Linux)")
+    return value
 
 
-def peak_rss() -> int:
-    """Peak resident memory of this process (since start or the last :func:`reset_peak_memory`), bytes."""
-    kib = _read_status_kib("VmHWM")
-    if kib is None:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+def current_rss(pid: int | None = None) -> int:
+    """Resident memory now, in bytes, of this process (or of process ``pid``)."""
+    if pid is not None:
+        return _foreign("VmRSS", pid)
+    value = status_bytes("VmRSS")
+    return value if value is not None else peak_rss()
+
+
+def peak_rss(pid: int | None = None) -> int:
+    """Peak resident memory (since start or the last reset), in bytes, of this process (or of process ``pid``)."""
+    if pid is not None:
+        return _foreign("VmHWM", pid)
+    value = status_bytes("VmHWM")
+    if value is None:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return r if sys.platform == "darwin" else r * 1024
-    return kib * 1024
+    return value
+
+
+def reset_peak_rss(pid: int | None = None) -> bool:
+    """Start a new RSS peak (``VmHWM`` back to the current RSS: Linux's ``/proc/PID/clear_refs``); False where
+    it cannot be reset (then the peak covers the whole process)."""
+    try:
+        with open(f"/proc/{pid or 'self'}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def reset_peak_memory(device: torch.device) -> bool:
-    """Start a new peak: CUDA's allocator stats, or Linux's VmHWM via ``/proc/self/clear_refs``.
+    """Start a new peak: CUDA's allocator stats, or the process's RSS peak (:func:`reset_peak_rss`).
 
     Returns False where the CPU peak cannot be reset (then the peak covers the whole process).
     """
@@ -75,12 +104,7 @@ def reset_peak_memory(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return True
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+    return reset_peak_rss()
 
 
 def peak_memory(device: torch.device) -> int:
@@ -119,6 +143,15 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, step
     return times
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment, with ``PYTHONPATH`` leading to the ``retnet`` and ``retnet_benchmarks`` it
+    imported, so that a child process (a case, a server) runs the same code even from an uninstalled checkout."""
+    env = dict(os.environ)
+    roots = [str(Path(m.__file__).resolve().parents[1]) for m in (sys.modules[__package__], retnet)]
+    env["PYTHONPATH"] = os.pathsep.join([*dict.fromkeys(roots), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def run_isolated(
     target: str,
     kwargs: dict[str, Any],
@@ -135,10 +168,8 @@ def run_isolated(
     peak above it. ``timeout_s`` None waits as long as the case runs. An out-of-memory kill, a crash, an
     exception or the timeout becomes an ``error`` row, never a crash of the benchmark.
     """
-    src = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "retnet.benchmarks.worker"]
+    env = child_env()
+    cmd = [sys.executable, "-m", "retnet_benchmarks.worker"]
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         cmd += ["--threads", str(threads)]

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from retnet.benchmarks.baseline import build_llama, count_parameters, matched_llama_config
 from retnet.models import RetNetConfig
+from retnet_benchmarks.baseline import build_llama, count_parameters, matched_llama_config
 
 BASELINES = ("llama", "mamba", "mamba2", "rwkv")
 RECURRENT = ("mamba", "mamba2", "rwkv")

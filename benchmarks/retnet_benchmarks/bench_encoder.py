@@ -12,6 +12,9 @@ import statistics
 import time
 from typing import Any
 
+from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import subplots
+
 ARCHS = ("retnet-parallel", "retnet-chunkwise", "transformer")
 CASE_TIMEOUT_S = 3600.0
 
@@ -65,8 +68,8 @@ def parallel_bytes_estimate(seq_len: int, batch: int, heads: int, layers: int) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from retnet.benchmarks.measure import run_isolated
-    from retnet.benchmarks.report import write_report
+    from retnet_benchmarks.measure import run_isolated
+    from retnet_benchmarks.report import write_report
 
     rows: list[dict[str, Any]] = []
     for seq_len in args.lengths:
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{arch:18s} T={seq_len:6d} skipped: {row['skipped']}", flush=True)
                 continue
             res = run_isolated(
-                "retnet.benchmarks.bench_encoder:encoder_case",
+                "retnet_benchmarks.bench_encoder:encoder_case",
                 {
                     "arch": arch,
                     "seq_len": seq_len,
@@ -139,12 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chart(rows, archs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for arch in archs:
         pts = [r for r in rows if r["arch"] == arch and "ms" in r]
         if pts:
@@ -170,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p, 2)
     p.add_argument("--memory-budget-gb", type=float, default=8.0)
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    add_out_dir(p)
     p.set_defaults(func=run)

@@ -1,7 +1,7 @@
 """``retnet bench retention``: time and peak memory of the three retention forms against sequence length.
 
-Each (mode, T) runs :func:`retnet.benchmarks.retention_case.run_case` in a fresh process (through
-:func:`retnet.benchmarks.measure.run_case`) so peak RSS is not contaminated by earlier cases. Cases whose
+Each (mode, T) runs :func:`retnet_benchmarks.retention_case.run_case` in a fresh process (through
+:func:`retnet_benchmarks.measure.run_case`) so peak RSS is not contaminated by earlier cases. Cases whose
 estimated memory exceeds a budget are not run (reported with the estimate); the recurrent form, a Python loop
 per step, is capped by length. A second sweep over short lengths finds where ``mode="auto"`` should switch
 from the parallel to the chunkwise form.
@@ -14,16 +14,16 @@ import json
 import sys
 from typing import Any
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 from retnet.cli.errors import CLIError
 from retnet.models.directory import atomic_write_json
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 MODES = ("parallel", "chunkwise", "recurrent")
 DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 4, "float16": 4}  # compute dtype is float32 or float64
 DEFAULT_LENGTHS = "512,1024,2048,4096,8192,16384"
 DEFAULT_AUTO_LENGTHS = "64,128,192,256,384,512,768,1024"
 MiB = 2**20
-CASE_TARGET = "retnet.benchmarks.retention_case:run_case"
+CASE_TARGET = "retnet_benchmarks.retention_case:run_case"
 
 
 def _int_list(text: str, name: str) -> list[int]:
@@ -73,7 +73,7 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 
 def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[str, Any]]:
     """Forward+backward time and peak memory for every (mode, T), or why a case was not run."""
-    from retnet.benchmarks.measure import run_case
+    from retnet_benchmarks.measure import run_case
 
     rows = []
     for T in args.lengths:
@@ -112,7 +112,7 @@ def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[st
 
 def auto_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[str, Any]]:
     """Parallel vs chunkwise at short lengths, forward+backward and forward only, measured side by side."""
-    from retnet.benchmarks import retention_case
+    from retnet_benchmarks import retention_case
 
     rows = []
     for backward in (True, False):
@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     if auto:
         notes += '\n## Where `mode="auto"` should switch (parallel vs chunkwise, median ms)\n\n'
         notes += "Measured in one process, one after the other for each T (time only, no memory figures).\n\n"
-        from retnet.benchmarks.report import markdown_table
+        from retnet_benchmarks.report import markdown_table
 
         notes += markdown_table(auto)
     cfg = f"B={args.batch}, H={args.heads}, Dk={args.dk}, Dv={args.dv}, {args.dtype}, chunk {args.chunk_size}"

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
 from retnet.cli.errors import CLIError
+from retnet_benchmarks.options import add_out_dir
+from retnet_benchmarks.report import write_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[128, 256], help="head dims (Dk = Dv)")
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--chunks", type=int, nargs="+", default=[64, 32], help="chunk lengths (the autotuner's choices)")
-    p.add_argument("--out", default=str(DEFAULT_OUT_DIR))
+    add_out_dir(p, "--out")
     p.set_defaults(func=run)
 
 

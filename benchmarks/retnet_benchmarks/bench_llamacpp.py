@@ -1,7 +1,7 @@
 """``retnet bench llamacpp``: RetNet decoding and prefill side by side with llama.cpp, batch 1, same threads.
 
-The llama.cpp side is the equal-size Llama of ``bench decode`` (:mod:`retnet.benchmarks.baseline`), random
-weights, converted to GGUF f32 and Q8_0 by llama.cpp's own converter (:mod:`retnet.benchmarks.llamacpp_gguf`)
+The llama.cpp side is the equal-size Llama of ``bench decode`` (:mod:`retnet_benchmarks.baseline`), random
+weights, converted to GGUF f32 and Q8_0 by llama.cpp's own converter (:mod:`retnet_benchmarks.llamacpp_gguf`)
 and run through ``llama-cpp-python``. The RetNet side decodes through the step ``retnet generate``, ``chat`` and
 ``serve`` run (:func:`retnet.models.make_decode_step`, state updated in place): float32 eager, float32 compiled
 (``compile=True``; its compile time is reported apart from the timed steps) and eager on int8 weights
@@ -25,10 +25,17 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.baseline import DECODE_100M, build_llama, build_pair, build_retnet, count_parameters
-from retnet.benchmarks.bench_decode import _ints, _ints_or_none, count_parameters_of_config
-from retnet.benchmarks.measure import TimeBudget, run_case, time_steps
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.baseline import (
+    DECODE_100M,
+    build_llama,
+    build_pair,
+    build_retnet,
+    count_parameters,
+    count_parameters_of_config,
+)
+from retnet_benchmarks.measure import TimeBudget, run_case, time_steps
+from retnet_benchmarks.options import positive_ints, positive_ints_or_none
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 LLAMACPP_ENGINES = {"llamacpp-f32": "f32", "llamacpp-q8_0": "q8_0"}
 RETNET_ENGINES = ("retnet-f32", "retnet-compiled", "retnet-int8")
@@ -236,7 +243,7 @@ COLUMNS = [
 
 def _prepare_ggufs(args: argparse.Namespace, lcfg: Any, work_dir: Path) -> dict[str, str]:
     """The equal-size Llama saved and converted to each GGUF type the chosen engines need."""
-    from retnet.benchmarks import llamacpp_gguf as g
+    from retnet_benchmarks import llamacpp_gguf as g
 
     wanted = {e: t for e, t in LLAMACPP_ENGINES.items() if e in args.engines}
     if not wanted:
@@ -277,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     flash_attn=args.llama_flash_attn == "on",
                     seed=args.seed,
                 )
-                target = "retnet.benchmarks.bench_llamacpp:engine_case"
+                target = "retnet_benchmarks.bench_llamacpp:engine_case"
                 result = run_case(args, target, kwargs, timeout_s=args.case_timeout, threads=args.threads)
             rows.append(row_of(engine, context, result))
             print(_progress(rows[-1]), flush=True)
@@ -311,7 +318,7 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
     text = f"""
 - Models (random weights, seed {args.seed}): RetNet d={rcfg.hidden_size}, {rcfg.num_layers} layers,
   {rcfg.num_heads} heads, d_v=ffn={rcfg.value_dim}, vocab {rcfg.vocab_size}, {rcfg.num_parameters():,} parameters;
-  the equal-size Llama (`retnet.benchmarks.baseline`, as in `bench decode`) d={lcfg.hidden_size},
+  the equal-size Llama (`retnet_benchmarks.baseline`, as in `bench decode`) d={lcfg.hidden_size},
   {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size},
   {count_parameters_of_config(lcfg):,} parameters.
 - llama.cpp: the Llama saved with `save_pretrained` (safetensors) and a SentencePiece `tokenizer.model`, converted
@@ -344,7 +351,7 @@ def chart(rows: list[dict[str, Any]]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from retnet.benchmarks.report import style_log_axes
+    from retnet_benchmarks.report import style_log_axes
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for engine in ENGINES:
@@ -363,10 +370,10 @@ def chart(rows: list[dict[str, Any]]):
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("llamacpp", help="batch-1 decode and prefill, RetNet vs llama.cpp (GGUF f32/Q8_0)")
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="engines (default all)")
-    p.add_argument("--contexts", type=_ints, default=[1024, 8192, 32768], help="contexts for every engine")
+    p.add_argument("--contexts", type=positive_ints, default=[1024, 8192, 32768], help="contexts for every engine")
     p.add_argument(
         "--long-contexts",
-        type=_ints_or_none,
+        type=positive_ints_or_none,
         default=[],
         help="more contexts for retnet-f32 only, e.g. 131072 ('none' or omitted: none)",
     )
@@ -389,4 +396,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
     p.add_argument("--name", default="llamacpp", help="report file name (<name>.json/.md/.png)")
-    p.set_defaults(func=lambda a: (print(run(a)), 0)[1])
+    p.set_defaults(func=run)

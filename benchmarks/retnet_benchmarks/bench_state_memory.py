@@ -7,34 +7,22 @@ peaks are independent: greedy decoding with :func:`retnet.generation.stream_gene
 token. The goal: peak RSS after 10,000 tokens within 2% of that after 100.
 
 With ``--peers``, instead: the decode state's bytes vs context (batch 1, float32) for RetNet and the baselines
-of :mod:`retnet.benchmarks.peers` (Llama, Mamba, Mamba-2, RWKV), each sized to the preset's parameter count;
+of :mod:`retnet_benchmarks.peers` (Llama, Mamba, Mamba-2, RWKV), each sized to the preset's parameter count;
 every model's fixed and per-token bytes are measured on its real cache after prefills of two lengths.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, markdown_table, write_report
+from retnet_benchmarks.measure import current_rss, peak_rss
+from retnet_benchmarks.options import add_out_dir, add_threads, positive_int
+from retnet_benchmarks.report import markdown_table, subplots, write_report
 
 GOAL_PERCENT = 2.0
-
-
-def _rss_kib(field: str) -> int:
-    """``VmRSS`` (current) or ``VmHWM`` (peak) of this process in KiB, from /proc (ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, threads: int, seed: int) -> dict:
@@ -50,7 +38,7 @@ def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, thre
     model = RetNetForCausalLM(config).eval()
     prompt = torch.randint(0, config.vocab_size, (batch_size, prompt_len))
     out = torch.empty(batch_size, tokens, dtype=torch.long)  # the generated ids themselves (8 bytes per token)
-    rss_before = _rss_kib("VmRSS")
+    rss_before = current_rss() // 1024
     stream = stream_generate(model, prompt, max_new_tokens=tokens, temperature=0.0)
     start = time.perf_counter()
     count = 0
@@ -63,8 +51,8 @@ def decode_once(preset: str, tokens: int, prompt_len: int, batch_size: int, thre
         "state_bytes": stream.state.nbytes(),
         "state_layer_bytes": int(stream.state.layers[0].numel() * stream.state.layers[0].element_size()),
         "rss_before_decode_kib": rss_before,
-        "rss_end_kib": _rss_kib("VmRSS"),
-        "peak_rss_kib": _rss_kib("VmHWM"),
+        "rss_end_kib": current_rss() // 1024,
+        "peak_rss_kib": peak_rss() // 1024,
         "seconds": seconds,
         "parameters": model.num_parameters(),
     }
@@ -97,8 +85,8 @@ def peer_state_rows(preset: str, models: list[str], contexts: list[int]) -> list
     """One row per model: parameters, measured fixed and per-token state bytes, MiB at each context."""
     import torch
 
-    from retnet.benchmarks.peers import build_baseline
     from retnet.models import RetNetConfig, RetNetForCausalLM
+    from retnet_benchmarks.peers import build_baseline
 
     rc = RetNetConfig.preset(preset)
     rows = []
@@ -132,7 +120,7 @@ def run_peers(args: argparse.Namespace) -> int:
     """``--peers``: state bytes vs context for RetNet and its peers; report ``<--name>`` (peers_state_memory)."""
     import os
 
-    from retnet.benchmarks.peers import REFERENCE_PATH_NOTE
+    from retnet_benchmarks.peers import REFERENCE_PATH_NOTE
 
     load = os.getloadavg()
     rows = peer_state_rows(args.preset, args.peers, args.peer_contexts)
@@ -172,14 +160,9 @@ def run_peers(args: argparse.Namespace) -> int:
 
 
 def _peers_chart(rows: list[dict[str, Any]], contexts: list[int]):
-    import matplotlib
+    from retnet_benchmarks.report import style_log_axes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from retnet.benchmarks.report import style_log_axes
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for r in rows:
         ax.plot(
             contexts,
@@ -196,8 +179,8 @@ def _peers_chart(rows: list[dict[str, Any]], contexts: list[int]):
 def run(args: argparse.Namespace) -> int:
     if args.peers:
         return run_peers(args)
-    from retnet.benchmarks.measure import run_isolated
     from retnet.models import RetNetConfig
+    from retnet_benchmarks.measure import run_isolated
 
     counts = args.tokens
     config = RetNetConfig.preset(args.preset)
@@ -212,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
         }
         # A fresh interpreter per count, so each peak RSS is its own; no timeout, as before.
-        res = run_isolated("retnet.benchmarks.bench_state_memory:decode_once", kwargs, timeout_s=None)
+        res = run_isolated("retnet_benchmarks.bench_state_memory:decode_once", kwargs, timeout_s=None)
         if "error" in res:
             raise RuntimeError(f"state-memory decoding subprocess ({n} tokens) failed: {res['error']}")
         runs.append(
@@ -270,12 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chart(presets: list[dict[str, Any]], runs: list[dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4))
     a.bar([p["preset"] for p in presets], [p["state_bytes_per_layer"] / 2**20 for p in presets], color="tab:blue")
     a.set_yscale("log")
     a.set_ylabel("MiB per layer (float32, batch 1)")
@@ -301,16 +279,6 @@ def _token_counts(text: str) -> list[int]:
     return counts
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "state-memory",
@@ -323,13 +291,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokens", type=_token_counts, default=[100, 10000], help="generated-token counts, one subprocess each"
     )
-    p.add_argument("--prompt-len", type=_positive, default=16, help="prompt length (default 16)")
-    p.add_argument("--batch-size", type=_positive, default=1)
-    p.add_argument("--threads", type=_positive, default=1, help="torch threads in the subprocess (default 1)")
+    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt length (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    add_threads(p, 1, "torch threads in the subprocess")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    add_out_dir(p)
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
-    from retnet.benchmarks.peers import BASELINES
+    from retnet_benchmarks.peers import BASELINES
 
     p.add_argument(
         "--peers",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.options import add_out_dir
+from retnet_benchmarks.report import subplots, write_report
 
 CHECK_TOL = 5e-3
 CHECK_BATCH, CHECK_HEADS = 2, 4
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--decode-batch", type=int, default=64, help="states in the decoding-step measurement")
-    p.add_argument("--out", default=str(DEFAULT_OUT_DIR), help="report directory (default docs/benchmarks)")
+    add_out_dir(p, "--out")
     p.set_defaults(func=run)
 
 
@@ -45,7 +46,7 @@ def _positive(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retnet.benchmarks import kernels_gpu as kg
+    from retnet_benchmarks import kernels_gpu as kg
 
     _positive(args)
     kg.require_cuda()
@@ -117,13 +118,8 @@ def _run_check(args: argparse.Namespace, kg) -> int:
 
 def chart(rows: list[dict[str, Any]]):
     """Forward+backward time vs length, one panel per head dim, log-log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dims = sorted({r["D"] for r in rows})
-    fig, axes = plt.subplots(1, len(dims), figsize=(6 * len(dims), 4), squeeze=False)
+    fig, axes = subplots(1, len(dims), figsize=(6 * len(dims), 4), squeeze=False)
     for ax, D in zip(axes[0], dims):
         for method in METHODS:
             pts = [(r["T"], r["fwdbwd_ms"]) for r in rows if r["D"] == D and r["method"] == method and "fwdbwd_ms" in r]

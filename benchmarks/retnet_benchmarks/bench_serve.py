@@ -8,14 +8,13 @@ for a fixed time and reports throughput, latency percentiles, errors and the ser
 
 ``--case prefix`` instead starts two servers, one without prefix states and one with them, and sends each the
 same new conversations that share one long system prompt: time to first token and prefilled tokens, side by
-side. ``--case document`` sends documents of 8K to 128K tokens (:mod:`retnet.benchmarks.serve_document`).
+side. ``--case document`` sends documents of 8K to 128K tokens (:mod:`retnet_benchmarks.serve_document`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import socket
 import statistics
@@ -25,7 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.measure import child_env, current_rss
+from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import subplots, write_report
 
 MODEL = "bench-retnet"
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum old tunes".split()
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of measured load")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of load before measuring")
     p.add_argument("--load-max-tokens", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="server torch threads (default 1: clients share the cores)")
+    add_threads(p, 1, "server torch threads (1: the clients share the cores)")
     p.add_argument("--conversations", type=int, default=100, help="prefix case: new conversations")
     p.add_argument("--system-tokens", type=int, default=2000, help="prefix case: tokens of the shared system prompt")
     p.add_argument(
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--prefill-chunk", type=int, default=256, help="document case: the server's --prefill-chunk")
     p.add_argument("--doc-repeats", type=int, default=3, help="document case: runs per length (the fastest counts)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
+    add_out_dir(p, "--out")
     p.add_argument("--name", default=None, help="report name (default: serve, or serve_prefix)")
     p.add_argument("--quick", action="store_true", help="toy sizes (a smoke test of the benchmark)")
     p.set_defaults(func=run)
@@ -76,8 +77,7 @@ def _free_port() -> int:
 class _Server:
     def __init__(self, model_dir: Path, data_dir: Path, threads: int | None, extra: list[str] = ()) -> None:
         self.port = _free_port()
-        src = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = child_env()
         env.pop("RETNET_API_KEY", None)
         cmd = [sys.executable, "-m", "retnet", "serve", str(model_dir), "--port", str(self.port)]
         cmd += ["--model-name", MODEL, "--data-dir", str(data_dir), "--max-prompt-tokens", "100000"]
@@ -107,11 +107,7 @@ class _Server:
         raise RuntimeError("server did not become healthy")
 
     def rss_bytes(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return current_rss(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -285,12 +281,7 @@ async def _load(server: _Server, args) -> dict:
 
 # -------------------------------------------------------------------------------------------- report
 def _chart(rows: list[dict], load: dict, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4))
     turns = [r["turn"] for r in rows]
     a.plot(turns, [r["ttft_resend_ms"] for r in rows], "o-", ms=3, label="re-send whole history")
     a.plot(turns, [r["ttft_stateful_ms"] for r in rows], "o-", ms=3, label="stored state (conversation_id)")
@@ -465,12 +456,7 @@ and the assistant prompt.
 
 
 def _prefix_chart(runs: dict, prefilled: dict, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
     for mode, label in (("without", "without prefix states"), ("with", "with prefix states")):
         a.plot([r["ttft_ms"] for r in runs[mode]], "o", ms=3, label=label)
     a.set_yscale("log")
@@ -491,9 +477,9 @@ def _prefix_chart(runs: dict, prefilled: dict, args):
 
 
 def _document_case(args) -> int:
-    from retnet.benchmarks.serve_document import DEFAULT_LENGTHS, document_chart, run_document_case
     from retnet.models import RetNetConfig
     from retnet.serving.random_model import write_random_model
+    from retnet_benchmarks.serve_document import DEFAULT_LENGTHS, document_chart, run_document_case
 
     args.lengths = args.lengths or list(DEFAULT_LENGTHS)
     if args.quick:

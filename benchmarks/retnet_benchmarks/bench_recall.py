@@ -1,7 +1,7 @@
 """``retnet bench recall``: multi-query associative recall accuracy vs sequence length, per architecture.
 
 Trains RetNet, gated RetNet, a hybrid (gated retention + softmax attention), YOCO and a Hugging Face Llama
-(SDPA) of about equal size on MQAR generated on the fly (:mod:`retnet.benchmarks.mqar`), each for the same
+(SDPA) of about equal size on MQAR generated on the fly (:mod:`retnet_benchmarks.mqar`), each for the same
 number of steps and tokens, then scores fresh sequences at every length. The number of key-value pairs grows
 with the length (``length / 4``), so a fixed-size state must hold more pairs at longer lengths while
 attention can look each pair up. CPU-sized by default (21 minutes measured on a shared 2-core machine);
@@ -11,14 +11,15 @@ attention can look each pair up. CPU-sized by default (21 minutes measured on a 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
 import torch
 
-from retnet.benchmarks.mqar import MQARTask, recall_accuracy
-from retnet.benchmarks.report import write_report
+from retnet.training.schedule import lr_factor
+from retnet_benchmarks.mqar import MQARTask, recall_accuracy
+from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.report import subplots, write_report
 
 VARIANTS = ("retnet", "gated", "hybrid", "yoco", "llama")
 
@@ -63,13 +64,6 @@ def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[str, Any]:
     """Train one variant on mixed lengths; return its accuracy at every length."""
     torch.manual_seed(args.seed)
@@ -83,7 +77,7 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
     losses = []
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, warmup)
+            group["lr"] = args.lr * lr_factor(step, warmup_steps=warmup, total_steps=args.steps, min_lr_ratio=0.1)
         seq_len = lengths[step % len(lengths)]
         # Same number of tokens per step at every length.
         batch = max(1, args.batch_tokens // seq_len)
@@ -126,12 +120,7 @@ def _train_one(name: str, args: argparse.Namespace, task: MQARTask, threads: int
 
 
 def chart(rows: list[dict[str, Any]], lengths: list[int]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for r in rows:
         ax.plot(lengths, [r[f"acc@{n}"] for n in lengths], marker="o", label=r["model"])
     ax.set_xscale("log", base=2)
@@ -195,18 +184,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from exc
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("recall", help="associative recall (MQAR) accuracy vs length per architecture")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(VARIANTS), help="comma-separated")
     p.add_argument(
-        "--lengths", type=_int_list, default=[16, 32, 64, 128], help="sequence lengths (default %(default)s)"
+        "--lengths", type=positive_ints, default=[16, 32, 64, 128], help="sequence lengths (default %(default)s)"
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps per model (default %(default)s)")
     p.add_argument("--batch-tokens", type=int, default=1024, help="tokens per training step (default %(default)s)")
@@ -219,11 +201,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--eval-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads in all (default %(default)s)")
+    add_threads(p, 2, "CPU threads in all")
     p.add_argument("--workers", type=int, default=2, help="models trained at once, one process each")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds): 30 steps, lengths 16 and 32")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks/recall.*")
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    add_out_dir(p)
     p.add_argument("--report-name", default="recall", help="file stem under --out-dir (default %(default)s)")
     p.set_defaults(func=run)

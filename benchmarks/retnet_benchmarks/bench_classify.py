@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import subplots
+
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from retnet.benchmarks.report import write_report
     from retnet.training.classification import run_task
+    from retnet_benchmarks.report import write_report
 
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
@@ -74,13 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chart(rows):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = sorted({r["task"] for r in rows})
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     width = 0.35
     for i, arch in enumerate(("retnet", "transformer")):
         vals = [next(r["accuracy"] for r in rows if r["task"] == t and r["arch"] == arch) for t in tasks]
@@ -106,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", choices=("genre", "digits"), default=["digits", "genre"])
     p.add_argument("--steps", type=_steps, default=None, help="per-task steps, e.g. genre=400,digits=800")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads(p, 2)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out-dir", default="docs/benchmarks")
+    add_out_dir(p)
     p.set_defaults(func=run)

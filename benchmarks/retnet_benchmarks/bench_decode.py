@@ -16,7 +16,7 @@ the decoding engine keeps it) along one *path*: ``eager``, ``compiled`` (``torch
 ``--paths`` adds batch-1 RetNet rows on other paths at ``--path-contexts``. ``--model-dir`` measures int8's
 quality cost: validation bits/byte of a trained model with float32 and with int8 weights.
 
-``--models`` also takes the recurrent peers of :mod:`retnet.benchmarks.peers` (``mamba``, ``mamba2``,
+``--models`` also takes the recurrent peers of :mod:`retnet_benchmarks.peers` (``mamba``, ``mamba2``,
 ``rwkv``: ``transformers`` models at RetNet's parameter count, stepping from their own caches through their
 CPU reference paths); they prefill in one forward, and beyond ``--prefill-max`` their fixed-size state comes
 from a ``--prefill-block`` prefill (a step's cost does not depend on the context). ``--size 25m`` runs the
@@ -32,16 +32,18 @@ from typing import Any
 
 import torch
 
-from retnet.benchmarks.baseline import (
+from retnet.models import RetNetConfig
+from retnet_benchmarks.baseline import (
     DECODE_100M,
     TRAIN_25M,
     build_llama,
     build_pair,
     build_retnet,
     count_parameters,
+    count_parameters_of_config,
     variant_config,
 )
-from retnet.benchmarks.measure import (
+from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
     current_rss,
@@ -52,9 +54,9 @@ from retnet.benchmarks.measure import (
     run_case,
     time_steps,
 )
-from retnet.benchmarks.peers import RECURRENT
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
-from retnet.models import RetNetConfig
+from retnet_benchmarks.options import add_device, positive_ints, positive_ints_or_none
+from retnet_benchmarks.peers import RECURRENT
+from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 DEFAULT_MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 MODELS = (*DEFAULT_MODELS, *RECURRENT)
@@ -276,7 +278,7 @@ def _peer_case(
     bandwidth: float,
 ) -> dict[str, Any]:
     """:func:`decode_case` for a recurrent peer: prefill in one forward, then time one-token steps."""
-    from retnet.benchmarks.peers import build_baseline, start, state_nbytes, step
+    from retnet_benchmarks.peers import build_baseline, start, state_nbytes, step
 
     net, info = build_baseline(model, rcfg, seed)
     net = net.to(dev)
@@ -366,7 +368,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             row = run_case(
                 args,
-                "retnet.benchmarks.bench_decode:decode_case",
+                "retnet_benchmarks.bench_decode:decode_case",
                 dict(
                     model=model,
                     retnet_config=retnet_kwargs,
@@ -395,7 +397,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for model, cfg in variants.items():
         summary[f"{model}_params"] = cfg.num_parameters()
     if any(m in RECURRENT for m in args.models):
-        from retnet.benchmarks.peers import REFERENCE_PATH_NOTE, peer_parameters
+        from retnet_benchmarks.peers import REFERENCE_PATH_NOTE, peer_parameters
 
         for model in (m for m in args.models if m in RECURRENT):
             summary[f"{model}_params"] = peer_parameters(model, rcfg)
@@ -428,20 +430,6 @@ COLUMNS = [
     "compile_s",
     "error",
 ]
-
-
-def count_parameters_of_config(llama_config: Any) -> int:
-    from retnet.benchmarks.baseline import llama_num_parameters
-
-    head_dim = llama_config.hidden_size // llama_config.num_attention_heads
-    return llama_num_parameters(
-        llama_config.vocab_size,
-        llama_config.hidden_size,
-        llama_config.num_hidden_layers,
-        llama_config.intermediate_size,
-        llama_config.num_key_value_heads * head_dim,
-        llama_config.tie_word_embeddings,
-    )
 
 
 def _progress(row: dict[str, Any]) -> str:
@@ -565,14 +553,14 @@ def int8_quality(model_dir: str, max_batches: int | None, threads: int) -> dict[
 
 def _peers_note(models: list[str]) -> str:
     """The recurrent peers' line of the notes (empty when none ran)."""
-    from retnet.benchmarks.peers import REFERENCE_PATH_NOTE
+    from retnet_benchmarks.peers import REFERENCE_PATH_NOTE
 
     peers = [m for m in models if m in RECURRENT]
     if not peers:
         return ""
     return (
         f"- Peers ({', '.join(peers)}; `path` hf-reference): `transformers` models built by "
-        "`retnet.benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
+        "`retnet_benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
         "inner width solved), stepping from their own caches. " + REFERENCE_PATH_NOTE + " They prefill in one "
         "forward; RWKV runs at batch 1 only.\n"
     )
@@ -651,16 +639,6 @@ def chart(rows: list[dict[str, Any]]):
     return fig
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _paths(text: str) -> list[str]:
     """Comma-separated step paths, or ``none``."""
     if text.strip().lower() == "none":
@@ -672,22 +650,17 @@ def _paths(text: str) -> list[str]:
     return paths
 
 
-def _ints_or_none(text: str) -> list[int]:
-    """Comma-separated positive integers, or ``none`` for no cases."""
-    return [] if text.strip().lower() == "none" else _ints(text)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding latency/throughput/memory vs context, RetNet vs Llama")
     p.add_argument(
         "--contexts",
-        type=_ints,
+        type=positive_ints,
         default=[1024, 2048, 4096, 8192, 16384, 32768, 65536],
         help="context lengths at batch 1",
     )
     p.add_argument(
         "--batch8-contexts",
-        type=_ints_or_none,
+        type=positive_ints_or_none,
         default=[1024, 2048, 4096, 8192, 16384, 32768],
         help="context lengths at the large batch ('none': no large-batch cases)",
     )
@@ -697,7 +670,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2, help="torch threads per case")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device(p)
     p.add_argument(
         "--memory-budget-gib", type=float, default=10.0, help="skip Llama cases whose KV cache would exceed this"
     )
@@ -718,7 +691,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated RetNet step paths also timed at batch 1 ({', '.join(PATHS)}; 'none': only the main one)",
     )
     p.add_argument(
-        "--path-contexts", type=_ints, default=None, help="contexts of the --paths rows (default: 1024 and 8192)"
+        "--path-contexts",
+        type=positive_ints,
+        default=None,
+        help="contexts of the --paths rows (default: 1024 and 8192)",
     )
     p.add_argument("--model-dir", default=None, help="trained model directory: validation bits/byte, float32 vs int8")
     p.add_argument("--quality-batches", type=int, default=None, help="limit the quality evaluation to N batches")
@@ -726,4 +702,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
     p.add_argument("--name", default="decode", help="report file name (<name>.json/.md/.png)")
-    p.set_defaults(func=lambda a: (print(run(a)), 0)[1], decode_speed_flags=True)  # + --compile, --quantize
+    p.set_defaults(func=run, decode_speed_flags=True)  # + --compile, --quantize

@@ -115,11 +115,25 @@ def write_report(
     if chart is not None:
         paths["png"] = out / f"{name}.png"
         atomic_write(paths["png"], lambda tmp: chart.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+        import matplotlib.pyplot as plt
+
+        plt.close(chart)  # pyplot keeps every figure until closed: a long run writes many
         md += ["", f"![{title}]({name}.png)"]
     if notes:
         md += ["", notes.strip()]
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
     return paths
+
+
+def subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``matplotlib.pyplot.subplots`` on the file-only Agg backend: a chart is written by :func:`write_report`
+    (which then closes it), never shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
 
 
 def style_log_axes(axes: Sequence[Any], xlabel: str, ylabels: Sequence[str]) -> None:

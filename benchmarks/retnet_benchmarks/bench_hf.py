@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from retnet.benchmarks.report import DEFAULT_OUT_DIR, write_report
+from retnet_benchmarks.options import add_out_dir, add_threads
+from retnet_benchmarks.report import subplots, write_report
 
 
 class _Stamps:
@@ -107,15 +108,10 @@ def run(preset: str, tokens: int, prompt_len: int, threads: int, out_dir: str) -
 
 
 def _chart(hf_dt: list[float], ours_dt: list[float]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     def smooth(xs: list[float], w: int = 25) -> list[float]:
         return [1e3 * statistics.median(xs[max(0, i - w) : i + 1]) for i in range(len(xs))]
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = subplots(figsize=(7, 3.5))
     ax.plot(range(2, len(hf_dt) + 2), smooth(hf_dt), label="transformers generate (RetNetCache)")
     ax.plot(range(2, len(ours_dt) + 2), smooth(ours_dt), label="retnet generate")
     ax.set_xlabel("generated token")
@@ -130,8 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     parser.add_argument("--tokens", type=int, default=1000, help="tokens to generate (default: 1000)")
     parser.add_argument("--prompt-len", type=int, default=16, help="prompt length (default: 16)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR), help="report directory (default: docs/benchmarks)")
+    add_threads(parser, 1, "torch threads")
+    add_out_dir(parser)
 
     def main(args: argparse.Namespace) -> int:
         summary = run(args.preset, args.tokens, args.prompt_len, args.threads, args.out_dir)

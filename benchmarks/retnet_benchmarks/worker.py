@@ -1,4 +1,4 @@
-"""``python -m retnet.benchmarks.worker [--threads N] [--baseline-rss] module:function JSON``: one case, own process.
+"""``python -m retnet_benchmarks.worker [--threads N] [--baseline-rss] module:function JSON``: one case, own process.
 
 Prints the function's dict result (plus the process's peak RSS, and with ``--baseline-rss`` its RSS right
 after importing the target module) on a line starting with the result marker.
@@ -13,12 +13,12 @@ import sys
 
 import torch
 
-from retnet.benchmarks.measure import RESULT_MARKER, current_rss, peak_rss
 from retnet.runtime.malloc import retain_freed_memory
+from retnet_benchmarks.measure import RESULT_MARKER, current_rss, peak_rss
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retnet.benchmarks.worker")
+    parser = argparse.ArgumentParser(prog="python -m retnet_benchmarks.worker")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in this process")
     parser.add_argument("--baseline-rss", action="store_true", help="report RSS after importing the target")
     parser.add_argument("target", help="module:function")

@@ -1,0 +1,50 @@
+"""Command-line pieces the benchmarks share: list-valued argument types and the common flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from retnet_benchmarks.report import DEFAULT_OUT_DIR
+
+
+def positive_int(text: str) -> int:
+    """One positive integer (an ``argparse`` type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """Comma-separated positive integers, at least one (``1024,8192``)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def positive_ints_or_none(text: str) -> list[int]:
+    """Comma-separated positive integers, or ``none`` for no cases."""
+    return [] if text.strip().lower() == "none" else positive_ints(text)
+
+
+def add_threads(parser: argparse.ArgumentParser, default: int, help: str = "torch threads per case") -> None:
+    """``--threads``: a case's ``torch.set_num_threads`` (and OMP/MKL threads in its own process)."""
+    parser.add_argument("--threads", type=positive_int, default=default, help=f"{help} (default {default})")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda``, resolved by :func:`retnet_benchmarks.measure.pick_device`."""
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def add_out_dir(parser: argparse.ArgumentParser, flag: str = "--out-dir") -> None:
+    """The report directory (``docs/benchmarks`` by default)."""
+    parser.add_argument(flag, type=Path, default=DEFAULT_OUT_DIR, help=f"report directory (default {DEFAULT_OUT_DIR})")
