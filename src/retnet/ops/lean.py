@@ -27,11 +27,13 @@ def inv_rms(mean_square: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(nonzero, torch.rsqrt(torch.where(nonzero, mean_square, 1.0)), 0.0)
 
 
-def _rms_backward(y_hat: torch.Tensor, inv: torch.Tensor, d_hat: torch.Tensor) -> torch.Tensor:
-    """Gradient through ``y_hat = y * inv(y)`` over the last dim: ``inv * (d - y_hat * mean(y_hat * d))``.
+def _rms_backward_(y_hat: torch.Tensor, inv: torch.Tensor, d_hat: torch.Tensor) -> torch.Tensor:
+    """Gradient through ``y_hat = y * inv(y)`` over the last dim: ``inv * (d - y_hat * mean(y_hat * d))``,
+    computed in place in ``d_hat`` (a temporary of the caller), so a backward holds fewer full-size tensors.
 
     With ``inv == 0`` (eps 0, zero row) the gradient is 0, as for the constant :func:`inv_rms` gives there."""
-    return inv * (d_hat - y_hat * (y_hat * d_hat).mean(-1, keepdim=True))
+    mean = (y_hat * d_hat).mean(-1, keepdim=True)
+    return d_hat.addcmul_(y_hat, mean, value=-1).mul_(inv)
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -47,11 +49,11 @@ class _RMSNorm(torch.autograd.Function):
         x, inv, weight = ctx.saved_tensors
         y_hat = x * inv
         d_weight = None
-        if weight is not None:
-            if ctx.needs_input_grad[1]:
-                d_weight = (dy * y_hat).reshape(-1, dy.shape[-1]).sum(0)
-            dy = dy * weight
-        dx = _rms_backward(y_hat, inv, dy) if ctx.needs_input_grad[0] else None
+        if weight is not None and ctx.needs_input_grad[1]:
+            d_weight = (dy * y_hat).reshape(-1, dy.shape[-1]).sum(0)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = _rms_backward_(y_hat, inv, dy * weight if weight is not None else dy.clone())
         return dx, d_weight, None
 
 
@@ -95,6 +97,8 @@ class _GatedLinear(torch.autograd.Function):
     def backward(ctx, d_out):
         gate, y, weight, inv = ctx.saved_tensors
         heads = ctx.heads
+        # Each full-size temporary is freed or reused as soon as possible: a backward holding many of them
+        # raises the step's peak and fragments the heap.
         y_hat = y if inv is None else (y.unflatten(-1, (heads, -1)) * inv).flatten(-2)
         s = torch.sigmoid(gate)
         swish = gate * s
@@ -102,13 +106,18 @@ class _GatedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             p = swish * y_hat
             d_weight = d_out.reshape(-1, d_out.shape[-1]).T @ p.reshape(-1, p.shape[-1])
+            del p
         dp = d_out @ weight
-        d_gate = dp * y_hat * (s * (1 + gate * (1 - s))) if ctx.needs_input_grad[0] else None
         d_y = None
         if ctx.needs_input_grad[1]:
             d_y = dp * swish
             if inv is not None:
-                d_y = _rms_backward(y_hat.unflatten(-1, (heads, -1)), inv, d_y.unflatten(-1, (heads, -1))).flatten(-2)
+                d_y = _rms_backward_(y_hat.unflatten(-1, (heads, -1)), inv, d_y.unflatten(-1, (heads, -1))).flatten(-2)
+        del swish
+        d_gate = None
+        if ctx.needs_input_grad[0]:
+            d_silu = torch.sub(1, s).mul_(gate).add_(1).mul_(s)  # silu'(gate) = s (1 + gate (1 - s))
+            d_gate = dp.mul_(y_hat).mul_(d_silu)
         return d_gate, d_y, d_weight, None, None
 
 
