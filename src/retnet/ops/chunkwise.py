@@ -92,10 +92,12 @@ class _Work:
     backward ask for the same size, so the backward's buffer refills the forward's freed block: this keeps
     the heap from fragmenting (and on the CPU from faulting fresh pages per segment)."""
 
-    # Slots by last-two-dims kind: "k" [C, Dk], "v" [C, Dv], "s" [Dk, Dv], "c" [C, C] per chunk.
+    # Slots by last-two-dims kind: "k" [C, Dk], "v" [C, Dv], "s" [Dk, Dv], "c" [C, C] per chunk. The forward
+    # writes its outputs into the backward's "dv"/"tv" slots; the backward's temporary for dq/dk reuses
+    # "q_start" once the state gradients are done.
     SLOTS = {
-        "k": ("q", "k", "k_end", "q_start", "tk", "dq", "dk"),
-        "v": ("v", "do", "o", "inter", "dv", "tv"),
+        "k": ("q", "k", "k_end", "q_start", "dq", "dk"),
+        "v": ("v", "do", "dv", "tv"),
         "s": ("updates", "starts", "d_next"),
         "c": ("scores", "d_scores"),
     }
@@ -168,8 +170,8 @@ def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
         seg = _Segment(plan, work, qc, kc, plan.log_decay(g, start, stop))
         prev, state = seg.states(work, state, vc)
         scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", (*qc.shape[:-1], plan.C)))
-        oc = torch.matmul(scores.mul_(seg.decay), vc, out=work.get("o", vc.shape))
-        oc += torch.matmul(seg.q_start, prev, out=work.get("inter", vc.shape))
+        oc = torch.matmul(scores.mul_(seg.decay), vc, out=work.get("dv", vc.shape))
+        oc += torch.matmul(seg.q_start, prev, out=work.get("tv", vc.shape))
         plan.unchunk_into(o, oc, start, stop)
     return o, state
 
@@ -196,7 +198,7 @@ def _backward(q, k, v, g, starts, do, d_state, plan: _Plan):
         cc = (*qc.shape[:-1], plan.C)
         scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", cc)).mul_(seg.decay)
         d_scores = torch.matmul(doc, vc.transpose(-1, -2), out=work.get("d_scores", cc)).mul_(seg.decay)
-        tk = work.get("tk", qc.shape)
+        tk = work.get("q_start", qc.shape)  # seg.q_start is not needed after d_prev
         dqc = torch.matmul(d_scores, kc, out=work.get("dq", qc.shape))
         dqc += torch.matmul(doc, prev.transpose(-1, -2), out=tk).mul_(seg.from_start)
         dkc = torch.matmul(d_scores.transpose(-1, -2), qc, out=work.get("dk", kc.shape))
