@@ -6,6 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retnet.ops.lean import gated_linear, lean_applies
+
+
+def plain_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is exactly a bias-free ``nn.Linear`` (not a quantized or adapter-wrapped one), so its
+    weight may be applied by a fused function instead of calling it."""
+    return type(module) is nn.Linear and module.bias is None
+
+
 ACTIVATIONS = {"swish": F.silu, "silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
 
@@ -21,4 +30,8 @@ class GatedFFN(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(self.act(self.fc1(x)) * self.gate(x)))
+        a, b = self.fc1(x), self.gate(x)
+        if plain_linear(self.fc2) and self.act is F.silu and not (self.training and self.dropout.p):
+            if lean_applies(a, b, self.fc2.weight):  # keeps fc1's and gate's outputs, not their product
+                return gated_linear(a, b, self.fc2.weight)
+        return self.fc2(self.dropout(self.act(a) * b))

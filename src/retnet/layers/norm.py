@@ -5,18 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _inv_rms(mean_square: torch.Tensor, eps: float) -> torch.Tensor:
-    """``1 / sqrt(mean_square + eps)``; with ``eps == 0`` an all-zero vector (a padded step) maps to 0, not NaN."""
-    if eps > 0:
-        return torch.rsqrt(mean_square + eps)
-    nonzero = mean_square > 0
-    # rsqrt of a safe value, so the backward of where never multiplies 0 by inf.
-    return torch.where(nonzero, torch.rsqrt(torch.where(nonzero, mean_square, 1.0)), 0.0)
+from retnet.ops.lean import inv_rms as _inv_rms
+from retnet.ops.lean import rms_norm
 
 
 class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dim, computed in float32."""
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dim, computed in float32 (at least).
+
+    In training the backward keeps ``x`` only, not the normalised copy (:func:`retnet.ops.lean.rms_norm`)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
         super().__init__()
@@ -24,11 +20,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        y = xf * _inv_rms(xf.pow(2).mean(-1, keepdim=True), self.eps)
-        if self.weight is not None:
-            y = y * self.weight.to(y.dtype)
-        return y.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class HeadNorm(nn.Module):

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retnet.layers.ffn import plain_linear
 from retnet.layers.norm import HeadNorm
 from retnet.layers.rotary import apply_rotary
 from retnet.ops import official_log_decay, paper_log_decay, retention
+from retnet.ops.lean import gated_linear, lean_applies
 
 DECAY_SCHEDULES = {"official": official_log_decay, "paper": paper_log_decay}
 
@@ -99,9 +101,13 @@ class MultiScaleRetention(nn.Module):
         )
         if row_scale is not None:
             o = o * row_scale[..., None].to(o.dtype)
+        gate = self.g_proj(x)
+        if self.head_norm.kind == "rms" and plain_linear(self.out_proj) and lean_applies(o, gate, self.out_proj.weight):
+            # Head norm, swish gate and output projection as one node that keeps o and the gate only.
+            o = o.reshape(B, T, H * self.head_dim)
+            return gated_linear(gate, o, self.out_proj.weight, heads=H, eps=self.head_norm.eps), new_state
         o = self.head_norm(o).reshape(B, T, H * self.head_dim)
-        o = F.silu(self.g_proj(x)) * o
-        return self.out_proj(o), new_state
+        return self.out_proj(F.silu(gate) * o), new_state
 
 
 class GatedRetention(MultiScaleRetention):

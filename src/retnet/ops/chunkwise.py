@@ -6,8 +6,10 @@ Per chunk, with ``b`` the inclusive cumulative log decay inside the chunk and ``
 A short last chunk is zero-padded (zero log decay, zero keys), which changes neither outputs nor state.
 
 The chunks are processed in segments of a few MiB per tensor: intra-chunk terms are batched over a
-segment's chunks, only the cheap state hand-off loops over chunks. Segments bound every temporary, and on the
-CPU they keep tensors out of glibc's fresh-``mmap`` size range (docs/benchmarks/retention.md).
+segment's chunks, only the cheap state hand-off loops over chunks (in place). Segments bound every temporary;
+all of them live in one buffer per call (:class:`_Work`) that every segment reuses, written with ``out=``
+and in-place ops, so a call allocates its outputs and one block instead of a churn of per-segment tensors
+(docs/benchmarks/retention.md).
 
 For gradients, :class:`ChunkwiseRetention` saves only ``q, k, v``, the log decay and the state at each
 segment's start; the backward walks the segments in reverse with a running state gradient and recomputes
@@ -57,15 +59,15 @@ class _Plan:
         step = self.S * self.C
         return [(s, min(s + step, self.T)) for s in range(0, self.T, step)]
 
-    def chunked(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """``[B, T, H, D]`` steps ``start:stop`` as ``[B, H, n, C, D]`` chunks, zero-padded to whole chunks."""
-        seg = x[:, start:stop]
-        pad = -(stop - start) % self.C
-        if pad:
-            seg = F.pad(seg, (0, 0, 0, 0, 0, pad))
-        n = seg.shape[1] // self.C
-        # Contiguous once here: each matmul would otherwise copy the permuted view again.
-        return seg.reshape(seg.shape[0], n, self.C, self.H, -1).permute(0, 3, 1, 2, 4).contiguous()
+    def chunked(self, work: _Work, name: str, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """``[B, T, H, D]`` steps ``start:stop`` as ``[B, H, n, C, D]`` chunks in ``work``'s buffer ``name``,
+        zero-padded to whole chunks (one strided copy, no intermediate)."""
+        n = -(-(stop - start) // self.C)
+        out = work.get(name, (x.shape[0], self.H, n, self.C, x.shape[-1]))
+        flat = out.view(x.shape[0], self.H, n * self.C, x.shape[-1])
+        flat[:, :, : stop - start].copy_(x[:, start:stop].permute(0, 2, 1, 3))
+        flat[:, :, stop - start :].zero_()
+        return out
 
     def log_decay(self, g: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Per-step log decays ``[B|1, H, n, C]`` of steps ``start:stop``, padded steps 0."""
@@ -78,16 +80,59 @@ class _Plan:
             gt = F.pad(gt, (0, 0, 0, pad))
         return gt.reshape(gt.shape[0], -1, self.C, self.H).permute(0, 3, 1, 2)
 
-    def unchunk(self, x: torch.Tensor, length: int) -> torch.Tensor:
-        """Inverse of :meth:`chunked`: ``[B, H, n, C, D]`` -> ``[B, length, H, D]``."""
+    def unchunk_into(self, out: torch.Tensor, x: torch.Tensor, start: int, stop: int) -> None:
+        """Inverse of :meth:`chunked`: writes ``[B, H, n, C, D]`` chunks into steps ``start:stop`` of ``out``."""
         B, H, n, C, D = x.shape
-        return x.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, D)[:, :length]
+        out[:, start:stop].copy_(x.view(B, H, n * C, D)[:, :, : stop - start].permute(0, 2, 1, 3))
+
+
+class _Work:
+    """One buffer per call holding every per-segment temporary (sized for the largest segment) at a fixed
+    offset per name. Segments reuse it instead of allocating a churn of same-sized tensors, and forward and
+    backward ask for the same size, so the backward's buffer refills the forward's freed block: this keeps
+    the heap from fragmenting (and on the CPU from faulting fresh pages per segment)."""
+
+    # Slots by last-two-dims kind: "k" [C, Dk], "v" [C, Dv], "s" [Dk, Dv], "c" [C, C] per chunk. The forward
+    # writes its outputs into the backward's "dv"/"tv" slots; the backward's temporary for dq/dk reuses
+    # "q_start" once the state gradients are done.
+    SLOTS = {
+        "k": ("q", "k", "k_end", "q_start", "dq", "dk"),
+        "v": ("v", "do", "dv", "tv"),
+        "s": ("updates", "starts", "d_next"),
+        "c": ("scores", "d_scores"),
+    }
+
+    def __init__(self, plan: _Plan, like: torch.Tensor) -> None:
+        chunks = plan.B * plan.H * plan.S
+        per_chunk = {
+            "k": plan.C * like.shape[-1],
+            "v": plan.C * plan.Dv,
+            "s": like.shape[-1] * plan.Dv,
+            "c": plan.C * plan.C,
+        }
+        self.offsets: dict[str, tuple[int, int]] = {}
+        total = 0
+        for kind, names in self.SLOTS.items():
+            for name in names:
+                self.offsets[name] = (total, chunks * per_chunk[kind])
+                total += chunks * per_chunk[kind]
+        self.buffer = like.new_empty(total)
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A contiguous ``shape`` view of slot ``name`` (contents undefined)."""
+        start, size = self.offsets[name]
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel > size:
+            raise ValueError(f"segment buffer {name!r} holds {size} elements, {shape} needs {numel}")
+        return self.buffer[start : start + numel].view(shape)
 
 
 class _Segment:
     """One segment's recomputable quantities: cumulative decays, intra-chunk decay matrix, state updates."""
 
-    def __init__(self, plan: _Plan, qc, kc, vc, gc) -> None:
+    def __init__(self, plan: _Plan, work: _Work, qc, kc, gc) -> None:
         self.b = torch.cumsum(gc, dim=-1)  # [B|1, H, n, C]
         self.b_total = self.b[..., -1]  # [B|1, H, n]
         if plan.decay_fixed is not None:
@@ -95,66 +140,77 @@ class _Segment:
         else:
             diff = self.b[..., :, None] - self.b[..., None, :]
             self.decay = torch.exp(torch.where(plan.causal, diff, float("-inf")))  # [B, H, n, C, C]
-        self.k_end = kc * torch.exp(self.b_total[..., None] - self.b)[..., None]  # keys decayed to chunk end
-        self.q_start = qc * torch.exp(self.b)[..., None]  # queries decayed from chunk start
+        self.to_end = torch.exp(self.b_total[..., None] - self.b)[..., None]  # [B|1, H, n, C, 1]
+        self.from_start = torch.exp(self.b)[..., None]
+        self.k_end = torch.mul(kc, self.to_end, out=work.get("k_end", kc.shape))  # keys decayed to chunk end
+        self.q_start = torch.mul(qc, self.from_start, out=work.get("q_start", qc.shape))  # from chunk start
         B, H, n = qc.shape[:3]
         self.chunk_decay = torch.exp(self.b_total).expand(B, H, n)[..., None, None]  # [B, H, n, 1, 1]
 
-    def states(self, state: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """States entering each chunk ``[B, H, n, Dk, Dv]`` and the state after the segment."""
-        updates = torch.matmul(self.k_end.transpose(-1, -2), vc)
-        starts = []
-        for a, u in zip(self.chunk_decay.unbind(2), updates.unbind(2)):
-            starts.append(state)
-            state = torch.addcmul(u, a, state)
-        return torch.stack(starts, dim=2), state
+    def states(self, work: _Work, state: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States entering each chunk ``[B, H, n, Dk, Dv]`` (a ``work`` buffer) and the state after the
+        segment (a new tensor)."""
+        shape = (*vc.shape[:3], self.k_end.shape[-1], vc.shape[-1])
+        updates = torch.matmul(self.k_end.transpose(-1, -2), vc, out=work.get("updates", shape))
+        starts = work.get("starts", shape)
+        for i in range(shape[2]):
+            starts[:, :, i].copy_(state)
+            state = updates[:, :, i].addcmul_(self.chunk_decay[:, :, i], state)  # the state after chunk i
+        return starts, state.clone()
 
 
 def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
     """Outputs ``[B, T, H, Dv]`` and the final state; appends each segment's entering state to ``saved``."""
+    work = _Work(plan, q)  # before the output: the backward's buffer then reuses this block
     o = q.new_empty(plan.B, plan.T, plan.H, plan.Dv)
     for start, stop in plan.segments():
         if saved is not None:
             saved.append(state)
-        qc, kc, vc = (plan.chunked(x, start, stop) for x in (q, k, v))
-        seg = _Segment(plan, qc, kc, vc, plan.log_decay(g, start, stop))
-        prev, state = seg.states(state, kc, vc)
-        oc = torch.matmul(torch.matmul(qc, kc.transpose(-1, -2)) * seg.decay, vc)
-        oc = oc + torch.matmul(seg.q_start, prev)
-        o[:, start:stop] = plan.unchunk(oc, stop - start)
+        qc, kc, vc = (plan.chunked(work, name, x, start, stop) for name, x in (("q", q), ("k", k), ("v", v)))
+        seg = _Segment(plan, work, qc, kc, plan.log_decay(g, start, stop))
+        prev, state = seg.states(work, state, vc)
+        scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", (*qc.shape[:-1], plan.C)))
+        oc = torch.matmul(scores.mul_(seg.decay), vc, out=work.get("dv", vc.shape))
+        oc += torch.matmul(seg.q_start, prev, out=work.get("tv", vc.shape))
+        plan.unchunk_into(o, oc, start, stop)
     return o, state
 
 
 def _backward(q, k, v, g, starts, do, d_state, plan: _Plan):
     """Gradients of q, k, v, the per-step log decay ``[B|1, T, H]`` (before the final-state term) and the
     initial state, walking the segments in reverse with ``d_state`` the gradient of the state after each."""
+    work = _Work(plan, q)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dcum = q.new_empty(plan.B, plan.T, plan.H)  # gradient of the cumulative log decay at each step
     for (start, stop), state in reversed(list(zip(plan.segments(), starts))):
-        qc, kc, vc, doc = (plan.chunked(x, start, stop) for x in (q, k, v, do))
-        seg = _Segment(plan, qc, kc, vc, plan.log_decay(g, start, stop))
-        prev, _ = seg.states(state, kc, vc)
-        # Gradient of the state leaving each chunk, from the segment's end backwards.
-        d_prev = torch.matmul(seg.q_start.transpose(-1, -2), doc)  # each chunk's outputs -> its entering state
-        d_next = []
-        for a, d in zip(reversed(seg.chunk_decay.unbind(2)), reversed(d_prev.unbind(2))):
-            d_next.append(d_state)
-            d_state = torch.addcmul(d, a, d_state)
-        d_next = torch.stack(d_next[::-1], dim=2)  # [B, H, n, Dk, Dv]
-        scores = torch.matmul(qc, kc.transpose(-1, -2)) * seg.decay  # [B, H, n, C, C]
-        d_scores = torch.matmul(doc, vc.transpose(-1, -2)) * seg.decay
-        dqc = torch.matmul(d_scores, kc) + torch.matmul(doc, prev.transpose(-1, -2)) * torch.exp(seg.b)[..., None]
-        dkc = (
-            torch.matmul(d_scores.transpose(-1, -2), qc)
-            + torch.matmul(vc, d_next.transpose(-1, -2)) * (torch.exp(seg.b_total[..., None] - seg.b)[..., None])
+        qc, kc, vc, doc = (
+            plan.chunked(work, name, x, start, stop) for name, x in (("q", q), ("k", k), ("v", v), ("do", do))
         )
-        dvc = torch.matmul(scores.transpose(-1, -2), doc) + torch.matmul(seg.k_end, d_next)
-        n = stop - start
-        dq[:, start:stop] = plan.unchunk(dqc, n)
-        dk[:, start:stop] = plan.unchunk(dkc, n)
-        dv[:, start:stop] = plan.unchunk(dvc, n)
+        seg = _Segment(plan, work, qc, kc, plan.log_decay(g, start, stop))
+        prev, _ = seg.states(work, state, vc)
+        # Gradient of the state leaving each chunk, from the segment's end backwards.
+        d_prev = torch.matmul(seg.q_start.transpose(-1, -2), doc, out=work.get("updates", prev.shape))
+        d_next = work.get("d_next", prev.shape)
+        for i in reversed(range(prev.shape[2])):
+            d_next[:, :, i].copy_(d_state)
+            d_state = d_prev[:, :, i].addcmul_(seg.chunk_decay[:, :, i], d_state)  # each chunk's outputs -> its state
+        d_state = d_state.clone()
+        cc = (*qc.shape[:-1], plan.C)
+        scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", cc)).mul_(seg.decay)
+        d_scores = torch.matmul(doc, vc.transpose(-1, -2), out=work.get("d_scores", cc)).mul_(seg.decay)
+        tk = work.get("q_start", qc.shape)  # seg.q_start is not needed after d_prev
+        dqc = torch.matmul(d_scores, kc, out=work.get("dq", qc.shape))
+        dqc += torch.matmul(doc, prev.transpose(-1, -2), out=tk).mul_(seg.from_start)
+        dkc = torch.matmul(d_scores.transpose(-1, -2), qc, out=work.get("dk", kc.shape))
+        dkc += torch.matmul(vc, d_next.transpose(-1, -2), out=tk).mul_(seg.to_end)
+        dvc = torch.matmul(scores.transpose(-1, -2), doc, out=work.get("dv", vc.shape))
+        dvc += torch.matmul(seg.k_end, d_next, out=work.get("tv", vc.shape))
+        plan.unchunk_into(dq, dqc, start, stop)
+        plan.unchunk_into(dk, dkc, start, stop)
+        plan.unchunk_into(dv, dvc, start, stop)
         # Each query row scales with exp(cum_n), each key row with exp(-cum_m) (docs/retention.md).
-        dcum[:, start:stop] = plan.unchunk(((qc * dqc).sum(-1) - (kc * dkc).sum(-1))[..., None], n)[..., 0]
+        d_cum = torch.mul(qc, dqc, out=tk).sum(-1) - torch.mul(kc, dkc, out=tk).sum(-1)
+        plan.unchunk_into(dcum[..., None], d_cum[..., None], start, stop)
     return dq, dk, dv, dcum, d_state
 
 
