@@ -38,8 +38,12 @@ def _retention_step(
     row_scale: torch.Tensor | None,
     in_place: bool,
     use_operator: bool,
+    gammas: tuple[float, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state."""
+    """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state.
+
+    ``gammas``: the per-head decays as Python numbers (fixed-decay layers), which lets each head's update be
+    one fused ``gamma S + k^T v``."""
     mix = block.retention
     B = x.shape[0]
     H, Dk, Dv = mix.num_heads, mix.key_dim, mix.head_dim
@@ -64,6 +68,18 @@ def _retention_step(
         o = o[:, 0]
         if in_place:
             new_state = state.copy_(new_state)
+    elif gammas is not None:
+        # Head by head, so that the head's state (a few hundred KiB) is still in cache when it is read again:
+        # one fused scale-and-add pass (baddbmm with beta = gamma), then o = q S from cache.
+        sd = state.dtype
+        new_state = state if in_place else state.clone()
+        qs, ks, vs = q.to(sd), k.to(sd), v.to(sd)
+        outs = []
+        for head, gamma in enumerate(gammas):
+            s = new_state[:, head]
+            s.baddbmm_(ks[:, head, :, None], vs[:, head, None, :], beta=gamma)
+            outs.append(torch.bmm(qs[:, head, None, :], s))
+        o = torch.cat(outs, dim=1).to(v.dtype)
     else:
         sd = state.dtype
         decay = torch.exp(log_decay.to(sd))
@@ -100,6 +116,12 @@ class DecodeStep:
         self.compile_s: float | None = None
         core = model.model
         self._retention_layers = {i for i, kind in enumerate(core.config.layer_kinds) if kind in ("retention", "gated")}
+        # Fixed decays as Python numbers, read once here (never a device sync inside a step).
+        self._gammas = {
+            i: tuple(torch.exp(core.layers[i].retention.log_decay.double()).tolist())
+            for i, kind in enumerate(core.config.layer_kinds)
+            if kind == "retention"
+        }
         fn = self._step
         if compile:
             mode = "reduce-overhead" if core.embed_tokens.weight.device.type == "cuda" else None
@@ -142,7 +164,15 @@ class DecodeStep:
             block = core.layers[i]
             if i in self._retention_layers:
                 x, s = _retention_step(
-                    block, x, sin_h, cos_h, state.layers[i], row_scale, self.in_place, self.use_operator
+                    block,
+                    x,
+                    sin_h,
+                    cos_h,
+                    state.layers[i],
+                    row_scale,
+                    self.in_place,
+                    self.use_operator,
+                    self._gammas.get(i),
                 )
             else:
                 y, s = block(x[:, None], sin, cos, state=state.layers[i], mode="recurrent", use_cache=True)
