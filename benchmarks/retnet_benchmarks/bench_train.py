@@ -239,7 +239,16 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   ({args.memory_budget_gib:g} GiB); the machine is shared.
 - Each case runs in a fresh process with {args.threads} torch threads, under `flock /tmp/retnet-bench.lock` on a
   machine shared with other jobs; the figures carry that noise.
+- glibc setting of every case (`--malloc {args.malloc}`): {MALLOC_NOTE[args.malloc]}
 """
+
+
+MALLOC_NOTE = {
+    "retain": "large blocks served from the heap and kept for the next step (fastest steps; freed holes stay "
+    "resident, so peak RSS exceeds the live tensors).",
+    "return": "blocks of 1 MiB or more mapped afresh and returned when freed (peak RSS follows the live tensors; "
+    "steps pay page faults).",
+}
 
 
 def chart(rows: list[dict[str, Any]]):
@@ -300,6 +309,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(p)
     p.add_argument("--memory-budget-gib", type=float, default=10.0)
     p.add_argument("--case-timeout", type=float, default=1800.0)
+    p.add_argument(
+        "--malloc", choices=["retain", "return"], default="retain",
+        help="every case's glibc setting, as `retnet train --malloc` (return: lowest peak memory)",
+    )  # fmt: skip
     TimeBudget.add_argument(p)
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")

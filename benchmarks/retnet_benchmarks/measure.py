@@ -159,14 +159,16 @@ def run_isolated(
     *,
     threads: int | None = None,
     baseline_rss: bool = False,
+    malloc: str = "retain",
 ) -> dict[str, Any]:
     """Run ``module:function(**kwargs)`` in a fresh process; its dict result, or ``{"error": reason}``.
 
     The result also holds ``process_peak_rss`` (the process's peak RSS, bytes). ``threads``: the child's
     ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and ``torch.set_num_threads``. ``baseline_rss``: also return the
-    child's RSS right after importing the target module (``baseline_rss``, bytes), so callers can report the
-    peak above it. ``timeout_s`` None waits as long as the case runs. An out-of-memory kill, a crash, an
-    exception or the timeout becomes an ``error`` row, never a crash of the benchmark.
+    child's RSS right after importing the target module (``baseline_rss``, bytes), so callers can report the peak above
+    it. ``malloc``: the child's glibc setting (:func:`retnet.runtime.malloc.configure`). ``timeout_s`` None waits as
+    long as the case runs. An out-of-memory kill, a crash, an exception or the timeout becomes an ``error`` row,
+    never a crash of the benchmark.
     """
     env = child_env()
     cmd = [sys.executable, "-m", "retnet_benchmarks.worker"]
@@ -175,7 +177,7 @@ def run_isolated(
         cmd += ["--threads", str(threads)]
     if baseline_rss:
         cmd.append("--baseline-rss")
-    cmd += [target, json.dumps(kwargs)]
+    cmd += ["--malloc", malloc, target, json.dumps(kwargs)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
@@ -194,10 +196,10 @@ def run_isolated(
 def run_case(
     args: Any, target: str, kwargs: dict[str, Any], timeout_s: float | None, *, threads: int | None = None
 ) -> dict[str, Any]:
-    """:func:`run_isolated`, or a direct call when ``args.in_process`` (toy smoke runs; ``threads`` then sets
-    this process's torch threads)."""
+    """:func:`run_isolated` (with ``args.malloc`` where the benchmark has that flag), or a direct call when
+    ``args.in_process`` (toy smoke runs; ``threads`` then sets this process's torch threads)."""
     if not getattr(args, "in_process", False):
-        return run_isolated(target, kwargs, timeout_s, threads=threads)
+        return run_isolated(target, kwargs, timeout_s, threads=threads, malloc=getattr(args, "malloc", "retain"))
     module, func = target.split(":")
     import importlib
 

@@ -79,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the training steps")
     p.add_argument(
+        "--malloc",
+        choices=["retain", "return"],
+        default="retain",
+        help="glibc memory: retain (default; large blocks reused, fastest steps) or return (freed blocks go back "
+        "at once: lowest peak memory, steps pay page faults)",
+    )
+    p.add_argument(
         "--resume",
         nargs="?",
         const="latest",
@@ -174,10 +181,10 @@ def run_classification(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retnet.runtime.malloc import retain_freed_memory
+    from retnet.runtime.malloc import configure
 
     check_combinations(args)
-    retain_freed_memory()  # every step allocates the same large tensors: keep them instead of faulting pages in
+    configure(args.malloc)  # retain: every step allocates the same large tensors, keep them for the next step
     if args.task:
         return run_classification(args)
     from retnet.training.distributed import teardown

@@ -11,6 +11,8 @@ Two patterns cost RSS or time with glibc's defaults:
   "Retention speed and memory"). :func:`retain_freed_memory` serves large blocks from
   the heap and keeps freed memory for the next step, as the caching allocators of GPUs (or jemalloc /
   tcmalloc, which PyTorch's CPU tuning guide recommends) do; the process's RSS then stays at its peak.
+  :func:`return_freed_memory` is the opposite choice, for the lowest peak memory: large blocks always mapped
+  afresh and returned when freed (``retnet train --malloc return``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def _libc():
 
 _LIBC = _libc()
 _RETAINING = False
+_RETURNING = False
 
 
 def _enabled() -> bool:
@@ -61,13 +64,39 @@ def retain_freed_memory(max_heap_block: int = 1 << 30) -> bool:
     """Serve blocks up to ``max_heap_block`` bytes from the heap and never shrink it; returns whether glibc
     took both settings. For processes that repeat the same large allocations (training steps, benchmark
     passes); not for the server, whose memory should shrink when conversations end."""
-    global _RETAINING
+    global _RETAINING, _RETURNING
     if not _enabled():
         return False
     mmap_ok = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, min(max_heap_block, INT_MAX)))
     trim_ok = bool(_LIBC.mallopt(M_TRIM_THRESHOLD, INT_MAX))
-    _RETAINING = mmap_ok and trim_ok
+    _RETAINING, _RETURNING = mmap_ok and trim_ok, False
     return _RETAINING
+
+
+def return_freed_memory(min_mmap_block: int = 1 << 20) -> bool:
+    """Map every block of ``min_mmap_block`` bytes or more afresh and unmap it when freed, with this threshold
+    fixed; returns whether glibc took both settings. By default glibc raises its threshold after the first large
+    free, so later blocks up to 32 MiB come from the heap, and the holes they leave stay resident and get split
+    by small allocations: a training step's peak RSS then exceeds its live tensors by a gigabyte or more. Here
+    peak RSS follows the live tensors, at the cost of page faults on every large allocation (slower steps)."""
+    global _RETAINING, _RETURNING
+    if not _enabled():
+        return False
+    mmap_ok = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, min_mmap_block))
+    trim_ok = bool(_LIBC.mallopt(M_TRIM_THRESHOLD, min_mmap_block))
+    _RETURNING, _RETAINING = mmap_ok and trim_ok, False
+    return _RETURNING
+
+
+MALLOC_MODES = {"retain": retain_freed_memory, "return": return_freed_memory}
+
+
+def configure(mode: str) -> bool:
+    """Apply a named setting: ``retain`` (speed: large blocks reused) or ``return`` (memory: freed blocks
+    returned at once); returns whether glibc took it."""
+    if mode not in MALLOC_MODES:
+        raise ValueError(f"malloc mode must be one of {sorted(MALLOC_MODES)}, got {mode!r}")
+    return MALLOC_MODES[mode]()
 
 
 def describe() -> str:
@@ -76,4 +105,6 @@ def describe() -> str:
         return "not glibc"
     if _RETAINING:
         return "glibc, large blocks from the heap, freed memory kept (retnet.runtime.malloc.retain_freed_memory)"
+    if _RETURNING:
+        return "glibc, blocks >= 1 MiB mapped and returned when freed (retnet.runtime.malloc.return_freed_memory)"
     return "glibc defaults"
