@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--malloc",
         choices=["retain", "return"],
-        default="retain",
+        default=None,
         help="glibc memory: retain (default; large blocks reused, fastest steps) or return (freed blocks go back "
         "at once: lowest peak memory, steps pay page faults)",
     )
@@ -129,7 +129,7 @@ def _model_overrides(items: list[str]) -> dict[str, Any]:
 
 
 # What a classifier run (--task) uses; every other setting is for language models only.
-_TASK_DESTS = ("task", "arch", "out", "steps", "batch_size", "lr", "seed", "no_progress", "quiet")
+_TASK_DESTS = ("task", "arch", "out", "steps", "batch_size", "lr", "seed", "no_progress", "quiet", "malloc")
 
 
 def check_combinations(args: argparse.Namespace) -> None:
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from retnet.runtime.malloc import configure
 
     check_combinations(args)
-    configure(args.malloc)  # retain: every step allocates the same large tensors, keep them for the next step
+    configure(args.malloc or "retain")  # retain: each step allocates the same large tensors; keep them
     if args.task:
         return run_classification(args)
     from retnet.training.distributed import teardown
