@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from retnet.models import RetNetForCausalLM
+from retnet.runtime.malloc import MALLOC_MODES
 from retnet_benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
 from retnet_benchmarks.measure import (
     GIB,
@@ -310,7 +311,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget-gib", type=float, default=10.0)
     p.add_argument("--case-timeout", type=float, default=1800.0)
     p.add_argument(
-        "--malloc", choices=["retain", "return"], default="retain",
+        "--malloc", choices=sorted(MALLOC_MODES), default="retain",
         help="every case's glibc setting, as `retnet train --malloc` (return: lowest peak memory)",
     )  # fmt: skip
     TimeBudget.add_argument(p)

@@ -41,8 +41,7 @@ def _libc():
 
 
 _LIBC = _libc()
-_RETAINING = False
-_RETURNING = False
+_SETTING: str | None = None  # what describe() reports once a setting took; None: glibc's defaults
 
 
 def _enabled() -> bool:
@@ -60,17 +59,25 @@ def trim() -> None:
         _LIBC.malloc_trim(0)
 
 
+def _took(ok: bool, setting: str) -> bool:
+    """Record the setting for :func:`describe` when glibc took it (else no setting is claimed)."""
+    global _SETTING
+    _SETTING = setting if ok else None
+    return ok
+
+
 def retain_freed_memory(max_heap_block: int = 1 << 30) -> bool:
     """Serve blocks up to ``max_heap_block`` bytes from the heap and never shrink it; returns whether glibc
     took both settings. For processes that repeat the same large allocations (training steps, benchmark
     passes); not for the server, whose memory should shrink when conversations end."""
-    global _RETAINING, _RETURNING
     if not _enabled():
         return False
     mmap_ok = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, min(max_heap_block, INT_MAX)))
     trim_ok = bool(_LIBC.mallopt(M_TRIM_THRESHOLD, INT_MAX))
-    _RETAINING, _RETURNING = mmap_ok and trim_ok, False
-    return _RETAINING
+    return _took(
+        mmap_ok and trim_ok,
+        "glibc, large blocks from the heap, freed memory kept (retnet.runtime.malloc.retain_freed_memory)",
+    )
 
 
 def return_freed_memory(min_mmap_block: int = 1 << 20) -> bool:
@@ -79,13 +86,15 @@ def return_freed_memory(min_mmap_block: int = 1 << 20) -> bool:
     free, so later blocks up to 32 MiB come from the heap, and the holes they leave stay resident and get split
     by small allocations: a training step's peak RSS then exceeds its live tensors by a gigabyte or more. Here
     peak RSS follows the live tensors, at the cost of page faults on every large allocation (slower steps)."""
-    global _RETAINING, _RETURNING
     if not _enabled():
         return False
     mmap_ok = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, min_mmap_block))
     trim_ok = bool(_LIBC.mallopt(M_TRIM_THRESHOLD, min_mmap_block))
-    _RETURNING, _RETAINING = mmap_ok and trim_ok, False
-    return _RETURNING
+    return _took(
+        mmap_ok and trim_ok,
+        f"glibc, blocks >= {min_mmap_block / 2**20:g} MiB mapped and returned when freed "
+        "(retnet.runtime.malloc.return_freed_memory)",
+    )
 
 
 MALLOC_MODES = {"retain": retain_freed_memory, "return": return_freed_memory}
@@ -103,8 +112,4 @@ def describe() -> str:
     """This process's setting, for benchmark reports."""
     if _LIBC is None:
         return "not glibc"
-    if _RETAINING:
-        return "glibc, large blocks from the heap, freed memory kept (retnet.runtime.malloc.retain_freed_memory)"
-    if _RETURNING:
-        return "glibc, blocks >= 1 MiB mapped and returned when freed (retnet.runtime.malloc.return_freed_memory)"
-    return "glibc defaults"
+    return _SETTING or "glibc defaults"
