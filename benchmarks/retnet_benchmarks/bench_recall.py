@@ -1,11 +1,12 @@
 """``retnet bench recall``: multi-query associative recall accuracy vs sequence length, per architecture.
 
-Trains RetNet, gated RetNet, a hybrid (gated retention + softmax attention), YOCO and a Hugging Face Llama
-(SDPA) of about equal size on MQAR generated on the fly (:mod:`retnet_benchmarks.mqar`), each for the same
-number of steps and tokens, then scores fresh sequences at every length. The number of key-value pairs grows
-with the length (``length / 4``), so a fixed-size state must hold more pairs at longer lengths while
-attention can look each pair up. CPU-sized by default (21 minutes measured on a shared 2-core machine);
-``--quick`` is a smoke run.
+Trains RetNet, gated RetNet, a hybrid (gated retention + softmax attention), YOCO and the baselines of
+:mod:`retnet_benchmarks.peers` (Llama with SDPA, Mamba, Mamba-2, RWKV, sized to RetNet's parameter count) on
+MQAR generated on the fly (:mod:`retnet_benchmarks.mqar`), each with the same batches, steps, optimizer
+(``retnet.training``'s parameter groups and schedule) and seed, then scores fresh sequences at every length.
+The number of key-value pairs grows with the length (``length / 4``), so a fixed-size state must hold more
+pairs at longer lengths while attention can look each pair up. CPU-sized by default (the recurrent peers'
+reference paths make it long: see docs/benchmarks/recall.md for the measured times); ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -16,40 +17,24 @@ from typing import Any
 
 import torch
 
-from retnet.training.schedule import lr_factor
+from retnet.models import RetNetConfig, RetNetForCausalLM
+from retnet.training.optim import param_groups
+from retnet.training.schedule import warmup_cosine
 from retnet_benchmarks.mqar import MQARTask, recall_accuracy
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.peers import BASELINES, RECURRENT, REFERENCE_PATH_NOTE, build_trainable
 from retnet_benchmarks.report import subplots, write_report
 
-VARIANTS = ("retnet", "gated", "hybrid", "yoco", "llama")
+VARIANTS = ("retnet", "gated", "hybrid", "yoco", *BASELINES)
 
 
-def build_model(name: str, task: MQARTask, d: int, layers: int, heads: int) -> torch.nn.Module:
-    """One of :data:`VARIANTS` at width ``d``; Llama's FFN is sized to RetNet's parameter count."""
-    from retnet.models import RetNetConfig, RetNetForCausalLM
-
+def build_model(name: str, task: MQARTask, d: int, layers: int, heads: int, seed: int = 0) -> torch.nn.Module:
+    """One of :data:`VARIANTS` at width ``d``; the baselines come from the peer registry, sized to RetNet."""
     base = dict(
         vocab_size=task.vocab_size, hidden_size=d, num_layers=layers, num_heads=heads, value_dim=2 * d, ffn_dim=2 * d
     )
-    if name == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        target = RetNetConfig(**base).num_parameters()
-        # Llama parameters: embeddings + head 2 V d, per layer 4 d^2 + 3 d I + 2 d, final norm d.
-        rest = target - 2 * task.vocab_size * d - d - layers * (4 * d * d + 2 * d)
-        inter = max(1, round(rest / (3 * d * layers)))
-        cfg = LlamaConfig(
-            vocab_size=task.vocab_size,
-            hidden_size=d,
-            intermediate_size=inter,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            max_position_embeddings=8192,
-            tie_word_embeddings=False,
-            attn_implementation="sdpa",
-        )
-        return LlamaForCausalLM(cfg)
+    if name in BASELINES:
+        return build_trainable(name, RetNetConfig(**base), seed)
     overrides = {
         "retnet": {},
         "gated": {"gated": True},
@@ -67,17 +52,15 @@ def num_parameters(model: torch.nn.Module) -> int:
 def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[str, Any]:
     """Train one variant on mixed lengths; return its accuracy at every length."""
     torch.manual_seed(args.seed)
-    model = build_model(name, task, args.d_model, args.layers, args.heads)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98))
+    model = build_model(name, task, args.d_model, args.layers, args.heads, args.seed)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.98))
+    schedule = warmup_cosine(opt, warmup_steps=max(1, args.steps // 10), total_steps=args.steps, min_lr_ratio=0.1)
     gen = torch.Generator().manual_seed(args.seed)
     lengths = args.lengths
-    warmup = max(1, args.steps // 10)
     model.train()
     t0 = time.perf_counter()
     losses = []
     for step in range(args.steps):
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor(step, warmup_steps=warmup, total_steps=args.steps, min_lr_ratio=0.1)
         seq_len = lengths[step % len(lengths)]
         # Same number of tokens per step at every length.
         batch = max(1, args.batch_tokens // seq_len)
@@ -87,6 +70,7 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
         losses.append(float(loss.detach()))
         if args.verbose and (step + 1) % max(1, args.steps // 10) == 0:
             print(f"  {name} step {step + 1}/{args.steps} loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
@@ -112,9 +96,13 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
 
 
 def _train_one(name: str, args: argparse.Namespace, task: MQARTask, threads: int) -> dict[str, Any]:
+    """One model's row; a model that cannot train or evaluate gets an ``error`` row instead of ending the run."""
     torch.set_num_threads(threads)
     print(f"training {name} ...", flush=True)
-    row = train_and_eval(name, args, task)
+    try:
+        row = train_and_eval(name, args, task)
+    except Exception as e:  # noqa: BLE001 - recorded in the report, the other models still run
+        row = {"model": name, "error": f"{type(e).__name__}: {e}"[:300]}
     print("  " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return row
 
@@ -122,6 +110,8 @@ def _train_one(name: str, args: argparse.Namespace, task: MQARTask, threads: int
 def chart(rows: list[dict[str, Any]], lengths: list[int]):
     fig, ax = subplots(figsize=(6, 4))
     for r in rows:
+        if "error" in r:
+            continue
         ax.plot(lengths, [r[f"acc@{n}"] for n in lengths], marker="o", label=r["model"])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length (key-value pairs = length / 4)")
@@ -154,21 +144,27 @@ def run(args: argparse.Namespace) -> int:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        # the options without the CLI's handler (a local function, which cannot be pickled to the workers)
+        job = argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)})
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_one, name, args, task, threads) for name in args.models]
+            futures = [pool.submit(_train_one, name, job, task, threads) for name in args.models]
             rows = [f.result() for f in futures]
+    rows.sort(key=lambda r: VARIANTS.index(r["model"]))  # the report's order, whatever order they ran in
     summary = {
         "task": f"MQAR, {task.key_vocab} keys / {task.value_vocab} values, pairs = length/4, every key queried",
         "training": f"{args.steps} steps x {args.batch_tokens} tokens, lengths {args.lengths} in turn, lr {args.lr}",
-        "models": f"d={args.d_model}, {args.layers} layers, {args.heads} heads; Llama FFN sized to RetNet's count",
+        "models": f"d={args.d_model}, {args.layers} layers, {args.heads} heads; the baselines sized to RetNet's count",
     }
-    longest = max(args.lengths)
-    best = max(rows, key=lambda r: r[f"acc@{longest}"])
-    summary[f"best at length {longest}"] = f"{best['model']} ({best[f'acc@{longest}']:.3f})"
+    summary.update(summarize(rows, max(args.lengths)))
     notes = (
         "Accuracy is the fraction of queried values predicted exactly (argmax), on fresh sequences. All models "
-        "see the same batches (same seed) for the same number of steps; nothing is tuned per model, so a model "
-        "that would learn the task with more steps or another learning rate can still score low here."
+        "see the same batches (same seed) for the same number of steps, with `retnet.training`'s parameter groups "
+        "(weight decay 0.1 on matrices) and warmup + cosine schedule; nothing is tuned per model, so a model "
+        "that would learn the task with more steps or another learning rate can still score low here. "
+        "Llama, Mamba, Mamba-2 and RWKV come from the peer registry (`transformers` models, RetNet's width and "
+        "depth, one free width solved to RetNet's parameter count). "
+        f"{REFERENCE_PATH_NOTE} Their train_s is therefore not representative; their accuracy is their own "
+        "(same data, size, optimizer and steps), so the recall comparison is fair."
     )
     if not args.no_write:
         paths = write_report(
@@ -176,12 +172,27 @@ def run(args: argparse.Namespace) -> int:
             title="Associative recall (MQAR) accuracy vs sequence length",
             rows=rows,
             out_dir=args.out_dir,
+            columns=["model", "parameters", "train_s", "final_loss", *(f"acc@{n}" for n in args.lengths), "error"],
             summary=summary,
             notes=notes,
             chart=chart(rows, args.lengths),
         )
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def summarize(rows: list[dict[str, Any]], longest: int) -> dict[str, Any]:
+    """The best model at the longest length, and each recurrent peer's accuracy there next to RetNet's."""
+    key = f"acc@{longest}"
+    ok = {r["model"]: r for r in rows if "error" not in r}
+    s: dict[str, Any] = {}
+    if ok:
+        best = max(ok.values(), key=lambda r: r[key])
+        s[f"best at length {longest}"] = f"{best['model']} ({best[key]:.3f})"
+    for name in ("retnet", *RECURRENT):
+        if name in ok:
+            s[f"{name}_{key}"] = ok[name][key]
+    return s
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

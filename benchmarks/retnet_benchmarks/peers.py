@@ -139,6 +139,42 @@ def peer_parameters(name: str, rc: RetNetConfig) -> int:
         return count_parameters(cls(peer_config(name, rc)))
 
 
+class CausalLM(nn.Module):
+    """A baseline behind the call the project's trainer and evaluator make: ``model(ids, mode=..., labels=...)``.
+
+    ``mode`` (RetNet's form) is accepted and ignored; the output is the ``transformers`` one (``.logits``,
+    ``.loss`` when ``labels`` are given, shifted inside as for RetNet), without a decode cache.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, mode: str = "auto", labels: torch.Tensor | None = None) -> Any:
+        return self.model(input_ids=input_ids, labels=labels, use_cache=False)
+
+
+def _build(name: str, cfg: Any, seed: int) -> nn.Module:
+    if name == "llama":
+        return build_llama(cfg, seed)
+    torch.manual_seed(seed)
+    return _model_class(name)(cfg).float().eval()
+
+
+def build_trainable(name: str, retnet_config: RetNetConfig, seed: int = 0) -> CausalLM:
+    """Baseline ``name`` sized to ``retnet_config`` (random weights from ``seed``) as a :class:`CausalLM`, to
+    train with the same loop as RetNet (the recurrent peers through their PyTorch reference paths on the CPU).
+
+    Mamba gets ``use_mambapy``: transformers' own training fallback without CUDA kernels, a parallel scan
+    (the ``mambapy`` package, extra ``bench-peers``) in place of a per-token loop whose backward is quadratic
+    in the length. It computes the same recurrence; without the package transformers keeps the loop.
+    """
+    cfg = peer_config(name, retnet_config)
+    if name == "mamba":
+        cfg.use_mambapy = True
+    return CausalLM(_build(name, cfg, seed))
+
+
 def build_baseline(name: str, retnet_config: RetNetConfig, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Baseline ``name`` (float32, eval mode, random weights from ``seed``) sized to ``retnet_config``.
 
@@ -147,11 +183,7 @@ def build_baseline(name: str, retnet_config: RetNetConfig, seed: int = 0) -> tup
     lengths), and ``notes``.
     """
     cfg = peer_config(name, retnet_config)
-    if name == "llama":
-        model = build_llama(cfg, seed)
-    else:
-        torch.manual_seed(seed)
-        model = _model_class(name)(cfg).float().eval()
+    model = _build(name, cfg, seed)
     fixed, per_token = measure_state_bytes(model)
     free = _FREE_WIDTH.get(name, "intermediate_size")
     info = {

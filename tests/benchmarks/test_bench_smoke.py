@@ -10,6 +10,7 @@ import torch
 
 from retnet.cli.main import main
 from retnet_benchmarks.measure import run_isolated
+from retnet_benchmarks.peers import REFERENCE_PATH_NOTE
 
 MACHINE_KEYS = {"platform", "processor", "cpu_count", "torch", "device"}
 
@@ -176,7 +177,7 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert _main(monkeypatch, argv) == 0
     data = _load(tmp_path, "quality")
     rows = {r["model"]: r for r in data["rows"]}
-    assert set(rows) == {"retnet", "gated", "hybrid", "yoco", "llama"}
+    assert set(rows) == {"retnet", "gated", "hybrid", "yoco", "llama", "mamba", "mamba2", "rwkv"}
     for r in rows.values():
         assert "error" not in r
         assert r["train_tokens"] == 3 * 2 * 16 and r["eval_tokens"] % 32 == 0
@@ -187,7 +188,16 @@ def test_quality_smoke(tmp_path, monkeypatch):
     _assert_equal_size(data)
     assert abs(rows["gated"]["params"] - rows["llama"]["params"]) / rows["llama"]["params"] < 0.05
     assert {"hybrid_bpb_vs_llama", "yoco_bpb_vs_llama", "yoco_rise_at_2x"} <= set(data["summary"])
-    assert "hybrid: block_types GA" in (tmp_path / "quality.md").read_text()
+    md = (tmp_path / "quality.md").read_text()
+    assert "hybrid: block_types GA" in md
+    # the recurrent peers: compared with RetNet, their length behaviour, and the reference-path caveat
+    assert {"retnet_bpb_vs_mamba", "retnet_bpb_vs_mamba2", "retnet_bpb_vs_rwkv", "rwkv_rise_at_2x"} <= set(
+        data["summary"]
+    )
+    for peer in ("mamba", "mamba2", "rwkv"):
+        expected = rows["retnet"]["bpb_1x"] / rows[peer]["bpb_1x"] - 1
+        assert data["summary"][f"retnet_bpb_vs_{peer}"] == pytest.approx(expected, rel=1e-12)
+    assert REFERENCE_PATH_NOTE in " ".join(md.split()) and "train_s is therefore not representative" in md
 
 
 @pytest.mark.slow
