@@ -53,8 +53,12 @@ def quality_case(
     eval_batch_tokens: int,
     threads: int,
     seed: int,
+    max_minutes: float = 0.0,
 ) -> dict[str, Any]:
-    """Train one model and evaluate it at every length factor (runs inside a worker process)."""
+    """Train one model and evaluate it at every length factor (runs inside a worker process).
+
+    ``max_minutes`` > 0: a model still training after that long raises (an ``error`` row, not a half-trained
+    model's figures)."""
     from retnet.data import Tokenizer, WindowSampler, load_corpus, split_corpus
     from retnet.data.batching import encode_tensor
     from retnet.training.evaluate import evaluate
@@ -84,7 +88,9 @@ def quality_case(
     net.train()
     losses = []
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
+        if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
+            raise TimeoutError(f"stopped after {step} of {steps} steps: over --max-minutes {max_minutes:g}")
         rows = sampler.next_batch(batch_size)
         logits = net(rows[:, :-1], mode="auto").logits  # the trainer's default form
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             eval_batch_tokens=args.eval_batch_tokens,
             threads=args.threads,
             seed=args.seed,
+            max_minutes=args.max_minutes,
         )
         row = run_case(args, "retnet_benchmarks.bench_quality:quality_case", kwargs, args.case_timeout)
         row.setdefault("model", model)
@@ -277,6 +284,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads(p, 2)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--case-timeout", type=float, default=3600.0)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="a model still training after this long gets an error row instead (0: no limit)",
+    )
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
     add_out_dir(p)

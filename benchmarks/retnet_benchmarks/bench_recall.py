@@ -61,6 +61,8 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
     t0 = time.perf_counter()
     losses = []
     for step in range(args.steps):
+        if args.max_minutes and time.perf_counter() - t0 > 60 * args.max_minutes:
+            raise TimeoutError(f"stopped after {step} of {args.steps} steps: over --max-minutes {args.max_minutes:g}")
         seq_len = lengths[step % len(lengths)]
         # Same number of tokens per step at every length.
         batch = max(1, args.batch_tokens // seq_len)
@@ -215,6 +217,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads(p, 2, "CPU threads in all")
     p.add_argument("--workers", type=int, default=2, help="models trained at once, one process each")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds): 30 steps, lengths 16 and 32")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="a model still training after this long gets an error row instead (0: no limit)",
+    )
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks/recall.*")
     add_out_dir(p)

@@ -200,6 +200,16 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert REFERENCE_PATH_NOTE in " ".join(md.split()) and "train_s is therefore not representative" in md
 
 
+def test_quality_max_minutes_turns_a_slow_model_into_an_error_row(tmp_path, monkeypatch):
+    """A model still training after --max-minutes is reported with the steps it reached, not evaluated."""
+    argv = ["bench", "quality", "--tiny", "--factors", "1", "--threads", "1", "--models", "rwkv"]
+    assert _main(monkeypatch, [*argv, "--max-minutes", "1e-9", "--out-dir", str(tmp_path)]) == 0
+    (row,) = _load(tmp_path, "quality")["rows"]
+    assert (
+        row["model"] == "rwkv" and "TimeoutError: stopped after 0 of 3 steps: over --max-minutes 1e-09" in row["error"]
+    )
+
+
 @pytest.mark.slow
 def test_decode_paths_and_int8_quality(tmp_path, monkeypatch):
     """Batch-1 rows on the forward and int8 paths next to the main (eager) one, ratios in the summary, and the

@@ -77,6 +77,10 @@ def test_recall_bench_quick_writes_report(tmp_path, monkeypatch):
     assert REFERENCE_PATH_NOTE in md and "no backward at this length" in md
     assert (tmp_path / "recall.png").exists()
     assert main(["bench", "recall", "--quick", "--models", "s4", "--no-write"]) == 2
+    # a model still training after --max-minutes becomes an error row
+    assert main([*args, "--models", "rwkv", "--max-minutes", "1e-9"]) == 0
+    (row,) = json.loads((tmp_path / "recall.json").read_text())["rows"]
+    assert row == {"model": "rwkv", "error": "TimeoutError: stopped after 0 of 2 steps: over --max-minutes 1e-09"}
 
 
 def test_recall_bench_trains_models_in_worker_processes(tmp_path):
