@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from torch import nn
 
 from retnet.layers.ffn import GatedFFN, plain_linear
 from retnet.layers.rotary import rotate_every_two
+from retnet.models.quantize import fuse_int8_linears
 from retnet.models.state import RetNetState
 from retnet.ops import retention
 
@@ -76,11 +78,33 @@ class PackedLinears:
         return torch.ops.mkldnn._linear_pointwise(x, entry[2], None, "none", [], "")
 
 
-def _ffn(ffn: nn.Module, x: torch.Tensor, linear: LinearFn) -> torch.Tensor:
-    """The block's FFN on ``x [B, d]``, its linears through ``linear`` (a gated FFN in eval mode)."""
-    if type(ffn) is not GatedFFN or linear is _call:
+def _ffn(ffn: nn.Module, x: torch.Tensor, linear: LinearFn, fused: nn.Module | None) -> torch.Tensor:
+    """The block's FFN on ``x [B, d]``, its linears through ``linear`` (a gated FFN in eval mode); ``fused``:
+    one int8 linear computing ``fc1`` and ``gate`` together."""
+    if type(ffn) is not GatedFFN or (linear is _call and fused is None):
         return ffn(x)
-    return linear(ffn.fc2, ffn.act(linear(ffn.fc1, x)) * linear(ffn.gate, x))
+    if fused is not None:
+        a, b = fused(x).split(ffn.fc1.out_features, dim=-1)
+    else:
+        a, b = linear(ffn.fc1, x), linear(ffn.gate, x)
+    return linear(ffn.fc2, ffn.act(a) * b)
+
+
+class _Fused(NamedTuple):
+    """A retention block's int8 projections fused for the step (``None`` where they are not int8)."""
+
+    qkvg: nn.Module | None
+    ffn_in: nn.Module | None
+
+
+_NOT_FUSED = _Fused(None, None)
+
+
+def _fuse_block(block: nn.Module) -> _Fused:
+    mix, ffn = block.retention, block.ffn
+    qkvg = fuse_int8_linears([mix.q_proj, mix.k_proj, mix.v_proj, mix.g_proj])
+    ffn_in = fuse_int8_linears([ffn.fc1, ffn.gate]) if type(ffn) is GatedFFN else None
+    return _Fused(qkvg, ffn_in)
 
 
 def _retention_step(
@@ -94,20 +118,25 @@ def _retention_step(
     use_operator: bool,
     gammas: tuple[float, ...] | None = None,
     linear: LinearFn = _call,
+    fused: _Fused = _NOT_FUSED,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state.
 
     ``gammas``: the per-head decays as Python numbers (fixed-decay layers), which lets each head's update be
     one fused ``gamma S + k^T v``. ``linear(module, x)`` applies the block's projections (:class:`PackedLinears`
-    for large CPU batches)."""
+    for large CPU batches); ``fused``: int8 projections fused for the step."""
     mix = block.retention
     B = x.shape[0]
     H, Dk, Dv = mix.num_heads, mix.key_dim, mix.head_dim
     h = block.retention_layer_norm(x)
     cd = sin.dtype
-    q = linear(mix.q_proj, h).view(B, H, Dk).to(cd)
-    k = (linear(mix.k_proj, h).view(B, H, Dk) * Dk**-0.5).to(cd)
-    v = linear(mix.v_proj, h).view(B, H, Dv)
+    if fused.qkvg is not None:
+        q, k, v, g = fused.qkvg(h).split([H * Dk, H * Dk, H * Dv, mix.g_proj.out_features], dim=-1)
+    else:
+        q, k, v, g = linear(mix.q_proj, h), linear(mix.k_proj, h), linear(mix.v_proj, h), None
+    q = q.reshape(B, H, Dk).to(cd)
+    k = (k.reshape(B, H, Dk) * Dk**-0.5).to(cd)
+    v = v.reshape(B, H, Dv)
     q = q * cos + rotate_every_two(q) * sin
     k = k * cos + rotate_every_two(k) * sin
     log_decay = mix.decay(h[:, None])  # [H] fixed or [B, 1, H] gated
@@ -147,8 +176,10 @@ def _retention_step(
     if row_scale is not None:
         o = o * row_scale[..., None].to(o.dtype)
     o = mix.head_norm(o).reshape(B, H * Dv)
-    x = x + linear(mix.out_proj, F.silu(linear(mix.g_proj, h)) * o)
-    x = x + _ffn(block.ffn, block.final_layer_norm(x), linear)
+    if g is None:
+        g = linear(mix.g_proj, h)
+    x = x + linear(mix.out_proj, F.silu(g) * o)
+    x = x + _ffn(block.ffn, block.final_layer_norm(x), linear, fused.ffn_in)
     return x, new_state
 
 
@@ -215,6 +246,8 @@ class DecodeStep:
             for i, kind in enumerate(core.config.layer_kinds)
             if kind == "retention"
         }
+        # int8 models: each retention block's q/k/v/g and FFN input projections as one int8 linear apiece.
+        self._fused = {i: _fuse_block(core.layers[i]) for i in self._retention_layers}
         fn = self._step
         if compile:
             mode = "reduce-overhead" if core.embed_tokens.weight.device.type == "cuda" else None
@@ -269,6 +302,7 @@ class DecodeStep:
                     self.use_operator,
                     self._gammas.get(i),
                     linear,
+                    self._fused[i],
                 )
             else:
                 y, s = block(x[:, None], sin, cos, state=state.layers[i], mode="recurrent", use_cache=True)
