@@ -583,9 +583,11 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   attention every 4th layer, each with its own KV cache); YOCO (gated self-decoder, cross-attention decoder on one
   shared KV cache). All decode with `mode="recurrent"`.
 - RetNet step paths (`path`): `eager` is `retnet.models.make_decode_step` (one token per row, retention
-  state updated in place), `compiled` the same under `torch.compile` (inductor on the CPU; `compile_s` is the
+  state updated in place; on the CPU linear weights laid out input-major, and batches of >= 4 rows on
+  oneDNN-packed weight copies), `compiled` the same under `torch.compile` (inductor on the CPU; `compile_s` is the
   first call's time), `int8` with every linear layer's weights int8 (`retnet.models.quantize_int8`: PyTorch's
-  per-channel dynamic int8 linear), `forward` the model's general `forward(mode="recurrent")`. The main grid
+  per-channel dynamic int8 linear; the step fuses each block's q/k/v/g and FFN input linears), `forward` the
+  model's general `forward(mode="recurrent")`. The main grid
   runs `{path_from_flags(args.compile, args.quantize)}`; Llama is HF's own step (`hf`).
 - Each (model, batch, context) runs in a fresh process with {args.threads} torch threads. Step time: median of
   {args.steps} single-token steps (logits included) after {args.warmup} warm-up steps.
@@ -598,7 +600,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
 - Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
   process with the same thread count (median time to sum a 512 MiB float32 tensor; 16 MiB with --tiny).
   Weights read: every matrix once (int8 matrices at one byte per weight plus their scales), one embedding row
-  per sequence. `step_over_floor` = step time / floor.
+  per sequence; the state is counted once (read), its write-back (as many bytes again) is not.
+  `step_over_floor` = step time / floor.
 - int8 quality (when `--model-dir` is given): validation bits/byte of that trained model, float32 vs int8
   weights, the run's own validation split and sequence length, scored by the function behind `retnet eval`.
 - Cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped
