@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retnet.layers.ffn import GatedFFN, plain_linear
+from retnet.layers.norm import RMSNorm
 from retnet.layers.rotary import rotate_every_two
 from retnet.models.quantize import fuse_int8_linears
 from retnet.models.state import RetNetState
@@ -90,6 +91,23 @@ def _ffn(ffn: nn.Module, x: torch.Tensor, linear: LinearFn, fused: nn.Module | N
     return linear(ffn.fc2, ffn.act(a) * b)
 
 
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``; an RMSNorm (eps > 0) on a float32/float64 ``x`` inline, in fewer operations: a decode step is
+    a few hundred small operations, each costing its dispatch more than its arithmetic."""
+    if type(norm) is not RMSNorm or norm.eps <= 0 or x.dtype not in (torch.float32, torch.float64):
+        return norm(x)
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(norm.eps))
+    return y.mul_(norm.weight.to(x.dtype)) if norm.weight is not None else y
+
+
+def _rotate(x: torch.Tensor, turn: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``x`` viewed as ``[B, H, Dk]`` rotated pair by pair: one complex product with ``turn = cos + i sin``
+    (``[B, 1, Dk / 2]``, the pairs' shared angle, any scale folded in)."""
+    B, H, Dk = shape
+    pairs = torch.view_as_complex(x.reshape(B, H, Dk // 2, 2))
+    return torch.view_as_real(pairs * turn).view(B, H, Dk)
+
+
 class _Fused(NamedTuple):
     """A retention block's int8 projections fused for the step (``None`` where they are not int8)."""
 
@@ -119,26 +137,31 @@ def _retention_step(
     gammas: tuple[float, ...] | None = None,
     linear: LinearFn = _call,
     fused: _Fused = _NOT_FUSED,
+    turns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state.
 
     ``gammas``: the per-head decays as Python numbers (fixed-decay layers), which lets each head's update be
     one fused ``gamma S + k^T v``. ``linear(module, x)`` applies the block's projections (:class:`PackedLinears`
-    for large CPU batches); ``fused``: int8 projections fused for the step."""
+    for large CPU batches); ``fused``: int8 projections fused for the step; ``turns``: the rotation of q and of
+    k (with k's ``Dk**-0.5``) as complex factors (float32/float64), else ``sin``/``cos`` rotate."""
     mix = block.retention
     B = x.shape[0]
     H, Dk, Dv = mix.num_heads, mix.key_dim, mix.head_dim
-    h = block.retention_layer_norm(x)
+    h = _norm(block.retention_layer_norm, x)
     cd = sin.dtype
     if fused.qkvg is not None:
         q, k, v, g = fused.qkvg(h).split([H * Dk, H * Dk, H * Dv, mix.g_proj.out_features], dim=-1)
     else:
         q, k, v, g = linear(mix.q_proj, h), linear(mix.k_proj, h), linear(mix.v_proj, h), None
-    q = q.reshape(B, H, Dk).to(cd)
-    k = (k.reshape(B, H, Dk) * Dk**-0.5).to(cd)
     v = v.reshape(B, H, Dv)
-    q = q * cos + rotate_every_two(q) * sin
-    k = k * cos + rotate_every_two(k) * sin
+    if turns is not None and q.dtype == cd:
+        q, k = _rotate(q, turns[0], (B, H, Dk)), _rotate(k, turns[1], (B, H, Dk))
+    else:
+        q = q.reshape(B, H, Dk).to(cd)
+        k = (k.reshape(B, H, Dk) * Dk**-0.5).to(cd)
+        q = q * cos + rotate_every_two(q) * sin
+        k = k * cos + rotate_every_two(k) * sin
     log_decay = mix.decay(h[:, None])  # [H] fixed or [B, 1, H] gated
     if use_operator:
         o, new_state = retention(
@@ -179,7 +202,7 @@ def _retention_step(
     if g is None:
         g = linear(mix.g_proj, h)
     x = x + linear(mix.out_proj, F.silu(g) * o)
-    x = x + _ffn(block.ffn, block.final_layer_norm(x), linear, fused.ffn_in)
+    x = x + _ffn(block.ffn, _norm(block.final_layer_norm, x), linear, fused.ffn_in)
     return x, new_state
 
 
@@ -248,6 +271,8 @@ class DecodeStep:
         }
         # int8 models: each retention block's q/k/v/g and FFN input projections as one int8 linear apiece.
         self._fused = {i: _fuse_block(core.layers[i]) for i in self._retention_layers}
+        dims = {core.layers[i].retention.key_dim for i in self._retention_layers}
+        self._key_dim = dims.pop() if len(dims) == 1 else None
         fn = self._step
         if compile:
             mode = "reduce-overhead" if core.embed_tokens.weight.device.type == "cuda" else None
@@ -284,6 +309,10 @@ class DecodeStep:
         sin, cos = core.rotary(positions, x.dtype)  # [B, 1, Dk]
         row_scale = core.decay_row_scale(positions)[:, 0] if cfg.normalize_decay else None
         sin_h, cos_h = sin[:, 0, None], cos[:, 0, None]  # [B, 1, Dk]: broadcast over the heads
+        turns = None
+        if sin.dtype in (torch.float32, torch.float64) and self._key_dim is not None:
+            turn = torch.complex(cos_h[..., ::2], sin_h[..., ::2])  # each pair's angle, once
+            turns = (turn, turn * self._key_dim**-0.5)
         big = self.pack_min_batch is not None and x.shape[0] >= self.pack_min_batch and PackedLinears.applies(x)
         linear: LinearFn = self.packed if big else _call
         new_layers = list(state.layers) if not self.in_place else state.layers
@@ -303,6 +332,7 @@ class DecodeStep:
                     self._gammas.get(i),
                     linear,
                     self._fused[i],
+                    turns,
                 )
             else:
                 y, s = block(x[:, None], sin, cos, state=state.layers[i], mode="recurrent", use_cache=True)
@@ -318,7 +348,7 @@ class DecodeStep:
             for i in range(n_self, len(core.layers)):
                 y, _ = core.layers[i](y, sin, cos, mode="recurrent", shared=shared, q_start=q_start)
             x = y[:, 0]
-        logits = linear(model.lm_head, core.layer_norm(x))
+        logits = linear(model.lm_head, _norm(core.layer_norm, x))
         if self.in_place:
             state.offset.add_(1)
             state.shared = shared
