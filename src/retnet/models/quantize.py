@@ -3,8 +3,8 @@
 Weights are stored as int8 with one scale per output row (per-channel, symmetric), so a decode step, which
 reads every weight once, reads a quarter of the float32 bytes; activations are quantized per call (fbgemm's
 int8 GEMM). The embedding table stays float32 (a step reads one row of it). Weight-only int8 through
-``torch.ops.aten._weight_int8pack_mm`` was measured slower for a one-row input on this CPU build, which is why
-the dynamic form is used.
+``torch.ops.aten._weight_int8pack_mm`` was measured slower for a one-row input on this CPU build (so was the
+``onednn`` quantized engine; ``x86`` runs fbgemm's kernels), which is why the dynamic form on fbgemm is used.
 """
 
 from __future__ import annotations
