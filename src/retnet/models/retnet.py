@@ -175,7 +175,7 @@ class RetNetModel(nn.Module):
     ``transformers``' ``gradient_checkpointing_enable`` sets, which may also replace the checkpoint function.
     Without dropout, retention blocks are checkpointed in segments of ``checkpoint_segment`` tokens (0: the whole
     sequence), each continuing from the previous segment's state, so the backward pass recomputes one segment at a time
-    and holds that segment's intermediates only (docs/training.md, "Activation checkpointing").
+    and holds that segment's intermediates only (docs/retention.md, "Activation checkpointing in segments").
     """
 
     def __init__(self, config: RetNetConfig) -> None:
