@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from retnet.models import RetNetForCausalLM
+from retnet.models.retnet import DEFAULT_CHECKPOINT_SEGMENT
 from retnet.runtime.malloc import MALLOC_MODES
 from retnet_benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
 from retnet_benchmarks.measure import (
@@ -236,6 +237,9 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   (activations, gradients). `activation_mib` subtracts the resident memory just before the timed steps.
 - Activation checkpointing (`checkpointing` column): RetNet's `gradient_checkpointing` flag, Llama's
   `transformers` switch; both keep only each decoder block's input and recompute the block in backward.
+  RetNet recomputes its retention blocks in segments of {DEFAULT_CHECKPOINT_SEGMENT} tokens, each continuing from
+  the previous segment's state, so the backward pass holds one segment's intermediates at a time; attention must
+  recompute a whole block (each query reads every earlier key).
 - Parallel RetNet is skipped where its T x T matrices would exceed --memory-budget-gib
   ({args.memory_budget_gib:g} GiB); the machine is shared.
 - Each case runs in a fresh process with {args.threads} torch threads, under `flock /tmp/retnet-bench.lock` on a
