@@ -43,6 +43,7 @@ from retnet_benchmarks.baseline import (
     count_parameters_of_config,
     variant_config,
 )
+from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
@@ -51,7 +52,6 @@ from retnet_benchmarks.measure import (
     peak_memory,
     pick_device,
     reset_peak_memory,
-    run_case,
     time_steps,
 )
 from retnet_benchmarks.options import add_device, positive_ints, positive_ints_or_none
@@ -308,6 +308,27 @@ def _peer_case(
     )
 
 
+def _row_path(model: str, path: str) -> str:
+    """The path a row reports: Llama's own step, the peers' reference paths, else RetNet's ``path``."""
+    return "hf" if model == "llama" else "hf-reference" if model in RECURRENT else path
+
+
+def _over_budget(
+    model: str, batch: int, context: int, lcfg: Any, variants: dict[str, RetNetConfig], budget_gib: float
+) -> str | None:
+    """Why a case is skipped (its KV cache would exceed ``--memory-budget-gib``), else None."""
+    if model == "llama":
+        need = llama_cache_bytes(lcfg, batch, context)
+    elif model in RECURRENT:
+        return None  # a fixed-size state
+    else:
+        cfg = variants[model]  # the KV caches' part only (hybrid, YOCO): retention states are fixed
+        need = cfg.state_nbytes(context, batch_size=batch) - cfg.state_nbytes(0, batch_size=batch)
+    if need > budget_gib * GIB:
+        return f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {budget_gib:g} GiB"
+    return None
+
+
 def _grid(contexts_b1: list[int], contexts_b8: list[int], batch_large: int) -> list[tuple[int, int]]:
     return [(1, c) for c in contexts_b1] + [(batch_large, c) for c in contexts_b8]
 
@@ -329,9 +350,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:
         retnet_kwargs = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96)
     rcfg, lcfg = build_pair(retnet_kwargs)
-    budget = args.memory_budget_gib * GIB
-    rows: list[dict[str, Any]] = []
-    time_budget = TimeBudget(args.max_minutes)
     variants = {m: RetNetConfig(**variant_config(m, retnet_kwargs)) for m in args.models if m in DEFAULT_MODELS[:4]}
     main_path = path_from_flags(args.compile, args.quantize)
     cases = [
@@ -345,48 +363,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for path in args.paths
         if path != main_path and "retnet" in args.models
     ]
-    for model, batch, context, path in cases:
-        row: dict[str, Any] = {
-            "model": model,
-            "path": "hf" if model == "llama" else "hf-reference" if model in RECURRENT else path,
-            "batch": batch,
-            "context": context,
-        }
-        if model == "llama":
-            need = llama_cache_bytes(lcfg, batch, context)
-        elif model in RECURRENT:
-            need = 0  # a fixed-size state
-        else:
-            cfg = variants[model]  # the KV caches' part only (hybrid, YOCO): retention states are fixed
-            need = cfg.state_nbytes(context, batch_size=batch) - cfg.state_nbytes(0, batch_size=batch)
-        if model == "rwkv" and batch > 1:
-            row["error"] = "skipped: transformers' RWKV one-token step supports batch 1 only"
-        elif need > budget:
-            row["error"] = f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {args.memory_budget_gib:g} GiB"
-        elif over := time_budget.exhausted():
-            row["error"] = over
-        else:
-            row = run_case(
-                args,
-                "retnet_benchmarks.bench_decode:decode_case",
-                dict(
-                    model=model,
-                    retnet_config=retnet_kwargs,
-                    batch=batch,
-                    context=context,
-                    prefill_max=args.prefill_max,
-                    prefill_block=args.prefill_block,
-                    warmup=args.warmup,
-                    steps=args.steps,
-                    threads=args.threads,
-                    device=str(dev),
-                    bandwidth_mib=16 if args.tiny else 512,
-                    path=path,
-                ),
-                timeout_s=args.case_timeout,
-            ) | {k: v for k, v in row.items() if k in ("model", "path", "batch", "context")}
-        print(_progress(row), flush=True)
-        rows.append(row)
+    common = dict(retnet_config=retnet_kwargs, prefill_max=args.prefill_max, prefill_block=args.prefill_block)
+    common |= dict(warmup=args.warmup, steps=args.steps, threads=args.threads, device=str(dev))
+    common["bandwidth_mib"] = 16 if args.tiny else 512
+    rows = run_cases(
+        args,
+        "retnet_benchmarks.bench_decode:decode_case",
+        [
+            Case(
+                {"model": m, "path": _row_path(m, path), "batch": b, "context": c},
+                dict(common, model=m, batch=b, context=c, path=path),
+                _over_budget(m, b, c, lcfg, variants, args.memory_budget_gib),
+            )
+            for m, b, c, path in cases
+        ],
+        progress=_progress,
+        timeout_s=args.case_timeout,
+        budget=TimeBudget(args.max_minutes),
+    )
     summary = summarize(rows, args.large_batch, main_path)
     if args.model_dir:
         quality = int8_quality(args.model_dir, args.quality_batches, args.threads)
@@ -562,7 +556,8 @@ def _peers_note(models: list[str]) -> str:
         f"- Peers ({', '.join(peers)}; `path` hf-reference): `transformers` models built by "
         "`retnet_benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
         "inner width solved), stepping from their own caches. " + REFERENCE_PATH_NOTE + " They prefill in one "
-        "forward; RWKV runs at batch 1 only.\n"
+        "forward; RWKV's one-token steps of several rows run each row as a batch of one under "
+        "`torch.func.vmap` (`transformers`' own step broadcasts the rows together when batch > 1).\n"
     )
 
 

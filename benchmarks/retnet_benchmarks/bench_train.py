@@ -2,8 +2,11 @@
 
 RetNet in its parallel (O(T^2)) and chunkwise (O(T)) forms against Hugging Face ``LlamaForCausalLM`` with
 SDPA attention, equal parameter counts, each optionally with activation checkpointing per decoder block
-(``--checkpointing on|both``). Each case runs in a fresh process so its peak memory is its own; the peak is
-reset after the model is built and warmed up, so it covers one forward+backward.
+(``--checkpointing on|both``). ``--models`` also takes the recurrent peers of :mod:`retnet_benchmarks.peers`
+(``mamba``, ``mamba2``, ``rwkv``: ``transformers`` models at RetNet's parameter count, training through their
+CPU reference paths, mode ``hf-reference``), with Llama's loss and timing. Each case runs in a fresh process so
+its peak memory is its own; the peak is reset after the model is built and warmed up, so it covers one
+forward+backward.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import torch
 
 from retnet.models import RetNetForCausalLM
 from retnet.runtime.malloc import MALLOC_MODES
-from retnet_benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
+from retnet_benchmarks.baseline import TRAIN_25M, build_pair, build_retnet, count_parameters
+from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
@@ -23,14 +27,23 @@ from retnet_benchmarks.measure import (
     peak_memory,
     pick_device,
     reset_peak_memory,
-    run_case,
     time_steps,
 )
 from retnet_benchmarks.options import add_device, positive_ints
+from retnet_benchmarks.peers import RECURRENT, REFERENCE_PATH_NOTE, build_baseline, peer_config, peer_parameters
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 MIB = 1024**2
-VARIANTS = (("retnet", "parallel"), ("retnet", "chunkwise"), ("llama", "sdpa"))
+PEER_MODE = "hf-reference"
+VARIANTS = (
+    ("retnet", "parallel"),
+    ("retnet", "chunkwise"),
+    ("llama", "sdpa"),
+    *((peer, PEER_MODE) for peer in RECURRENT),
+)
+MODELS = tuple(dict.fromkeys(m for m, _ in VARIANTS))
+DEFAULT_MODELS = ("retnet", "llama")
+PEER_NAMES = {"llama": "Llama", "mamba": "Mamba", "mamba2": "Mamba-2", "rwkv": "RWKV"}
 CHECKPOINTING = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
@@ -55,8 +68,8 @@ def train_case(
     """Time forward+backward (runs inside a worker process); gradients are dropped between steps."""
     torch.set_num_threads(threads)
     dev = pick_device(device)
-    rcfg, lcfg = build_pair(retnet_config)
-    net = (build_retnet(rcfg, seed) if model == "retnet" else build_llama(lcfg, seed)).to(dev).train()
+    rcfg = build_pair(retnet_config)[0]
+    net = (build_retnet(rcfg, seed) if model == "retnet" else build_baseline(model, rcfg, seed)[0]).to(dev).train()
     if checkpointing:
         enable_checkpointing(net)
     gen = torch.Generator().manual_seed(seed)
@@ -113,53 +126,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96, chunk_size=16
         )
     rcfg, lcfg = build_pair(retnet_kwargs)
-    budget = args.memory_budget_gib * GIB
-    rows: list[dict[str, Any]] = []
-    time_budget = TimeBudget(args.max_minutes)
-    cases = [(mm, c) for c in CHECKPOINTING[args.checkpointing] for mm in VARIANTS if mm[1] in args.modes]
-    for seq_len in args.lengths:
-        for (model, mode), ckpt in cases:
-            row: dict[str, Any] = {
-                "model": model,
-                "mode": mode,
-                "checkpointing": ckpt,
-                "batch": args.batch,
-                "seq_len": seq_len,
-            }
-            need = parallel_scores_bytes(retnet_kwargs, args.batch, seq_len) if mode == "parallel" else 0
-            if need > budget:
-                row["error"] = (
-                    f"skipped: parallel form's T x T matrices need ~{need / GIB:.0f} GiB > budget "
-                    f"{args.memory_budget_gib:g} GiB"
-                )
-            elif over := time_budget.exhausted():
-                row["error"] = over
-            else:
-                row = run_case(
-                    args,
-                    "retnet_benchmarks.bench_train:train_case",
-                    dict(
-                        model=model,
-                        mode=mode,
-                        retnet_config=retnet_kwargs,
-                        batch=args.batch,
-                        seq_len=seq_len,
-                        warmup_len=args.warmup_len,
-                        steps=args.steps,
-                        threads=args.threads,
-                        device=str(dev),
-                        checkpointing=ckpt,
-                    ),
-                    timeout_s=args.case_timeout,
-                ) | {k: row[k] for k in ("model", "mode", "checkpointing", "batch", "seq_len")}
-            print(_progress(row), flush=True)
-            rows.append(row)
+    rows = run_cases(
+        args,
+        "retnet_benchmarks.bench_train:train_case",
+        cases(args, retnet_kwargs, str(dev)),
+        progress=_progress,
+        timeout_s=args.case_timeout,
+        budget=TimeBudget(args.max_minutes),
+    )
     summary = summarize(rows)
     summary["retnet_params"] = rcfg.num_parameters()
-    summary["llama_params"] = count_parameters(build_llama(lcfg))
+    for model in ("llama", *(m for m in RECURRENT if m in args.models)):
+        summary[f"{model}_params"] = peer_parameters(model, rcfg)
+    if any(m in RECURRENT for m in args.models):
+        summary["peers_note"] = REFERENCE_PATH_NOTE
     write_report(
-        "train",
-        title="Training step (forward+backward): RetNet parallel / chunkwise vs Llama (HF transformers, SDPA)",
+        args.name,
+        title=title(args.models),
         rows=rows,
         out_dir=args.out_dir,
         columns=[
@@ -181,6 +164,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def cases(args: argparse.Namespace, retnet_kwargs: dict[str, Any], device: str) -> list[Case]:
+    """Every selected (model, mode) at each length, without and/or with checkpointing; cases whose estimated
+    memory exceeds ``--memory-budget-gib`` are skipped with the reason."""
+    variants = [(m, f) for m, f in VARIANTS if m in args.models and f in args.modes]
+    out = []
+    for seq_len in args.lengths:
+        for (model, mode), ckpt in [(mm, c) for c in CHECKPOINTING[args.checkpointing] for mm in variants]:
+            key = {"model": model, "mode": mode, "checkpointing": ckpt, "batch": args.batch, "seq_len": seq_len}
+            kwargs = dict(key, retnet_config=retnet_kwargs, warmup_len=args.warmup_len, steps=args.steps)
+            kwargs |= dict(threads=args.threads, device=device)
+            out.append(Case(key, kwargs, _over_budget(args, retnet_kwargs, model, mode, ckpt, seq_len)))
+    return out
+
+
+def _over_budget(
+    args: argparse.Namespace, retnet_kwargs: dict[str, Any], model: str, mode: str, ckpt: bool, seq_len: int
+) -> str | None:
+    """The skip reason where a case's estimated memory exceeds ``--memory-budget-gib``, else None."""
+    if mode == "parallel":
+        need, what = parallel_scores_bytes(retnet_kwargs, args.batch, seq_len), "parallel form's T x T matrices"
+    elif model == "mamba" and not ckpt:
+        need, what = mamba_scan_bytes(retnet_kwargs, args.batch, seq_len), "Mamba's reference scan"
+    else:
+        return None
+    if need <= args.memory_budget_gib * GIB:
+        return None
+    return f"skipped: {what} need ~{need / GIB:.0f} GiB > budget {args.memory_budget_gib:g} GiB"
+
+
+def mamba_scan_bytes(retnet_kwargs: dict[str, Any], batch: int, seq_len: int) -> int:
+    """Rough bytes Mamba's reference (non-CUDA) scan keeps for backward: per layer, ``[B, inner, T, 16]``
+    float32 tensors for exp(dt A), dt B u and every step's state (about 4 of them)."""
+    from retnet.models import RetNetConfig
+
+    rcfg = RetNetConfig(**retnet_kwargs)
+    cfg = peer_config("mamba", rcfg)
+    return 4 * rcfg.num_layers * batch * cfg.intermediate_size * seq_len * cfg.state_size * 4
+
+
+def title(models: list[str]) -> str:
+    """The report's title: RetNet's forms against the baselines that ran."""
+    others = [PEER_NAMES[m] for m in MODELS if m != "retnet" and m in models]
+    return "Training step (forward+backward): RetNet parallel / chunkwise vs " + (
+        ", ".join(others) + " (HF transformers, same parameter count)"
+        if any(m in RECURRENT for m in models)
+        else "Llama (HF transformers, SDPA)"
+    )
+
+
 def _progress(row: dict[str, Any]) -> str:
     ckpt = " (checkpointed)" if row.get("checkpointing") else ""
     head = f"{row['model']:>6} {row['mode']:>9}{ckpt} T={row['seq_len']:>6}: "
@@ -198,17 +230,19 @@ def _get(rows, model, mode, seq_len, checkpointing=False):
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Chunkwise RetNet over Llama (tokens/s, peak memory) per length, without and with checkpointing."""
+    """Chunkwise RetNet over Llama and over each peer (tokens/s, peak memory) per length, without and with
+    checkpointing; the goals are the ones against Llama."""
     s: dict[str, Any] = {}
     lengths = sorted({r["seq_len"] for r in rows})
-    for ckpt, tag in ((False, ""), (True, "_checkpointed")):
-        for T in lengths:
-            c, ll = _get(rows, "retnet", "chunkwise", T, ckpt), _get(rows, "llama", "sdpa", T, ckpt)
-            if c and ll:
-                goal = " (goal >= 2)" if T == 8192 else ""
-                s[f"chunkwise_over_llama_tokens_per_s_{T}{tag}{goal}"] = c["tokens_per_s"] / ll["tokens_per_s"]
-                goal = " (goal <= 0.75)" if T == 8192 else ""
-                s[f"chunkwise_over_llama_memory_{T}{tag}{goal}"] = c["memory_mib"] / ll["memory_mib"]
+    for other, mode in (("llama", "sdpa"), *((p, PEER_MODE) for p in RECURRENT)):
+        for ckpt, tag in ((False, ""), (True, "_checkpointed")):
+            for T in lengths:
+                c, o = _get(rows, "retnet", "chunkwise", T, ckpt), _get(rows, other, mode, T, ckpt)
+                if c and o:
+                    goal = " (goal >= 2)" if T == 8192 and other == "llama" else ""
+                    s[f"chunkwise_over_{other}_tokens_per_s_{T}{tag}{goal}"] = c["tokens_per_s"] / o["tokens_per_s"]
+                    goal = " (goal <= 0.75)" if T == 8192 and other == "llama" else ""
+                    s[f"chunkwise_over_{other}_memory_{T}{tag}{goal}"] = c["memory_mib"] / o["memory_mib"]
     chunk = [r for r in (_get(rows, "retnet", "chunkwise", T) for T in lengths) if r]
     # memory added per extra token between consecutive lengths: constant when memory is linear in length
     slopes = [
@@ -241,7 +275,22 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
 - Each case runs in a fresh process with {args.threads} torch threads, under `flock /tmp/retnet-bench.lock` on a
   machine shared with other jobs; the figures carry that noise.
 - glibc setting of every case (`--malloc {args.malloc}`): {MALLOC_NOTE[args.malloc]}
-"""
+""" + _peers_note(args.models, rcfg)
+
+
+def _peers_note(models: list[str], rcfg: Any) -> str:
+    """The recurrent peers' lines of the notes (empty when none ran)."""
+    peers = [m for m in RECURRENT if m in models]
+    if not peers:
+        return ""
+    return (
+        f"- Peers ({', '.join(PEER_NAMES[m] for m in peers)}; mode `{PEER_MODE}`): `transformers` models built by "
+        "`retnet_benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
+        "one inner width solved), the same loss (`labels=ids`) and timing as Llama. "
+        + REFERENCE_PATH_NOTE
+        + " Mamba's reference scan keeps every step's state for backward, so its memory is skipped where the "
+        "estimate exceeds the budget.\n"
+    )
 
 
 MALLOC_NOTE = {
@@ -275,13 +324,14 @@ def chart(rows: list[dict[str, Any]]):
         axes[0].plot(x, [r["tokens_per_s"] for r in pts], "-o", label=label)
         axes[1].plot(x, [r["memory_mib"] for r in pts], "-o", label=label)
     style_log_axes(axes, "sequence length (tokens)", ("tokens/s (forward+backward)", "peak memory (MiB)"))
-    fig.suptitle("Training step: RetNet vs Llama (same parameter count)")
+    names = [PEER_NAMES[m] for m in MODELS if m != "retnet" and any(r["model"] == m for r in rows)]
+    fig.suptitle(f"Training step: RetNet vs {', '.join(names) or 'Llama'} (same parameter count)")
     return fig
 
 
 def _modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    known = [m for _, m in VARIANTS]
+    known = list(dict.fromkeys(m for _, m in VARIANTS))
     bad = [m for m in modes if m not in known]
     if bad or not modes:
         raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(bad) or text!r}; choose from {', '.join(known)}")
@@ -289,13 +339,20 @@ def _modes(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama")
+    p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama/peers")
     p.add_argument("--lengths", type=positive_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(DEFAULT_MODELS),
+        help=f"models to run (default {' '.join(DEFAULT_MODELS)}; peers: {' '.join(RECURRENT)}, CPU reference paths)",
+    )
     p.add_argument(
         "--modes",
         type=_modes,
-        default=[m for _, m in VARIANTS],
-        help="comma-separated cases: parallel, chunkwise (RetNet), sdpa (Llama); default all",
+        default=list(dict.fromkeys(m for _, m in VARIANTS)),
+        help=f"comma-separated cases: parallel, chunkwise (RetNet), sdpa (Llama), {PEER_MODE} (peers); default all",
     )
     p.add_argument(
         "--checkpointing",
@@ -318,4 +375,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.add_argument("--name", default="train", help="report file name (<name>.json/.md/.png)")
     p.set_defaults(func=run)

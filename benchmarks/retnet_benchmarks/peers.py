@@ -9,7 +9,8 @@ their fast implementations; their state sizes and quality are their own.
 
 :func:`start` and :func:`step` give every peer one decoding interface (prefill, then one token at a time from
 its cache: Llama's ``DynamicCache`` of keys and values, Mamba's and Mamba-2's ``DynamicCache`` of convolution
-and SSM states, RWKV's list of five ``[B, d, layers]`` tensors); :func:`state_nbytes` measures any of them.
+and SSM states, RWKV's list of five ``[B, d, layers]`` tensors, its one-token steps of several rows under
+``torch.func.vmap``); :func:`state_nbytes` measures any of them.
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ def step(model: nn.Module, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor,
         out = model(input_ids=ids, cache=cache, use_cache=True)
         return out.logits, cache
     if kind == "rwkv":
-        if ids.shape[0] > 1 and ids.shape[1] == 1 and state is not None:
-            raise ValueError("transformers' RWKV one-token step supports batch 1 only (it broadcasts rows wrongly)")
+        if state is not None and ids.shape[0] > 1 and ids.shape[1] == 1:
+            return _rwkv_rows_step(model, ids, state)
         out = model(input_ids=ids, state=state, use_cache=True)
         return out.logits, out.state
     if state is None:
@@ -231,3 +232,19 @@ def step(model: nn.Module, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor,
         state = DynamicCache(config=model.config)
     out = model(input_ids=ids, cache=state, use_cache=True)
     return out.logits, state
+
+
+def _rwkv_rows_step(model: nn.Module, ids: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """RWKV's one-token step for several rows, each row as its own batch of one under ``torch.func.vmap``.
+
+    ``transformers``' one-token step mixes the ``[B, 1, d]`` hidden states with a ``[B, d]`` token-shift slice,
+    which broadcasts to ``[B, B, d]`` when ``B > 1``; vmap runs the batch-1 step, which is exact, with the
+    rows as a batched dimension of the same kernels.
+    """
+
+    def one(token: torch.Tensor, *parts: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        out = model(input_ids=token.view(1, 1), state=[p[None] for p in parts], use_cache=True)
+        return out.logits[0], tuple(p[0] for p in out.state)
+
+    logits, parts = torch.func.vmap(one)(ids[:, 0], *state)
+    return logits, list(parts)
