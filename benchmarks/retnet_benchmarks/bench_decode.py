@@ -18,9 +18,9 @@ quality cost: validation bits/byte of a trained model with float32 and with int8
 
 ``--models`` also takes the recurrent peers of :mod:`retnet_benchmarks.peers` (``mamba``, ``mamba2``,
 ``rwkv``: ``transformers`` models at RetNet's parameter count, stepping from their own caches through their
-CPU reference paths); they prefill in one forward, and beyond ``--prefill-max`` their fixed-size state comes
-from a ``--prefill-block`` prefill (a step's cost does not depend on the context). ``--size 25m`` runs the
-~25M models instead of the ~100M ones.
+CPU reference paths); they prefill one row in one forward (its state copied to the batch), and beyond
+``--prefill-max`` their fixed-size state comes from a ``--prefill-block`` prefill (a step's cost does not depend
+on the context). ``--size 25m`` runs the ~25M models instead of the ~100M ones.
 """
 
 from __future__ import annotations
@@ -54,14 +54,19 @@ from retnet_benchmarks.measure import (
     reset_peak_memory,
     time_steps,
 )
-from retnet_benchmarks.options import add_device, positive_ints, positive_ints_or_none
-from retnet_benchmarks.peers import RECURRENT
+from retnet_benchmarks.options import add_device, add_models, comma_choices, positive_ints, positive_ints_or_none
+from retnet_benchmarks.peers import RECURRENT, peers_note
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 DEFAULT_MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 MODELS = (*DEFAULT_MODELS, *RECURRENT)
 SIZES = {"100m": DECODE_100M, "25m": TRAIN_25M}
 MIB = 1024**2
+PEERS_HOW = (
+    "stepping from their own caches. They prefill one row in one forward, its state copied to the batch; RWKV's "
+    "one-token steps of several rows run each row as a batch of one under `torch.func.vmap` (`transformers`' own "
+    "step broadcasts the rows together when batch > 1)."
+)
 
 
 def llama_cache_bytes(llama_config: Any, batch: int, context: int) -> int:
@@ -277,8 +282,9 @@ def _peer_case(
     seed: int,
     bandwidth: float,
 ) -> dict[str, Any]:
-    """:func:`decode_case` for a recurrent peer: prefill in one forward, then time one-token steps."""
-    from retnet_benchmarks.peers import build_baseline, start, state_nbytes, step
+    """:func:`decode_case` for a recurrent peer: prefill one row in one forward, copy its state to the batch,
+    then time one-token steps."""
+    from retnet_benchmarks.peers import build_baseline, repeat_rows, start, state_nbytes, step
 
     net, info = build_baseline(model, rcfg, seed)
     net = net.to(dev)
@@ -287,7 +293,8 @@ def _peer_case(
     ids = torch.randint(0, rcfg.vocab_size, (1, context if real else min(context, prefill_block)), generator=gen)
     t0 = time.perf_counter()
     with torch.no_grad():
-        _, state = start(net, ids.expand(batch, -1).to(dev))
+        _, state = start(net, ids.to(dev))
+        state = repeat_rows(state, batch) if batch > 1 else state
     fill_s = time.perf_counter() - t0
     memo_bytes = state_nbytes(state)
     rss_before = current_rss()
@@ -403,7 +410,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out_dir=args.out_dir,
         columns=COLUMNS,
         summary=summary,
-        notes=notes(args, rcfg, lcfg, dev) + _peers_note(args.models) + _load_note(load_start, os.getloadavg()),
+        notes=notes(args, rcfg, lcfg, dev)
+        + peers_note(args.models, "`path` hf-reference", PEERS_HOW)
+        + _load_note(load_start, os.getloadavg()),
         chart=chart(rows),
     )
     return summary
@@ -545,22 +554,6 @@ def int8_quality(model_dir: str, max_batches: int | None, threads: int) -> dict[
     return out
 
 
-def _peers_note(models: list[str]) -> str:
-    """The recurrent peers' line of the notes (empty when none ran)."""
-    from retnet_benchmarks.peers import REFERENCE_PATH_NOTE
-
-    peers = [m for m in models if m in RECURRENT]
-    if not peers:
-        return ""
-    return (
-        f"- Peers ({', '.join(peers)}; `path` hf-reference): `transformers` models built by "
-        "`retnet_benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
-        "inner width solved), stepping from their own caches. " + REFERENCE_PATH_NOTE + " They prefill in one "
-        "forward; RWKV's one-token steps of several rows run each row as a batch of one under "
-        "`torch.func.vmap` (`transformers`' own step broadcasts the rows together when batch > 1).\n"
-    )
-
-
 def _load_note(start: tuple[float, ...], end: tuple[float, ...]) -> str:
     return f"- Load average (1/5/15 min) at the start: {'/'.join(f'{x:.1f}' for x in start)}; at the end: " + (
         f"{'/'.join(f'{x:.1f}' for x in end)} (2 cores).\n"
@@ -634,17 +627,6 @@ def chart(rows: list[dict[str, Any]]):
     return fig
 
 
-def _paths(text: str) -> list[str]:
-    """Comma-separated step paths, or ``none``."""
-    if text.strip().lower() == "none":
-        return []
-    paths = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in paths if p not in PATHS]
-    if bad or not paths:
-        raise argparse.ArgumentTypeError(f"paths must be among {', '.join(PATHS)} (or 'none'), got {text!r}")
-    return paths
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding latency/throughput/memory vs context, RetNet vs Llama")
     p.add_argument(
@@ -671,17 +653,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case before it is abandoned")
     TimeBudget.add_argument(p)
-    p.add_argument(
-        "--models",
-        nargs="+",
-        choices=MODELS,
-        default=list(DEFAULT_MODELS),
-        help=f"models to run (default {' '.join(DEFAULT_MODELS)}; peers: {' '.join(RECURRENT)}, CPU reference paths)",
-    )
+    add_models(p, MODELS, DEFAULT_MODELS, RECURRENT)
     p.add_argument("--size", choices=tuple(SIZES), default="100m", help="model size (default 100m; 25m: byte vocab)")
     p.add_argument(
         "--paths",
-        type=_paths,
+        type=comma_choices(PATHS, "paths", allow_none=True),
         default=["forward", "compiled", "int8"],
         help=f"comma-separated RetNet step paths also timed at batch 1 ({', '.join(PATHS)}; 'none': only the main one)",
     )

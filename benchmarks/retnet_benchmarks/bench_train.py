@@ -29,8 +29,15 @@ from retnet_benchmarks.measure import (
     reset_peak_memory,
     time_steps,
 )
-from retnet_benchmarks.options import add_device, positive_ints
-from retnet_benchmarks.peers import RECURRENT, REFERENCE_PATH_NOTE, build_baseline, peer_config, peer_parameters
+from retnet_benchmarks.options import add_device, add_models, comma_choices, positive_ints
+from retnet_benchmarks.peers import (
+    RECURRENT,
+    REFERENCE_PATH_NOTE,
+    build_trainable,
+    peer_config,
+    peer_parameters,
+    peers_note,
+)
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 MIB = 1024**2
@@ -42,8 +49,16 @@ VARIANTS = (
     *((peer, PEER_MODE) for peer in RECURRENT),
 )
 MODELS = tuple(dict.fromkeys(m for m, _ in VARIANTS))
+MODES = tuple(dict.fromkeys(f for _, f in VARIANTS))
 DEFAULT_MODELS = ("retnet", "llama")
 PEER_NAMES = {"llama": "Llama", "mamba": "Mamba", "mamba2": "Mamba-2", "rwkv": "RWKV"}
+PEERS_HOW = (
+    "built for training by `peers.build_trainable` (Mamba with transformers' `use_mambapy`: the `mambapy` "
+    "parallel scan, transformers' own training fallback without CUDA kernels, in place of a per-token loop whose "
+    "backward is quadratic in the length), with Llama's loss (`labels=ids`) and timing. Mamba's and Mamba-2's "
+    "scans hold tensors of [T, inner, state] and [T, chunk, heads, state] elements: their cases are skipped where "
+    "that estimate exceeds the memory budget."
+)
 CHECKPOINTING = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
@@ -69,7 +84,7 @@ def train_case(
     torch.set_num_threads(threads)
     dev = pick_device(device)
     rcfg = build_pair(retnet_config)[0]
-    net = (build_retnet(rcfg, seed) if model == "retnet" else build_baseline(model, rcfg, seed)[0]).to(dev).train()
+    net = (build_retnet(rcfg, seed) if model == "retnet" else build_trainable(model, rcfg, seed)).to(dev).train()
     if checkpointing:
         enable_checkpointing(net)
     gen = torch.Generator().manual_seed(seed)
@@ -114,6 +129,7 @@ def enable_checkpointing(net: torch.nn.Module) -> None:
     if isinstance(net, RetNetForCausalLM):
         net.model.gradient_checkpointing = True
         return
+    net = net.model  # a baseline behind peers.CausalLM: the transformers model
     enable = getattr(net, "activation_checkpointing_enable", None) or net.gradient_checkpointing_enable
     enable()
 
@@ -184,8 +200,8 @@ def _over_budget(
     """The skip reason where a case's estimated memory exceeds ``--memory-budget-gib``, else None."""
     if mode == "parallel":
         need, what = parallel_scores_bytes(retnet_kwargs, args.batch, seq_len), "parallel form's T x T matrices"
-    elif model == "mamba" and not ckpt:
-        need, what = mamba_scan_bytes(retnet_kwargs, args.batch, seq_len), "Mamba's reference scan"
+    elif model in ("mamba", "mamba2") and not ckpt:
+        need, what = scan_bytes(model, retnet_kwargs, args.batch, seq_len), f"{PEER_NAMES[model]}'s scan tensors"
     else:
         return None
     if need <= args.memory_budget_gib * GIB:
@@ -193,14 +209,20 @@ def _over_budget(
     return f"skipped: {what} need ~{need / GIB:.0f} GiB > budget {args.memory_budget_gib:g} GiB"
 
 
-def mamba_scan_bytes(retnet_kwargs: dict[str, Any], batch: int, seq_len: int) -> int:
-    """Rough bytes Mamba's reference (non-CUDA) scan keeps for backward: per layer, ``[B, inner, T, 16]``
-    float32 tensors for exp(dt A), dt B u and every step's state (about 4 of them)."""
+def scan_bytes(model: str, retnet_kwargs: dict[str, Any], batch: int, seq_len: int) -> int:
+    """Rough peak bytes of a peer's CPU scan in one forward+backward (0 for the others). Mamba (``mambapy``'s
+    parallel scan) keeps about eight ``[B, inner, T, state]`` float32 tensors per layer; Mamba-2's chunked scan
+    forms ``[B, T, chunk, heads, state]`` products, about 2.5 of them live at the peak (both fitted to the peaks
+    measured at 1024 tokens)."""
     from retnet.models import RetNetConfig
 
+    if model not in ("mamba", "mamba2"):
+        return 0
     rcfg = RetNetConfig(**retnet_kwargs)
-    cfg = peer_config("mamba", rcfg)
-    return 4 * rcfg.num_layers * batch * cfg.intermediate_size * seq_len * cfg.state_size * 4
+    cfg = peer_config(model, rcfg)
+    if model == "mamba":
+        return 8 * rcfg.num_layers * batch * cfg.intermediate_size * seq_len * cfg.state_size * 4
+    return int(2.5 * batch * seq_len * cfg.chunk_size * cfg.num_heads * cfg.state_size * 4)
 
 
 def title(models: list[str]) -> str:
@@ -275,22 +297,7 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
 - Each case runs in a fresh process with {args.threads} torch threads, under `flock /tmp/retnet-bench.lock` on a
   machine shared with other jobs; the figures carry that noise.
 - glibc setting of every case (`--malloc {args.malloc}`): {MALLOC_NOTE[args.malloc]}
-""" + _peers_note(args.models, rcfg)
-
-
-def _peers_note(models: list[str], rcfg: Any) -> str:
-    """The recurrent peers' lines of the notes (empty when none ran)."""
-    peers = [m for m in RECURRENT if m in models]
-    if not peers:
-        return ""
-    return (
-        f"- Peers ({', '.join(PEER_NAMES[m] for m in peers)}; mode `{PEER_MODE}`): `transformers` models built by "
-        "`retnet_benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
-        "one inner width solved), the same loss (`labels=ids`) and timing as Llama. "
-        + REFERENCE_PATH_NOTE
-        + " Mamba's reference scan keeps every step's state for backward, so its memory is skipped where the "
-        "estimate exceeds the budget.\n"
-    )
+""" + peers_note(args.models, f"mode `{PEER_MODE}`", PEERS_HOW)
 
 
 MALLOC_NOTE = {
@@ -329,29 +336,14 @@ def chart(rows: list[dict[str, Any]]):
     return fig
 
 
-def _modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    known = list(dict.fromkeys(m for _, m in VARIANTS))
-    bad = [m for m in modes if m not in known]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(bad) or text!r}; choose from {', '.join(known)}")
-    return modes
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama/peers")
     p.add_argument("--lengths", type=positive_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
-    p.add_argument(
-        "--models",
-        nargs="+",
-        choices=MODELS,
-        default=list(DEFAULT_MODELS),
-        help=f"models to run (default {' '.join(DEFAULT_MODELS)}; peers: {' '.join(RECURRENT)}, CPU reference paths)",
-    )
+    add_models(p, MODELS, DEFAULT_MODELS, RECURRENT)
     p.add_argument(
         "--modes",
-        type=_modes,
-        default=list(dict.fromkeys(m for _, m in VARIANTS)),
+        type=comma_choices(MODES, "modes"),
+        default=list(MODES),
         help=f"comma-separated cases: parallel, chunkwise (RetNet), sdpa (Llama), {PEER_MODE} (peers); default all",
     )
     p.add_argument(
