@@ -22,23 +22,18 @@ VARIANTS = {
 }
 
 
+def _config(variant: str, **overrides) -> RetNetConfig:
+    """A 4-layer toy model of ``variant`` (chunk 8, so the test sequences span several chunks)."""
+    size = dict(vocab_size=61, hidden_size=32, num_layers=4, num_heads=2, value_dim=48, ffn_dim=64, chunk_size=8)
+    return RetNetConfig(**size, **VARIANTS[variant], **overrides)
+
+
 def _losses(
     checkpointing: bool, variant: str, steps: int = 4, segment: int = 0, dropout: float = 0.1
 ) -> tuple[list[float], list[torch.Tensor]]:
     """Losses of a few AdamW steps (chunkwise retention) and the final parameters."""
     torch.manual_seed(0)
-    cfg = RetNetConfig(
-        vocab_size=61,
-        hidden_size=32,
-        num_layers=4,
-        num_heads=2,
-        value_dim=48,
-        ffn_dim=64,
-        chunk_size=8,
-        dropout=dropout,
-        **VARIANTS[variant],
-    )
-    model = RetNetForCausalLM(cfg).train()
+    model = RetNetForCausalLM(_config(variant, dropout=dropout)).train()
     model.model.gradient_checkpointing = checkpointing
     model.model.checkpoint_segment = segment
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -95,18 +90,7 @@ def test_checkpointing_recomputes_the_blocks():
 def _float64_gradients(variant: str, segment: int | None, mode: str, mask: bool, **config) -> list[torch.Tensor]:
     """Loss gradients of a float64 model: ``segment`` None trains without checkpointing."""
     torch.manual_seed(0)
-    cfg = RetNetConfig(
-        vocab_size=61,
-        hidden_size=32,
-        num_layers=4,
-        num_heads=2,
-        value_dim=48,
-        ffn_dim=64,
-        chunk_size=8,
-        **VARIANTS[variant],
-        **config,
-    )
-    model = RetNetForCausalLM(cfg).double().train()
+    model = RetNetForCausalLM(_config(variant, **config)).double().train()
     model.model.gradient_checkpointing = segment is not None
     model.model.checkpoint_segment = segment or 0
     gen = torch.Generator().manual_seed(2)
