@@ -18,9 +18,9 @@ quality cost: validation bits/byte of a trained model with float32 and with int8
 
 ``--models`` also takes the recurrent peers of :mod:`retnet_benchmarks.peers` (``mamba``, ``mamba2``,
 ``rwkv``: ``transformers`` models at RetNet's parameter count, stepping from their own caches through their
-CPU reference paths); they prefill in one forward, and beyond ``--prefill-max`` their fixed-size state comes
-from a ``--prefill-block`` prefill (a step's cost does not depend on the context). ``--size 25m`` runs the
-~25M models instead of the ~100M ones.
+CPU reference paths); they prefill one row in one forward (its state copied to the batch), and beyond
+``--prefill-max`` their fixed-size state comes from a ``--prefill-block`` prefill (a step's cost does not depend
+on the context). ``--size 25m`` runs the ~25M models instead of the ~100M ones.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from retnet_benchmarks.baseline import (
     count_parameters_of_config,
     variant_config,
 )
+from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
@@ -51,17 +52,21 @@ from retnet_benchmarks.measure import (
     peak_memory,
     pick_device,
     reset_peak_memory,
-    run_case,
     time_steps,
 )
-from retnet_benchmarks.options import add_device, positive_ints, positive_ints_or_none
-from retnet_benchmarks.peers import RECURRENT
+from retnet_benchmarks.options import add_device, add_models, comma_choices, positive_ints, positive_ints_or_none
+from retnet_benchmarks.peers import RECURRENT, peers_note
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 DEFAULT_MODELS = ("retnet", "gated", "hybrid", "yoco", "llama")
 MODELS = (*DEFAULT_MODELS, *RECURRENT)
 SIZES = {"100m": DECODE_100M, "25m": TRAIN_25M}
 MIB = 1024**2
+PEERS_HOW = (
+    "stepping from their own caches. They prefill one row in one forward, its state copied to the batch; RWKV's "
+    "one-token steps of several rows run each row as a batch of one under `torch.func.vmap` (`transformers`' own "
+    "step broadcasts the rows together when batch > 1)."
+)
 
 
 def llama_cache_bytes(llama_config: Any, batch: int, context: int) -> int:
@@ -277,8 +282,9 @@ def _peer_case(
     seed: int,
     bandwidth: float,
 ) -> dict[str, Any]:
-    """:func:`decode_case` for a recurrent peer: prefill in one forward, then time one-token steps."""
-    from retnet_benchmarks.peers import build_baseline, start, state_nbytes, step
+    """:func:`decode_case` for a recurrent peer: prefill one row in one forward, copy its state to the batch,
+    then time one-token steps."""
+    from retnet_benchmarks.peers import build_baseline, repeat_rows, start, state_nbytes, step
 
     net, info = build_baseline(model, rcfg, seed)
     net = net.to(dev)
@@ -287,7 +293,8 @@ def _peer_case(
     ids = torch.randint(0, rcfg.vocab_size, (1, context if real else min(context, prefill_block)), generator=gen)
     t0 = time.perf_counter()
     with torch.no_grad():
-        _, state = start(net, ids.expand(batch, -1).to(dev))
+        _, state = start(net, ids.to(dev))
+        state = repeat_rows(state, batch) if batch > 1 else state
     fill_s = time.perf_counter() - t0
     memo_bytes = state_nbytes(state)
     rss_before = current_rss()
@@ -306,6 +313,27 @@ def _peer_case(
     return _timed_row(
         case, times, _weights_read_per_step(net, batch), memo_bytes, bandwidth, dev, rss_before, fill_s, None
     )
+
+
+def _row_path(model: str, path: str) -> str:
+    """The path a row reports: Llama's own step, the peers' reference paths, else RetNet's ``path``."""
+    return "hf" if model == "llama" else "hf-reference" if model in RECURRENT else path
+
+
+def _over_budget(
+    model: str, batch: int, context: int, lcfg: Any, variants: dict[str, RetNetConfig], budget_gib: float
+) -> str | None:
+    """Why a case is skipped (its KV cache would exceed ``--memory-budget-gib``), else None."""
+    if model == "llama":
+        need = llama_cache_bytes(lcfg, batch, context)
+    elif model in RECURRENT:
+        return None  # a fixed-size state
+    else:
+        cfg = variants[model]  # the KV caches' part only (hybrid, YOCO): retention states are fixed
+        need = cfg.state_nbytes(context, batch_size=batch) - cfg.state_nbytes(0, batch_size=batch)
+    if need > budget_gib * GIB:
+        return f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {budget_gib:g} GiB"
+    return None
 
 
 def _grid(contexts_b1: list[int], contexts_b8: list[int], batch_large: int) -> list[tuple[int, int]]:
@@ -329,9 +357,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:
         retnet_kwargs = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96)
     rcfg, lcfg = build_pair(retnet_kwargs)
-    budget = args.memory_budget_gib * GIB
-    rows: list[dict[str, Any]] = []
-    time_budget = TimeBudget(args.max_minutes)
     variants = {m: RetNetConfig(**variant_config(m, retnet_kwargs)) for m in args.models if m in DEFAULT_MODELS[:4]}
     main_path = path_from_flags(args.compile, args.quantize)
     cases = [
@@ -345,48 +370,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for path in args.paths
         if path != main_path and "retnet" in args.models
     ]
-    for model, batch, context, path in cases:
-        row: dict[str, Any] = {
-            "model": model,
-            "path": "hf" if model == "llama" else "hf-reference" if model in RECURRENT else path,
-            "batch": batch,
-            "context": context,
-        }
-        if model == "llama":
-            need = llama_cache_bytes(lcfg, batch, context)
-        elif model in RECURRENT:
-            need = 0  # a fixed-size state
-        else:
-            cfg = variants[model]  # the KV caches' part only (hybrid, YOCO): retention states are fixed
-            need = cfg.state_nbytes(context, batch_size=batch) - cfg.state_nbytes(0, batch_size=batch)
-        if model == "rwkv" and batch > 1:
-            row["error"] = "skipped: transformers' RWKV one-token step supports batch 1 only"
-        elif need > budget:
-            row["error"] = f"skipped: KV cache would need {need / GIB:.1f} GiB > budget {args.memory_budget_gib:g} GiB"
-        elif over := time_budget.exhausted():
-            row["error"] = over
-        else:
-            row = run_case(
-                args,
-                "retnet_benchmarks.bench_decode:decode_case",
-                dict(
-                    model=model,
-                    retnet_config=retnet_kwargs,
-                    batch=batch,
-                    context=context,
-                    prefill_max=args.prefill_max,
-                    prefill_block=args.prefill_block,
-                    warmup=args.warmup,
-                    steps=args.steps,
-                    threads=args.threads,
-                    device=str(dev),
-                    bandwidth_mib=16 if args.tiny else 512,
-                    path=path,
-                ),
-                timeout_s=args.case_timeout,
-            ) | {k: v for k, v in row.items() if k in ("model", "path", "batch", "context")}
-        print(_progress(row), flush=True)
-        rows.append(row)
+    common = dict(retnet_config=retnet_kwargs, prefill_max=args.prefill_max, prefill_block=args.prefill_block)
+    common |= dict(warmup=args.warmup, steps=args.steps, threads=args.threads, device=str(dev))
+    common["bandwidth_mib"] = 16 if args.tiny else 512
+    rows = run_cases(
+        args,
+        "retnet_benchmarks.bench_decode:decode_case",
+        [
+            Case(
+                {"model": m, "path": _row_path(m, path), "batch": b, "context": c},
+                dict(common, model=m, batch=b, context=c, path=path),
+                _over_budget(m, b, c, lcfg, variants, args.memory_budget_gib),
+            )
+            for m, b, c, path in cases
+        ],
+        progress=_progress,
+        timeout_s=args.case_timeout,
+        budget=TimeBudget(args.max_minutes),
+    )
     summary = summarize(rows, args.large_batch, main_path)
     if args.model_dir:
         quality = int8_quality(args.model_dir, args.quality_batches, args.threads)
@@ -409,7 +410,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out_dir=args.out_dir,
         columns=COLUMNS,
         summary=summary,
-        notes=notes(args, rcfg, lcfg, dev) + _peers_note(args.models) + _load_note(load_start, os.getloadavg()),
+        notes=notes(args, rcfg, lcfg, dev)
+        + peers_note(args.models, "`path` hf-reference", PEERS_HOW)
+        + _load_note(load_start, os.getloadavg()),
         chart=chart(rows),
     )
     return summary
@@ -551,21 +554,6 @@ def int8_quality(model_dir: str, max_batches: int | None, threads: int) -> dict[
     return out
 
 
-def _peers_note(models: list[str]) -> str:
-    """The recurrent peers' line of the notes (empty when none ran)."""
-    from retnet_benchmarks.peers import REFERENCE_PATH_NOTE
-
-    peers = [m for m in models if m in RECURRENT]
-    if not peers:
-        return ""
-    return (
-        f"- Peers ({', '.join(peers)}; `path` hf-reference): `transformers` models built by "
-        "`retnet_benchmarks.peers.build_baseline` at RetNet's parameter count (same width, depth, vocabulary; "
-        "inner width solved), stepping from their own caches. " + REFERENCE_PATH_NOTE + " They prefill in one "
-        "forward; RWKV runs at batch 1 only.\n"
-    )
-
-
 def _load_note(start: tuple[float, ...], end: tuple[float, ...]) -> str:
     return f"- Load average (1/5/15 min) at the start: {'/'.join(f'{x:.1f}' for x in start)}; at the end: " + (
         f"{'/'.join(f'{x:.1f}' for x in end)} (2 cores).\n"
@@ -583,9 +571,11 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   attention every 4th layer, each with its own KV cache); YOCO (gated self-decoder, cross-attention decoder on one
   shared KV cache). All decode with `mode="recurrent"`.
 - RetNet step paths (`path`): `eager` is `retnet.models.make_decode_step` (one token per row, retention
-  state updated in place), `compiled` the same under `torch.compile` (inductor on the CPU; `compile_s` is the
+  state updated in place; on the CPU linear weights laid out input-major, and batches of >= 4 rows on
+  oneDNN-packed weight copies), `compiled` the same under `torch.compile` (inductor on the CPU; `compile_s` is the
   first call's time), `int8` with every linear layer's weights int8 (`retnet.models.quantize_int8`: PyTorch's
-  per-channel dynamic int8 linear), `forward` the model's general `forward(mode="recurrent")`. The main grid
+  per-channel dynamic int8 linear; the step fuses each block's q/k/v/g and FFN input linears), `forward` the
+  model's general `forward(mode="recurrent")`. The main grid
   runs `{path_from_flags(args.compile, args.quantize)}`; Llama is HF's own step (`hf`).
 - Each (model, batch, context) runs in a fresh process with {args.threads} torch threads. Step time: median of
   {args.steps} single-token steps (logits included) after {args.warmup} warm-up steps.
@@ -598,7 +588,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
 - Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
   process with the same thread count (median time to sum a 512 MiB float32 tensor; 16 MiB with --tiny).
   Weights read: every matrix once (int8 matrices at one byte per weight plus their scales), one embedding row
-  per sequence. `step_over_floor` = step time / floor.
+  per sequence; the state is counted once (read), its write-back (as many bytes again) is not.
+  `step_over_floor` = step time / floor.
 - int8 quality (when `--model-dir` is given): validation bits/byte of that trained model, float32 vs int8
   weights, the run's own validation split and sequence length, scored by the function behind `retnet eval`.
 - Cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped
@@ -639,17 +630,6 @@ def chart(rows: list[dict[str, Any]]):
     return fig
 
 
-def _paths(text: str) -> list[str]:
-    """Comma-separated step paths, or ``none``."""
-    if text.strip().lower() == "none":
-        return []
-    paths = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in paths if p not in PATHS]
-    if bad or not paths:
-        raise argparse.ArgumentTypeError(f"paths must be among {', '.join(PATHS)} (or 'none'), got {text!r}")
-    return paths
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding latency/throughput/memory vs context, RetNet vs Llama")
     p.add_argument(
@@ -676,17 +656,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case before it is abandoned")
     TimeBudget.add_argument(p)
-    p.add_argument(
-        "--models",
-        nargs="+",
-        choices=MODELS,
-        default=list(DEFAULT_MODELS),
-        help=f"models to run (default {' '.join(DEFAULT_MODELS)}; peers: {' '.join(RECURRENT)}, CPU reference paths)",
-    )
+    add_models(p, MODELS, DEFAULT_MODELS, RECURRENT)
     p.add_argument("--size", choices=tuple(SIZES), default="100m", help="model size (default 100m; 25m: byte vocab)")
     p.add_argument(
         "--paths",
-        type=_paths,
+        type=comma_choices(PATHS, "paths", allow_none=True),
         default=["forward", "compiled", "int8"],
         help=f"comma-separated RetNet step paths also timed at batch 1 ({', '.join(PATHS)}; 'none': only the main one)",
     )

@@ -12,6 +12,8 @@ import statistics
 import time
 from typing import Any
 
+from retnet_benchmarks.harness import Case, run_cases
+from retnet_benchmarks.measure import TimeBudget
 from retnet_benchmarks.options import add_out_dir, add_threads
 from retnet_benchmarks.report import subplots
 
@@ -67,50 +69,56 @@ def parallel_bytes_estimate(seq_len: int, batch: int, heads: int, layers: int) -
     return 6 * 4 * batch * heads * seq_len**2 * layers
 
 
-def run(args: argparse.Namespace) -> int:
-    from retnet_benchmarks.measure import run_isolated
-    from retnet_benchmarks.report import write_report
-
-    rows: list[dict[str, Any]] = []
+def cases(args: argparse.Namespace) -> list[Case]:
+    """Every architecture at each length; the parallel form skipped where its estimate exceeds the budget."""
+    out = []
     for seq_len in args.lengths:
         for arch in args.archs:
-            row: dict[str, Any] = {"arch": arch, "seq_len": seq_len}
             est = parallel_bytes_estimate(seq_len, args.batch, args.heads, args.layers)
-            if arch == "retnet-parallel" and est > args.memory_budget_gb * 2**30:
-                row["skipped"] = f"needs ~{est / 2**30:.0f} GB (> budget {args.memory_budget_gb} GB)"
-                rows.append(row)
-                print(f"{arch:18s} T={seq_len:6d} skipped: {row['skipped']}", flush=True)
-                continue
-            res = run_isolated(
-                "retnet_benchmarks.bench_encoder:encoder_case",
-                {
-                    "arch": arch,
-                    "seq_len": seq_len,
-                    "batch": args.batch,
-                    "hidden": args.hidden,
-                    "layers": args.layers,
-                    "heads": args.heads,
-                    "repeats": args.repeats,
-                },
-                CASE_TIMEOUT_S,
-                threads=args.threads,
-                baseline_rss=True,
-            )
-            if "error" in res:
-                row["skipped"] = res["error"].splitlines()[0][:200]
-            else:
-                row.update(
-                    ms=res["ms"],
-                    tokens_per_s=res["tokens_per_s"],
-                    peak_mb=(res["process_peak_rss"] - res["baseline_rss"]) / 2**20,
-                    parameters=res["parameters"],
-                )
-            rows.append(row)
-            print(
-                f"{arch:18s} T={seq_len:6d} "
-                + " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
-                flush=True,
-            )
+            over = arch == "retnet-parallel" and est > args.memory_budget_gb * 2**30
+            kwargs = dict(arch=arch, seq_len=seq_len, batch=args.batch, hidden=args.hidden, layers=args.layers)
+            kwargs |= dict(heads=args.heads, repeats=args.repeats)
+            skip = f"needs ~{est / 2**30:.0f} GB (> budget {args.memory_budget_gb} GB)" if over else None
+            out.append(Case({"arch": arch, "seq_len": seq_len}, kwargs, skip))
+    return out
+
+
+def row_of(case: Case, res: dict[str, Any]) -> dict[str, Any]:
+    """The report's row: times and the peak RSS above the post-import baseline, or why the case did not run."""
+    row = dict(case.key)
+    if "error" in res:
+        row["skipped"] = res["error"].splitlines()[0][:200]
+    else:
+        row.update(
+            ms=res["ms"],
+            tokens_per_s=res["tokens_per_s"],
+            peak_mb=(res["process_peak_rss"] - res["baseline_rss"]) / 2**20,
+            parameters=res["parameters"],
+        )
+    return row
+
+
+def _progress(row: dict[str, Any]) -> str:
+    head = f"{row['arch']:18s} T={row['seq_len']:6d} "
+    if "skipped" in row:
+        return head + f"skipped: {row['skipped']}"
+    return head + " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+
+
+def run(args: argparse.Namespace) -> int:
+    from retnet_benchmarks.report import write_report
+
+    rows = run_cases(
+        args,
+        "retnet_benchmarks.bench_encoder:encoder_case",
+        cases(args),
+        progress=_progress,
+        timeout_s=CASE_TIMEOUT_S,
+        budget=TimeBudget(args.max_minutes),
+        threads=args.threads,
+        baseline_rss=True,
+        to_row=row_of,
+    )
 
     def ratio(arch: str, key: str, a: int, b: int) -> float | None:
         vals = {r["seq_len"]: r.get(key) for r in rows if r["arch"] == arch}
@@ -170,5 +178,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3)
     add_threads(p, 2)
     p.add_argument("--memory-budget-gb", type=float, default=8.0)
+    TimeBudget.add_argument(p)
     add_out_dir(p)
     p.set_defaults(func=run)

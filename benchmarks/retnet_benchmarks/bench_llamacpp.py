@@ -33,7 +33,8 @@ from retnet_benchmarks.baseline import (
     count_parameters,
     count_parameters_of_config,
 )
-from retnet_benchmarks.measure import TimeBudget, run_case, time_steps
+from retnet_benchmarks.harness import Case, run_cases
+from retnet_benchmarks.measure import TimeBudget, time_steps
 from retnet_benchmarks.options import positive_ints, positive_ints_or_none
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
@@ -264,30 +265,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     retnet_kwargs = dict(TINY if args.tiny else DECODE_100M)
     rcfg, lcfg = build_pair(retnet_kwargs)
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="retnet-llamacpp-"))
-    time_budget = TimeBudget(args.max_minutes)
-    rows: list[dict[str, Any]] = []
     try:
         ggufs = _prepare_ggufs(args, lcfg, work_dir)
-        for engine, context in cases(args.engines, args.contexts, args.long_contexts):
-            if reason := time_budget.exhausted():
-                result: dict[str, Any] = {"error": reason}
-            else:
-                kwargs = dict(
-                    engine=engine,
-                    retnet_config=retnet_kwargs,
-                    context=context,
-                    prefill_block=args.prefill_block,
-                    warmup=args.warmup,
-                    steps=args.steps,
-                    threads=args.threads,
-                    gguf=ggufs.get(engine),
-                    flash_attn=args.llama_flash_attn == "on",
-                    seed=args.seed,
-                )
-                target = "retnet_benchmarks.bench_llamacpp:engine_case"
-                result = run_case(args, target, kwargs, timeout_s=args.case_timeout, threads=args.threads)
-            rows.append(row_of(engine, context, result))
-            print(_progress(rows[-1]), flush=True)
+        common = dict(retnet_config=retnet_kwargs, prefill_block=args.prefill_block, warmup=args.warmup)
+        common |= dict(steps=args.steps, threads=args.threads, flash_attn=args.llama_flash_attn == "on")
+        common["seed"] = args.seed
+        rows = run_cases(
+            args,
+            "retnet_benchmarks.bench_llamacpp:engine_case",
+            [
+                Case({"engine": e, "context": c}, {"engine": e, "context": c, "gguf": ggufs.get(e), **common})
+                for e, c in cases(args.engines, args.contexts, args.long_contexts)
+            ],
+            progress=_progress,
+            timeout_s=args.case_timeout,
+            budget=TimeBudget(args.max_minutes),
+            threads=args.threads,
+            to_row=lambda case, result: row_of(case.key["engine"], case.key["context"], result),
+        )
     finally:
         if not args.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)

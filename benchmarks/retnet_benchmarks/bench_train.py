@@ -2,8 +2,11 @@
 
 RetNet in its parallel (O(T^2)) and chunkwise (O(T)) forms against Hugging Face ``LlamaForCausalLM`` with
 SDPA attention, equal parameter counts, each optionally with activation checkpointing per decoder block
-(``--checkpointing on|both``). Each case runs in a fresh process so its peak memory is its own; the peak is
-reset after the model is built and warmed up, so it covers one forward+backward.
+(``--checkpointing on|both``). ``--models`` also takes the recurrent peers of :mod:`retnet_benchmarks.peers`
+(``mamba``, ``mamba2``, ``rwkv``: ``transformers`` models at RetNet's parameter count, training through their
+CPU reference paths, mode ``hf-reference``), with Llama's loss and timing. Each case runs in a fresh process so
+its peak memory is its own; the peak is reset after the model is built and warmed up, so it covers one
+forward+backward.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import Any
 import torch
 
 from retnet.models import RetNetForCausalLM
+from retnet.models.retnet import DEFAULT_CHECKPOINT_SEGMENT
 from retnet.runtime.malloc import MALLOC_MODES
-from retnet_benchmarks.baseline import TRAIN_25M, build_llama, build_pair, build_retnet, count_parameters
+from retnet_benchmarks.baseline import TRAIN_25M, build_pair, build_retnet, count_parameters
+from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
@@ -23,14 +28,38 @@ from retnet_benchmarks.measure import (
     peak_memory,
     pick_device,
     reset_peak_memory,
-    run_case,
     time_steps,
 )
-from retnet_benchmarks.options import add_device, positive_ints
+from retnet_benchmarks.options import add_device, add_models, comma_choices, positive_ints
+from retnet_benchmarks.peers import (
+    RECURRENT,
+    REFERENCE_PATH_NOTE,
+    build_trainable,
+    peer_config,
+    peer_parameters,
+    peers_note,
+)
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, style_log_axes, write_report
 
 MIB = 1024**2
-VARIANTS = (("retnet", "parallel"), ("retnet", "chunkwise"), ("llama", "sdpa"))
+PEER_MODE = "hf-reference"
+VARIANTS = (
+    ("retnet", "parallel"),
+    ("retnet", "chunkwise"),
+    ("llama", "sdpa"),
+    *((peer, PEER_MODE) for peer in RECURRENT),
+)
+MODELS = tuple(dict.fromkeys(m for m, _ in VARIANTS))
+MODES = tuple(dict.fromkeys(f for _, f in VARIANTS))
+DEFAULT_MODELS = ("retnet", "llama")
+PEER_NAMES = {"llama": "Llama", "mamba": "Mamba", "mamba2": "Mamba-2", "rwkv": "RWKV"}
+PEERS_HOW = (
+    "built for training by `peers.build_trainable` (Mamba with transformers' `use_mambapy`: the `mambapy` "
+    "parallel scan, transformers' own training fallback without CUDA kernels, in place of a per-token loop whose "
+    "backward is quadratic in the length), with Llama's loss (`labels=ids`) and timing. Mamba's and Mamba-2's "
+    "scans hold tensors of [T, inner, state] and [T, chunk, heads, state] elements: their cases are skipped where "
+    "that estimate exceeds the memory budget."
+)
 CHECKPOINTING = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
@@ -55,8 +84,8 @@ def train_case(
     """Time forward+backward (runs inside a worker process); gradients are dropped between steps."""
     torch.set_num_threads(threads)
     dev = pick_device(device)
-    rcfg, lcfg = build_pair(retnet_config)
-    net = (build_retnet(rcfg, seed) if model == "retnet" else build_llama(lcfg, seed)).to(dev).train()
+    rcfg = build_pair(retnet_config)[0]
+    net = (build_retnet(rcfg, seed) if model == "retnet" else build_trainable(model, rcfg, seed)).to(dev).train()
     if checkpointing:
         enable_checkpointing(net)
     gen = torch.Generator().manual_seed(seed)
@@ -101,6 +130,7 @@ def enable_checkpointing(net: torch.nn.Module) -> None:
     if isinstance(net, RetNetForCausalLM):
         net.model.gradient_checkpointing = True
         return
+    net = net.model  # a baseline behind peers.CausalLM: the transformers model
     enable = getattr(net, "activation_checkpointing_enable", None) or net.gradient_checkpointing_enable
     enable()
 
@@ -113,53 +143,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96, chunk_size=16
         )
     rcfg, lcfg = build_pair(retnet_kwargs)
-    budget = args.memory_budget_gib * GIB
-    rows: list[dict[str, Any]] = []
-    time_budget = TimeBudget(args.max_minutes)
-    cases = [(mm, c) for c in CHECKPOINTING[args.checkpointing] for mm in VARIANTS if mm[1] in args.modes]
-    for seq_len in args.lengths:
-        for (model, mode), ckpt in cases:
-            row: dict[str, Any] = {
-                "model": model,
-                "mode": mode,
-                "checkpointing": ckpt,
-                "batch": args.batch,
-                "seq_len": seq_len,
-            }
-            need = parallel_scores_bytes(retnet_kwargs, args.batch, seq_len) if mode == "parallel" else 0
-            if need > budget:
-                row["error"] = (
-                    f"skipped: parallel form's T x T matrices need ~{need / GIB:.0f} GiB > budget "
-                    f"{args.memory_budget_gib:g} GiB"
-                )
-            elif over := time_budget.exhausted():
-                row["error"] = over
-            else:
-                row = run_case(
-                    args,
-                    "retnet_benchmarks.bench_train:train_case",
-                    dict(
-                        model=model,
-                        mode=mode,
-                        retnet_config=retnet_kwargs,
-                        batch=args.batch,
-                        seq_len=seq_len,
-                        warmup_len=args.warmup_len,
-                        steps=args.steps,
-                        threads=args.threads,
-                        device=str(dev),
-                        checkpointing=ckpt,
-                    ),
-                    timeout_s=args.case_timeout,
-                ) | {k: row[k] for k in ("model", "mode", "checkpointing", "batch", "seq_len")}
-            print(_progress(row), flush=True)
-            rows.append(row)
+    rows = run_cases(
+        args,
+        "retnet_benchmarks.bench_train:train_case",
+        cases(args, retnet_kwargs, str(dev)),
+        progress=_progress,
+        timeout_s=args.case_timeout,
+        budget=TimeBudget(args.max_minutes),
+    )
     summary = summarize(rows)
     summary["retnet_params"] = rcfg.num_parameters()
-    summary["llama_params"] = count_parameters(build_llama(lcfg))
+    for model in ("llama", *(m for m in RECURRENT if m in args.models)):
+        summary[f"{model}_params"] = peer_parameters(model, rcfg)
+    if any(m in RECURRENT for m in args.models):
+        summary["peers_note"] = REFERENCE_PATH_NOTE
     write_report(
-        "train",
-        title="Training step (forward+backward): RetNet parallel / chunkwise vs Llama (HF transformers, SDPA)",
+        args.name,
+        title=title(args.models),
         rows=rows,
         out_dir=args.out_dir,
         columns=[
@@ -181,6 +181,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def cases(args: argparse.Namespace, retnet_kwargs: dict[str, Any], device: str) -> list[Case]:
+    """Every selected (model, mode) at each length, without and/or with checkpointing; cases whose estimated
+    memory exceeds ``--memory-budget-gib`` are skipped with the reason."""
+    variants = [(m, f) for m, f in VARIANTS if m in args.models and f in args.modes]
+    out = []
+    for seq_len in args.lengths:
+        for (model, mode), ckpt in [(mm, c) for c in CHECKPOINTING[args.checkpointing] for mm in variants]:
+            key = {"model": model, "mode": mode, "checkpointing": ckpt, "batch": args.batch, "seq_len": seq_len}
+            kwargs = dict(key, retnet_config=retnet_kwargs, warmup_len=args.warmup_len, steps=args.steps)
+            kwargs |= dict(threads=args.threads, device=device)
+            out.append(Case(key, kwargs, _over_budget(args, retnet_kwargs, model, mode, ckpt, seq_len)))
+    return out
+
+
+def _over_budget(
+    args: argparse.Namespace, retnet_kwargs: dict[str, Any], model: str, mode: str, ckpt: bool, seq_len: int
+) -> str | None:
+    """The skip reason where a case's estimated memory exceeds ``--memory-budget-gib``, else None."""
+    if mode == "parallel":
+        need, what = parallel_scores_bytes(retnet_kwargs, args.batch, seq_len), "parallel form's T x T matrices"
+    elif model in ("mamba", "mamba2") and not ckpt:
+        need, what = scan_bytes(model, retnet_kwargs, args.batch, seq_len), f"{PEER_NAMES[model]}'s scan tensors"
+    else:
+        return None
+    if need <= args.memory_budget_gib * GIB:
+        return None
+    return f"skipped: {what} need ~{need / GIB:.0f} GiB > budget {args.memory_budget_gib:g} GiB"
+
+
+def scan_bytes(model: str, retnet_kwargs: dict[str, Any], batch: int, seq_len: int) -> int:
+    """Rough peak bytes of a peer's CPU scan in one forward+backward (0 for the others). Mamba (``mambapy``'s
+    parallel scan) keeps about eight ``[B, inner, T, state]`` float32 tensors per layer; Mamba-2's chunked scan
+    forms ``[B, T, chunk, heads, state]`` products, about 3 of them at the peak (both fitted to the peaks measured
+    at 1024 and 4096 tokens, ~25M parameters)."""
+    from retnet.models import RetNetConfig
+
+    if model not in ("mamba", "mamba2"):
+        return 0
+    rcfg = RetNetConfig(**retnet_kwargs)
+    cfg = peer_config(model, rcfg)
+    if model == "mamba":
+        return 8 * rcfg.num_layers * batch * cfg.intermediate_size * seq_len * cfg.state_size * 4
+    return 3 * batch * seq_len * cfg.chunk_size * cfg.num_heads * cfg.state_size * 4
+
+
+def title(models: list[str]) -> str:
+    """The report's title: RetNet's forms against the baselines that ran."""
+    others = [PEER_NAMES[m] for m in MODELS if m != "retnet" and m in models]
+    return "Training step (forward+backward): RetNet parallel / chunkwise vs " + (
+        ", ".join(others) + " (HF transformers, same parameter count)"
+        if any(m in RECURRENT for m in models)
+        else "Llama (HF transformers, SDPA)"
+    )
+
+
 def _progress(row: dict[str, Any]) -> str:
     ckpt = " (checkpointed)" if row.get("checkpointing") else ""
     head = f"{row['model']:>6} {row['mode']:>9}{ckpt} T={row['seq_len']:>6}: "
@@ -198,17 +253,19 @@ def _get(rows, model, mode, seq_len, checkpointing=False):
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Chunkwise RetNet over Llama (tokens/s, peak memory) per length, without and with checkpointing."""
+    """Chunkwise RetNet over Llama and over each peer (tokens/s, peak memory) per length, without and with
+    checkpointing; the goals are the ones against Llama."""
     s: dict[str, Any] = {}
     lengths = sorted({r["seq_len"] for r in rows})
-    for ckpt, tag in ((False, ""), (True, "_checkpointed")):
-        for T in lengths:
-            c, ll = _get(rows, "retnet", "chunkwise", T, ckpt), _get(rows, "llama", "sdpa", T, ckpt)
-            if c and ll:
-                goal = " (goal >= 2)" if T == 8192 else ""
-                s[f"chunkwise_over_llama_tokens_per_s_{T}{tag}{goal}"] = c["tokens_per_s"] / ll["tokens_per_s"]
-                goal = " (goal <= 0.75)" if T == 8192 else ""
-                s[f"chunkwise_over_llama_memory_{T}{tag}{goal}"] = c["memory_mib"] / ll["memory_mib"]
+    for other, mode in (("llama", "sdpa"), *((p, PEER_MODE) for p in RECURRENT)):
+        for ckpt, tag in ((False, ""), (True, "_checkpointed")):
+            for T in lengths:
+                c, o = _get(rows, "retnet", "chunkwise", T, ckpt), _get(rows, other, mode, T, ckpt)
+                if c and o:
+                    goal = " (goal >= 2)" if T == 8192 and other == "llama" else ""
+                    s[f"chunkwise_over_{other}_tokens_per_s_{T}{tag}{goal}"] = c["tokens_per_s"] / o["tokens_per_s"]
+                    goal = " (goal <= 0.75)" if T == 8192 and other == "llama" else ""
+                    s[f"chunkwise_over_{other}_memory_{T}{tag}{goal}"] = c["memory_mib"] / o["memory_mib"]
     chunk = [r for r in (_get(rows, "retnet", "chunkwise", T) for T in lengths) if r]
     # memory added per extra token between consecutive lengths: constant when memory is linear in length
     slopes = [
@@ -236,12 +293,15 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   (activations, gradients). `activation_mib` subtracts the resident memory just before the timed steps.
 - Activation checkpointing (`checkpointing` column): RetNet's `gradient_checkpointing` flag, Llama's
   `transformers` switch; both keep only each decoder block's input and recompute the block in backward.
+  RetNet recomputes its retention blocks in segments of {DEFAULT_CHECKPOINT_SEGMENT} tokens, each continuing from
+  the previous segment's state, so the backward pass holds one segment's intermediates at a time; attention must
+  recompute a whole block (each query reads every earlier key).
 - Parallel RetNet is skipped where its T x T matrices would exceed --memory-budget-gib
   ({args.memory_budget_gib:g} GiB); the machine is shared.
 - Each case runs in a fresh process with {args.threads} torch threads, under `flock /tmp/retnet-bench.lock` on a
   machine shared with other jobs; the figures carry that noise.
 - glibc setting of every case (`--malloc {args.malloc}`): {MALLOC_NOTE[args.malloc]}
-"""
+""" + peers_note(args.models, f"mode `{PEER_MODE}`", PEERS_HOW)
 
 
 MALLOC_NOTE = {
@@ -275,27 +335,20 @@ def chart(rows: list[dict[str, Any]]):
         axes[0].plot(x, [r["tokens_per_s"] for r in pts], "-o", label=label)
         axes[1].plot(x, [r["memory_mib"] for r in pts], "-o", label=label)
     style_log_axes(axes, "sequence length (tokens)", ("tokens/s (forward+backward)", "peak memory (MiB)"))
-    fig.suptitle("Training step: RetNet vs Llama (same parameter count)")
+    names = [PEER_NAMES[m] for m in MODELS if m != "retnet" and any(r["model"] == m for r in rows)]
+    fig.suptitle(f"Training step: RetNet vs {', '.join(names) or 'Llama'} (same parameter count)")
     return fig
 
 
-def _modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    known = [m for _, m in VARIANTS]
-    bad = [m for m in modes if m not in known]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(bad) or text!r}; choose from {', '.join(known)}")
-    return modes
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama")
+    p = subparsers.add_parser("train", help="forward+backward tokens/s and memory vs length, RetNet vs Llama/peers")
     p.add_argument("--lengths", type=positive_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
+    add_models(p, MODELS, DEFAULT_MODELS, RECURRENT)
     p.add_argument(
         "--modes",
-        type=_modes,
-        default=[m for _, m in VARIANTS],
-        help="comma-separated cases: parallel, chunkwise (RetNet), sdpa (Llama); default all",
+        type=comma_choices(MODES, "modes"),
+        default=list(MODES),
+        help=f"comma-separated cases: parallel, chunkwise (RetNet), sdpa (Llama), {PEER_MODE} (peers); default all",
     )
     p.add_argument(
         "--checkpointing",
@@ -318,4 +371,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test; memory is shared)")
     p.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
+    p.add_argument("--name", default="train", help="report file name (<name>.json/.md/.png)")
     p.set_defaults(func=run)

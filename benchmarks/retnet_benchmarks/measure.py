@@ -194,12 +194,20 @@ def run_isolated(
 
 
 def run_case(
-    args: Any, target: str, kwargs: dict[str, Any], timeout_s: float | None, *, threads: int | None = None
+    args: Any,
+    target: str,
+    kwargs: dict[str, Any],
+    timeout_s: float | None,
+    *,
+    threads: int | None = None,
+    baseline_rss: bool = False,
 ) -> dict[str, Any]:
     """:func:`run_isolated` (with ``args.malloc`` where the benchmark has that flag), or a direct call when
-    ``args.in_process`` (toy smoke runs; ``threads`` then sets this process's torch threads)."""
+    ``args.in_process`` (toy smoke runs; ``threads`` then sets this process's torch threads, and there is no
+    ``baseline_rss``)."""
     if not getattr(args, "in_process", False):
-        return run_isolated(target, kwargs, timeout_s, threads=threads, malloc=getattr(args, "malloc", "retain"))
+        malloc = getattr(args, "malloc", "retain")
+        return run_isolated(target, kwargs, timeout_s, threads=threads, baseline_rss=baseline_rss, malloc=malloc)
     module, func = target.split(":")
     import importlib
 

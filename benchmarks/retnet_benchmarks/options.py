@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retnet_benchmarks.report import DEFAULT_OUT_DIR
@@ -33,6 +34,35 @@ def positive_ints(text: str) -> list[int]:
 def positive_ints_or_none(text: str) -> list[int]:
     """Comma-separated positive integers, or ``none`` for no cases."""
     return [] if text.strip().lower() == "none" else positive_ints(text)
+
+
+def comma_choices(known: Sequence[str], what: str, allow_none: bool = False) -> Callable[[str], list[str]]:
+    """An ``argparse`` type: comma-separated names among ``known``, at least one (or ``none`` for no names,
+    where ``allow_none``); an unknown name is an error listing the known ones."""
+
+    def parse(text: str) -> list[str]:
+        if allow_none and text.strip().lower() == "none":
+            return []
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names or any(n not in known for n in names):
+            none = " (or 'none')" if allow_none else ""
+            raise argparse.ArgumentTypeError(f"{what} must be among {', '.join(known)}{none}, got {text!r}")
+        return names
+
+    return parse
+
+
+def add_models(
+    parser: argparse.ArgumentParser, models: Sequence[str], default: Sequence[str], peers: Sequence[str]
+) -> None:
+    """``--models``: the models to run, space-separated, among ``models``; the help names the recurrent peers."""
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=tuple(models),
+        default=list(default),
+        help=f"models to run (default {' '.join(default)}; peers: {' '.join(peers)}, CPU reference paths)",
+    )
 
 
 def add_threads(parser: argparse.ArgumentParser, default: int, help: str = "torch threads per case") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -52,7 +53,7 @@ def test_cached_greedy_step_equals_full_forward(tiny_peers, name):
     """Prefill, then one greedy step from the cache: the same logits as a full forward over the whole sequence."""
     _, peers = tiny_peers
     model, _ = peers[name]
-    rows = 1 if name == "rwkv" else 2  # transformers' RWKV one-token step broadcasts rows wrongly when B > 1
+    rows = 2
     ids = torch.randint(0, 97, (rows, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, state = start(model, ids)
@@ -64,6 +65,25 @@ def test_cached_greedy_step_equals_full_forward(tiny_peers, name):
     torch.testing.assert_close(logits, full[:, :-1], rtol=1e-4, atol=1e-4)
     grew = state_nbytes(state) - before
     assert grew == (2 * 2 * 32 * 4 * rows if name == "llama" else 0)  # K and V, 2 layers, float32
+
+
+def test_rwkv_steps_of_several_rows_then_a_block_equal_the_full_forward(tiny_peers):
+    """RWKV's one-token steps at batch 3 (the rows under vmap), then a two-token block from that state: the
+    logits of one forward over the whole sequence (float64 weights; RWKV keeps its attention state in float32)."""
+    model = copy.deepcopy(tiny_peers[1]["rwkv"][0]).double()
+    ids = torch.randint(0, 97, (3, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, state = start(model, ids[:, :5])
+        got = []
+        for t in (5, 6):
+            logits, state = step(model, ids[:, t : t + 1], state)
+            got.append(logits[:, -1])
+        assert [s.shape for s in state] == [(3, 32, 2)] * 5
+        logits, state = step(model, ids[:, 7:9], state)
+        full, _ = start(model, ids)
+    torch.testing.assert_close(torch.stack(got, 1), full[:, 5:7], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logits, full[:, 7:9], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(full[0, 5], full[1, 5])  # the rows differ, so a mix-up of rows would show
 
 
 def test_state_bytes_are_measured_from_the_real_caches(tiny_peers):
@@ -113,7 +133,7 @@ def test_state_memory_peers_report(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_decode_with_peers(tmp_path, monkeypatch):
-    """``retnet bench decode`` at toy size with every peer: real steps, fixed states, RWKV batch 1 only."""
+    """``retnet bench decode`` at toy size with every peer: real steps, fixed states, at batch 1 and 2."""
     argv = ["bench", "decode", "--tiny", "--in-process", "--contexts", "16,64", "--batch8-contexts", "16"]
     argv += ["--paths", "none", "--large-batch", "2", "--threads", "1", "--prefill-max", "16", "--warmup", "0"]
     argv += ["--steps", "1", "--models", "retnet", *BASELINES, "--out-dir", str(tmp_path), "--name", "pd"]
@@ -122,14 +142,43 @@ def test_decode_with_peers(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "pd.json").read_text())
     rows = {(r["model"], r["batch"], r["context"]): r for r in data["rows"]}
     assert len(rows) == 15
-    assert "batch 1 only" in rows[("rwkv", 2, 16)]["error"]
     for name in ("mamba", "mamba2", "rwkv"):
         a, b = rows[(name, 1, 16)], rows[(name, 1, 64)]
         assert a["path"] == "hf-reference" and a["step_ms"] > 0
         assert (a["context_fill"], b["context_fill"]) == ("prefill", "synthetic")
         assert a["state_or_cache_mib"] == b["state_or_cache_mib"] > 0  # a fixed-size state
         assert abs(data["summary"][f"{name}_params"] - data["summary"]["retnet_params"]) < 0.02 * 123200
-    for name in ("mamba", "mamba2"):
+    for name in ("mamba", "mamba2", "rwkv"):  # batch 2: twice the state, timed
         assert rows[(name, 2, 16)]["state_or_cache_mib"] == 2 * rows[(name, 1, 16)]["state_or_cache_mib"]
+        assert rows[(name, 2, 16)]["step_ms"] > 0
     assert rows[("llama", 1, 64)]["state_or_cache_mib"] == 4 * rows[("llama", 1, 16)]["state_or_cache_mib"]
     assert "reference paths" in (tmp_path / "pd.md").read_text()
+
+
+@pytest.mark.slow
+def test_train_with_peers(tmp_path, monkeypatch):
+    """``retnet bench train`` at toy size with every peer: Llama's loss and timing, matched sizes, and a scan
+    skipped (with the reason) where its memory estimate exceeds the budget."""
+    from retnet_benchmarks.bench_train import scan_bytes
+
+    tiny = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96, chunk_size=16)
+    budget = scan_bytes("mamba2", tiny, 1, 48)  # Mamba-2's chunk products fit at 32 tokens, not at 64
+    assert scan_bytes("mamba", tiny, 1, 64) < budget and scan_bytes("rwkv", tiny, 1, 64) == 0
+    argv = ["bench", "train", "--tiny", "--in-process", "--lengths", "32,64", "--steps", "1", "--warmup-len", "16"]
+    argv += ["--threads", "1", "--models", "retnet", *BASELINES, "--modes", "chunkwise,sdpa,hf-reference"]
+    argv += ["--memory-budget-gib", repr(budget / 2**30), "--out-dir", str(tmp_path), "--name", "pt"]
+    monkeypatch.setattr(sys, "argv", ["retnet", *argv])
+    assert cli_main(argv) == 0
+    data = json.loads((tmp_path / "pt.json").read_text())
+    rows = {(r["model"], r["seq_len"]): r for r in data["rows"]}
+    assert len(rows) == 10
+    assert "Mamba-2's scan tensors" in rows[("mamba2", 64)]["error"]
+    ran = [r for r in data["rows"] if "error" not in r]
+    assert len(ran) == 9 and all(r["tokens_per_s"] > 0 and r["memory_mib"] > 0 for r in ran)
+    s = data["summary"]
+    for name in ("mamba", "rwkv"):
+        assert rows[(name, 64)]["mode"] == "hf-reference"
+        assert abs(rows[(name, 64)]["params"] - rows[("retnet", 64)]["params"]) < 0.02 * rows[("retnet", 64)]["params"]
+        assert s[f"chunkwise_over_{name}_tokens_per_s_64"] > 0 and s[f"chunkwise_over_{name}_memory_64"] > 0
+    assert "chunkwise_over_mamba2_tokens_per_s_32" in s and "chunkwise_over_mamba2_tokens_per_s_64" not in s
+    assert "reference paths" in (tmp_path / "pt.md").read_text() and "Mamba-2" in data["title"]

@@ -3,6 +3,8 @@ compiled greedy tokens equal eager ones (CPU, float32)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -105,3 +107,59 @@ def test_a_step_reads_no_value_back_to_the_host(stack):
     logits, state = step(torch.zeros(3, 1, dtype=torch.long, device="meta"), state)
     logits, state = step(torch.zeros(3, 1, dtype=torch.long, device="meta"), state)
     assert logits.device.type == "meta" and logits.shape == (3, model.config.vocab_size)
+
+
+def test_cpu_step_lays_weights_out_input_major_with_the_same_values():
+    """Construction re-lays the CPU linear weights (transposed storage) without changing a value; the step
+    still equals the recurrent forward of an untouched copy."""
+    model = tiny_model()
+    untouched = copy.deepcopy(model)
+    step = make_decode_step(model)
+    for (name, p), (_, ref) in zip(model.named_parameters(), untouched.named_parameters(), strict=True):
+        assert torch.equal(p, ref), name
+    q_proj = model.model.layers[0].retention.q_proj.weight
+    assert not q_proj.is_contiguous() and q_proj.t().is_contiguous()
+    assert model.model.embed_tokens.weight.is_contiguous()
+    state = _prefill(model)
+    ids = torch.randint(0, model.config.vocab_size, (3, 1))
+    with torch.no_grad():
+        ref = untouched(ids, state=state.clone(), use_cache=True, mode="recurrent")
+    logits, _ = step(ids, state)
+    assert rel_err(logits, ref.logits[:, 0]) < 1e-12
+
+
+@pytest.mark.parametrize("stack", ["plain", "gated", "hybrid"])
+def test_packed_linears_give_the_plain_step(stack):
+    """float32 (oneDNN packs no float64): a batch of >= pack_min_batch rows runs on packed weights and gives
+    the unpacked step's logits and states to float32 rounding; smaller batches are not packed."""
+    model = tiny_model(dtype=torch.float32, **STACKS[stack])
+    packed = make_decode_step(model, pack_min_batch=4)
+    plain = make_decode_step(model, pack_min_batch=None)
+    state = _prefill(model, batch=5)
+    ref_state = state.clone()
+    for _ in range(3):
+        ids = torch.randint(0, model.config.vocab_size, (5, 1))
+        logits, state = packed(ids, state)
+        ref, ref_state = plain(ids, ref_state)
+        assert rel_err(logits, ref) < 1e-5
+        for a, b in zip(state.layers, ref_state.layers, strict=True):
+            if isinstance(a, torch.Tensor):
+                assert rel_err(a, b) < 1e-5
+    assert len(packed.packed) > 0 and len(plain.packed) == 0
+    small = make_decode_step(model, pack_min_batch=4)
+    small(torch.zeros(3, 1, dtype=torch.long), _prefill(model, batch=3))
+    assert len(small.packed) == 0
+
+
+def test_packed_weights_follow_a_weight_update():
+    model = tiny_model(dtype=torch.float32)
+    packed = make_decode_step(model, pack_min_batch=2)
+    plain = make_decode_step(model, pack_min_batch=None)
+    state = _prefill(model, batch=4)
+    ids = torch.randint(0, model.config.vocab_size, (4, 1))
+    packed(ids, state.clone())
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+    logits, _ = packed(ids, state.clone())
+    ref, _ = plain(ids, state.clone())
+    assert rel_err(logits, ref) < 1e-5

@@ -40,6 +40,37 @@ def test_decode_step_runs_on_an_int8_model():
     assert rel_err(logits, out.logits[:, -1]) < 0.1
 
 
+@pytest.mark.parametrize("gated", [False, True])
+def test_step_fuses_int8_projections_without_changing_the_result(gated):
+    """The step's fused q/k/v/g and FFN input linears hold the same int8 values and quantize the input once, as
+    each linear alone does: the logits equal the recurrent forward's (which runs the linears one by one)."""
+    model = quantize_int8(tiny_model(dtype=torch.float32, gated=gated))
+    step = make_decode_step(model)
+    assert all(f.qkvg is not None and f.ffn_in is not None for f in step._fused.values())
+    ids = torch.randint(0, 97, (3, 7))
+    with torch.no_grad():
+        state = model(ids[:, :-1], use_cache=True).state
+        ref = model(ids[:, -1:], state=state.clone(), use_cache=True, mode="recurrent")
+    logits, new_state = step(ids[:, -1:], state)
+    assert rel_err(logits, ref.logits[:, 0]) < 1e-6
+    for a, b in zip(new_state.layers, ref.state.layers, strict=True):
+        assert rel_err(a, b) < 1e-6
+
+
+def test_fusing_refuses_float_and_mixed_linears():
+    from retnet.models.quantize import fuse_int8_linears
+
+    model = tiny_model(dtype=torch.float32)
+    mix = model.model.layers[0].retention
+    assert fuse_int8_linears([mix.q_proj, mix.k_proj]) is None  # float32 linears
+    quantize_int8(model)
+    assert fuse_int8_linears([mix.q_proj]) is None  # nothing to fuse
+    assert fuse_int8_linears([mix.q_proj, mix.out_proj]) is None  # different input widths
+    x = torch.randn(2, mix.q_proj.in_features)
+    fused = fuse_int8_linears([mix.q_proj, mix.v_proj])
+    assert torch.equal(fused(x), torch.cat([mix.q_proj(x), mix.v_proj(x)], -1))
+
+
 def test_refusals_name_the_flag():
     with pytest.raises(QuantizeError, match="--quantize int8 runs on the CPU only.*--device cuda"):
         check_quantize("int8", "cuda")

@@ -58,3 +58,13 @@ def test_cli_flags_reach_the_config():
     args = parser.parse_args(["train"])
     assert args.checkpoint_activations is None and args.compile is None
     assert TrainConfig().checkpoint_activations is False and TrainConfig().compile is False
+
+
+def test_checkpoint_segment_flag_and_bounds():
+    parser = argparse.ArgumentParser()
+    cmd_train.register(parser.add_subparsers())
+    assert parser.parse_args(["train", "--checkpoint-segment", "512"]).checkpoint_segment == 512
+    assert TrainConfig().checkpoint_segment == 1024
+    assert build_config("smoke", overrides={"checkpoint_segment": 0}).checkpoint_segment == 0
+    with pytest.raises(TrainError, match="checkpoint_segment"):
+        build_config("smoke", overrides={"checkpoint_segment": -1})

@@ -39,6 +39,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--eval-batch-size", "eval_batch_size", int, "sequences per evaluation batch"),
     ("--checkpoint-interval", "checkpoint_interval", int, "steps between checkpoints"),
     ("--keep-checkpoints", "keep_checkpoints", int, "checkpoints kept"),
+    (
+        "--checkpoint-segment",
+        "checkpoint_segment",
+        int,
+        "with --checkpoint-activations: tokens per recomputed retention segment (0: the whole sequence)",
+    ),
     ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16"),
     ("--retention-mode", "retention_mode", str, "auto (chunkwise for long sequences), parallel or chunkwise"),
     ("--seed", "seed", int, "random seed (init, data order)"),

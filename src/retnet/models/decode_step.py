@@ -7,6 +7,10 @@ retention layers run their recurrence here (``S = gamma S + k^T v``, ``o = q S``
 when asked; attention and YOCO cross-attention layers (growing KV caches) run their own modules unchanged.
 The result equals ``model(ids, state=state, use_cache=True, mode="recurrent")`` (tested in float64).
 
+On the CPU the step first stores every linear weight input-major (:func:`store_weights_input_major`: the same
+``[out, in]`` values, laid out as the transpose of an ``[in, out]`` tensor), which MKL's one-row product streams
+faster than the row-major layout.
+
 The recurrence itself: on CUDA (eager) through :func:`retnet.ops.retention` with ``mode="recurrent"``, which
 dispatches to the fused Triton recurrent kernel (one launch reads and writes the state once, no value check
 synchronises); on the CPU, and under ``torch.compile`` (whose inductor fuses the PyTorch form itself), in
@@ -17,16 +21,108 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retnet.layers.ffn import GatedFFN, plain_linear
+from retnet.layers.norm import RMSNorm
 from retnet.layers.rotary import rotate_every_two
+from retnet.models.quantize import fuse_int8_linears
 from retnet.models.state import RetNetState
 from retnet.ops import retention
 
 DecodeStepFn = Callable[[torch.Tensor, RetNetState], tuple[torch.Tensor, RetNetState]]
+LinearFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+PACK_MIN_BATCH = 4
+"""Batches of at least this many rows run the CPU float32 linears on oneDNN-packed weights (see
+:class:`PackedLinears`); smaller ones on the input-major weights through ``F.linear``."""
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
+class PackedLinears:
+    """CPU float32 linear layers on weights packed once into oneDNN's blocked layout.
+
+    A few-row product on MKL's path spends more time computing than streaming the weight; oneDNN's kernel on a
+    packed weight does the same product faster. The packed copy is made on first use of each module and kept
+    (as many bytes again as the weights packed); it is made again when the weight tensor changes (another
+    tensor or an in-place update). Anything else (other dtypes, a bias, no oneDNN) runs the module itself.
+    """
+
+    def __init__(self, batch_hint: int | None = None) -> None:
+        self.batch_hint = batch_hint  # the row count oneDNN's layout is chosen for (None: the first call's)
+        self._packed: dict[int, tuple[int, int, torch.Tensor]] = {}
+
+    @staticmethod
+    def applies(x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not (plain_linear(module) and module.weight.dtype == torch.float32 and self.applies(x)):
+            return module(x)
+        w = module.weight
+        key = (w.data_ptr(), w._version)
+        entry = self._packed.get(id(module))
+        if entry is None or entry[:2] != key:
+            hint = self.batch_hint or x.shape[0]
+            entry = (*key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), hint))
+            self._packed[id(module)] = entry
+        return torch.ops.mkldnn._linear_pointwise(x, entry[2], None, "none", [], "")
+
+
+def _ffn(ffn: nn.Module, x: torch.Tensor, linear: LinearFn, fused: nn.Module | None) -> torch.Tensor:
+    """The block's FFN on ``x [B, d]``, its linears through ``linear`` (a gated FFN in eval mode); ``fused``:
+    one int8 linear computing ``fc1`` and ``gate`` together."""
+    if type(ffn) is not GatedFFN or (linear is _call and fused is None):
+        return ffn(x)
+    if fused is not None:
+        a, b = fused(x).split(ffn.fc1.out_features, dim=-1)
+    else:
+        a, b = linear(ffn.fc1, x), linear(ffn.gate, x)
+    return linear(ffn.fc2, ffn.act(a) * b)
+
+
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``; an RMSNorm (eps > 0) on a float32/float64 ``x`` inline, in fewer operations: a decode step is
+    a few hundred small operations, each costing its dispatch more than its arithmetic."""
+    if type(norm) is not RMSNorm or norm.eps <= 0 or x.dtype not in (torch.float32, torch.float64):
+        return norm(x)
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(norm.eps))
+    return y.mul_(norm.weight.to(x.dtype)) if norm.weight is not None else y
+
+
+def _rotate(x: torch.Tensor, turn: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``x`` viewed as ``[B, H, Dk]`` rotated pair by pair: one complex product with ``turn = cos + i sin``
+    (``[B, 1, Dk / 2]``, the pairs' shared angle, any scale folded in)."""
+    B, H, Dk = shape
+    pairs = torch.view_as_complex(x.reshape(B, H, Dk // 2, 2))
+    return torch.view_as_real(pairs * turn).view(B, H, Dk)
+
+
+class _Fused(NamedTuple):
+    """A retention block's int8 projections fused for the step (``None`` where they are not int8)."""
+
+    qkvg: nn.Module | None
+    ffn_in: nn.Module | None
+
+
+_NOT_FUSED = _Fused(None, None)
+
+
+def _fuse_block(block: nn.Module) -> _Fused:
+    mix, ffn = block.retention, block.ffn
+    qkvg = fuse_int8_linears([mix.q_proj, mix.k_proj, mix.v_proj, mix.g_proj])
+    ffn_in = fuse_int8_linears([ffn.fc1, ffn.gate]) if type(ffn) is GatedFFN else None
+    return _Fused(qkvg, ffn_in)
 
 
 def _retention_step(
@@ -39,21 +135,33 @@ def _retention_step(
     in_place: bool,
     use_operator: bool,
     gammas: tuple[float, ...] | None = None,
+    linear: LinearFn = _call,
+    fused: _Fused = _NOT_FUSED,
+    turns: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state.
 
     ``gammas``: the per-head decays as Python numbers (fixed-decay layers), which lets each head's update be
-    one fused ``gamma S + k^T v``."""
+    one fused ``gamma S + k^T v``. ``linear(module, x)`` applies the block's projections (:class:`PackedLinears`
+    for large CPU batches); ``fused``: int8 projections fused for the step; ``turns``: the rotation of q and of
+    k (with k's ``Dk**-0.5``) as complex factors (float32/float64), else ``sin``/``cos`` rotate."""
     mix = block.retention
     B = x.shape[0]
     H, Dk, Dv = mix.num_heads, mix.key_dim, mix.head_dim
-    h = block.retention_layer_norm(x)
+    h = _norm(block.retention_layer_norm, x)
     cd = sin.dtype
-    q = mix.q_proj(h).view(B, H, Dk).to(cd)
-    k = (mix.k_proj(h).view(B, H, Dk) * Dk**-0.5).to(cd)
-    v = mix.v_proj(h).view(B, H, Dv)
-    q = q * cos + rotate_every_two(q) * sin
-    k = k * cos + rotate_every_two(k) * sin
+    if fused.qkvg is not None:
+        q, k, v, g = fused.qkvg(h).split([H * Dk, H * Dk, H * Dv, mix.g_proj.out_features], dim=-1)
+    else:
+        q, k, v, g = linear(mix.q_proj, h), linear(mix.k_proj, h), linear(mix.v_proj, h), None
+    v = v.reshape(B, H, Dv)
+    if turns is not None and q.dtype == cd:
+        q, k = _rotate(q, turns[0], (B, H, Dk)), _rotate(k, turns[1], (B, H, Dk))
+    else:
+        q = q.reshape(B, H, Dk).to(cd)
+        k = (k.reshape(B, H, Dk) * Dk**-0.5).to(cd)
+        q = q * cos + rotate_every_two(q) * sin
+        k = k * cos + rotate_every_two(k) * sin
     log_decay = mix.decay(h[:, None])  # [H] fixed or [B, 1, H] gated
     if use_operator:
         o, new_state = retention(
@@ -91,9 +199,33 @@ def _retention_step(
     if row_scale is not None:
         o = o * row_scale[..., None].to(o.dtype)
     o = mix.head_norm(o).reshape(B, H * Dv)
-    x = x + mix.out_proj(F.silu(mix.g_proj(h)) * o)
-    x = x + block.ffn(block.final_layer_norm(x))
+    if g is None:
+        g = linear(mix.g_proj, h)
+    x = x + linear(mix.out_proj, F.silu(g) * o)
+    x = x + _ffn(block.ffn, _norm(block.final_layer_norm, x), linear, fused.ffn_in)
     return x, new_state
+
+
+def store_weights_input_major(model: nn.Module) -> int:
+    """Lay out every CPU ``nn.Linear`` weight of ``model`` input-major, in place; returns how many were changed.
+
+    The parameter keeps its object, shape and values (``weight.data`` becomes the transpose of a contiguous
+    ``[in, out]`` tensor), so every caller of the module sees the same numbers; what changes is the memory
+    order, which lets a one-row ``F.linear`` run as a plain ``x @ W^T`` product that reads the weight closer to
+    the memory bandwidth. A weight shared with an embedding table (tied output layer) is left row-major, so a
+    token's embedding stays one contiguous row."""
+    shared = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    changed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            w = getattr(module, "weight", None)
+            if type(module) is not nn.Linear or w.device.type != "cpu" or id(w) in shared or not w.is_contiguous():
+                continue
+            if w.dim() != 2 or min(w.shape) <= 1:
+                continue
+            w.data = w.data.t().contiguous().t()
+            changed += 1
+    return changed
 
 
 class DecodeStep:
@@ -102,18 +234,33 @@ class DecodeStep:
     ``in_place=True`` updates the passed state's retention tensors and offsets in place and returns the same
     object (the caller owns the state and keeps no copy); otherwise the passed state is left untouched.
     ``kernel``: run the recurrence through :func:`retnet.ops.retention` (default: on CUDA when not compiled).
+    ``pack_min_batch``: eager CPU float32 steps of at least this many rows run their linears on oneDNN-packed
+    copies of the weights (:class:`PackedLinears`, made on the first such step; ``None`` never packs).
     ``compile_s`` is the wall time of the first call when compiled (tracing + code generation), else ``None``.
+    On the CPU, construction lays the model's linear weights out input-major (:func:`store_weights_input_major`;
+    values unchanged).
     """
 
     def __init__(
-        self, model: nn.Module, *, compile: bool = False, in_place: bool = False, kernel: bool | None = None
+        self,
+        model: nn.Module,
+        *,
+        compile: bool = False,
+        in_place: bool = False,
+        kernel: bool | None = None,
+        pack_min_batch: int | None = PACK_MIN_BATCH,
     ) -> None:
         self.model = model
         on_cuda = model.model.embed_tokens.weight.device.type == "cuda"
         self.use_operator = (on_cuda and not compile) if kernel is None else kernel
+        if not on_cuda:
+            store_weights_input_major(model)
         self.in_place = in_place
         self.compiled = compile
         self.compile_s: float | None = None
+        # Eager CPU steps of at least pack_min_batch rows: linears on oneDNN-packed weights (None: never).
+        self.pack_min_batch = None if (on_cuda or compile) else pack_min_batch
+        self.packed = PackedLinears()
         core = model.model
         self._retention_layers = {i for i, kind in enumerate(core.config.layer_kinds) if kind in ("retention", "gated")}
         # Fixed decays as Python numbers, read once here (never a device sync inside a step).
@@ -122,6 +269,10 @@ class DecodeStep:
             for i, kind in enumerate(core.config.layer_kinds)
             if kind == "retention"
         }
+        # int8 models: each retention block's q/k/v/g and FFN input projections as one int8 linear apiece.
+        self._fused = {i: _fuse_block(core.layers[i]) for i in self._retention_layers}
+        dims = {core.layers[i].retention.key_dim for i in self._retention_layers}
+        self._key_dim = dims.pop() if len(dims) == 1 else None
         fn = self._step
         if compile:
             mode = "reduce-overhead" if core.embed_tokens.weight.device.type == "cuda" else None
@@ -158,6 +309,12 @@ class DecodeStep:
         sin, cos = core.rotary(positions, x.dtype)  # [B, 1, Dk]
         row_scale = core.decay_row_scale(positions)[:, 0] if cfg.normalize_decay else None
         sin_h, cos_h = sin[:, 0, None], cos[:, 0, None]  # [B, 1, Dk]: broadcast over the heads
+        turns = None
+        if sin.dtype in (torch.float32, torch.float64) and self._key_dim is not None:
+            turn = torch.complex(cos_h[..., ::2], sin_h[..., ::2])  # each pair's angle, once
+            turns = (turn, turn * self._key_dim**-0.5)
+        big = self.pack_min_batch is not None and x.shape[0] >= self.pack_min_batch and PackedLinears.applies(x)
+        linear: LinearFn = self.packed if big else _call
         new_layers = list(state.layers) if not self.in_place else state.layers
         n_self = cfg.num_self_layers
         for i in range(n_self):
@@ -173,6 +330,9 @@ class DecodeStep:
                     self.in_place,
                     self.use_operator,
                     self._gammas.get(i),
+                    linear,
+                    self._fused[i],
+                    turns,
                 )
             else:
                 y, s = block(x[:, None], sin, cos, state=state.layers[i], mode="recurrent", use_cache=True)
@@ -188,7 +348,7 @@ class DecodeStep:
             for i in range(n_self, len(core.layers)):
                 y, _ = core.layers[i](y, sin, cos, mode="recurrent", shared=shared, q_start=q_start)
             x = y[:, 0]
-        logits = model.lm_head(core.layer_norm(x))
+        logits = linear(model.lm_head, _norm(core.layer_norm, x))
         if self.in_place:
             state.offset.add_(1)
             state.shared = shared
@@ -197,8 +357,13 @@ class DecodeStep:
 
 
 def make_decode_step(
-    model: nn.Module, *, compile: bool = False, in_place: bool = False, kernel: bool | None = None
+    model: nn.Module,
+    *,
+    compile: bool = False,
+    in_place: bool = False,
+    kernel: bool | None = None,
+    pack_min_batch: int | None = PACK_MIN_BATCH,
 ) -> DecodeStep:
     """The decode step of ``model`` (see :class:`DecodeStep`); ``compile=True`` wraps it in ``torch.compile``
     (inductor on the CPU; CUDA graphs via ``mode="reduce-overhead"`` on CUDA)."""
-    return DecodeStep(model, compile=compile, in_place=in_place, kernel=kernel)
+    return DecodeStep(model, compile=compile, in_place=in_place, kernel=kernel, pack_min_batch=pack_min_batch)

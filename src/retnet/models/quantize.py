@@ -3,8 +3,8 @@
 Weights are stored as int8 with one scale per output row (per-channel, symmetric), so a decode step, which
 reads every weight once, reads a quarter of the float32 bytes; activations are quantized per call (fbgemm's
 int8 GEMM). The embedding table stays float32 (a step reads one row of it). Weight-only int8 through
-``torch.ops.aten._weight_int8pack_mm`` was measured slower for a one-row input on this CPU build, which is why
-the dynamic form is used.
+``torch.ops.aten._weight_int8pack_mm`` was measured slower for a one-row input on this CPU build (so was the
+``onednn`` quantized engine; ``x86`` runs fbgemm's kernels), which is why the dynamic form on fbgemm is used.
 """
 
 from __future__ import annotations
@@ -63,3 +63,36 @@ def quantized_weight_bytes(model: nn.Module) -> int:
             w = module.weight()
             total += w.numel() * w.element_size() + w.q_per_channel_scales().numel() * 4
     return total
+
+
+def _dynamic_int8(module: nn.Module) -> bool:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return type(module) is DynamicLinear and module._packed_params.dtype == torch.qint8
+
+
+def fuse_int8_linears(modules: list[nn.Module]) -> nn.Module | None:
+    """One int8 linear whose output is the concatenation of ``modules``' outputs (same input), or ``None`` when
+    they are not all bias-free per-channel int8 linears of one input width.
+
+    The fused weight holds the same int8 values and per-row scales, and the input is quantized once for all
+    rows, as it is for each module alone, so the outputs are the same; a one-row step then makes one int8 product
+    instead of several small ones (fewer calls, fewer activation quantizations)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    if len(modules) < 2 or not all(_dynamic_int8(m) for m in modules):
+        return None
+    weights, biases = zip(*(m._weight_bias() for m in modules), strict=True)
+    if any(b is not None for b in biases) or any(w.qscheme() != torch.per_channel_affine for w in weights):
+        return None
+    if len({w.shape[1] for w in weights}) != 1:
+        return None
+    fused_weight = torch._make_per_channel_quantized_tensor(
+        torch.cat([w.int_repr() for w in weights]),
+        torch.cat([w.q_per_channel_scales() for w in weights]),
+        torch.cat([w.q_per_channel_zero_points() for w in weights]),
+        0,
+    )
+    fused = DynamicLinear(weights[0].shape[1], fused_weight.shape[0], bias_=False, dtype=torch.qint8)
+    fused.set_weight_bias(fused_weight, None)
+    return fused

@@ -120,12 +120,62 @@ class RetNetBlock(nn.Module):
         return x, new_state
 
 
+DEFAULT_CHECKPOINT_SEGMENT = 1024
+
+
+def _checkpoint_segments(
+    run: Callable,
+    layer: RetNetBlock,
+    x: torch.Tensor,
+    sin: torch.Tensor,
+    cos: torch.Tensor,
+    segment: int,
+    *,
+    state=None,
+    attention_mask=None,
+    row_scale=None,
+    use_cache: bool = False,
+    **kwargs,
+):
+    """A retention block under activation checkpointing, one checkpoint per ``segment`` tokens.
+
+    Each segment starts from the state the previous one left (an explicit checkpoint input, so its gradient
+    flows back to the previous segment), which is exact in every form (docs/retention.md). The backward pass then
+    recomputes and frees one segment at a time: the recompute holds ``segment / T`` of the block's
+    intermediates, where a whole-block checkpoint holds all of them. Attention blocks cannot do this (each query
+    reads every earlier key), so they keep the whole-block checkpoint.
+    """
+
+    def segment_forward(x_s, sin_s, cos_s, state_s, mask_s, scale_s):
+        return layer(
+            x_s, sin_s, cos_s, state=state_s, attention_mask=mask_s, row_scale=scale_s, use_cache=True, **kwargs
+        )
+
+    outputs = []
+    for start in range(0, x.shape[1], segment):
+        part = slice(start, start + segment)
+        y, state = run(
+            segment_forward,
+            x[:, part],
+            sin[:, part],
+            cos[:, part],
+            state,
+            None if attention_mask is None else attention_mask[:, part],
+            None if row_scale is None else row_scale[:, part],
+        )
+        outputs.append(y)
+    return torch.cat(outputs, 1), (state if use_cache else None)
+
+
 class RetNetModel(nn.Module):
     """Embeddings, the stack of blocks and the final norm; returns hidden states and the new state.
 
     ``gradient_checkpointing = True`` (activation checkpointing) keeps only each block's input during a
     training forward and recomputes the block in the backward pass. The attribute names are the ones
     ``transformers``' ``gradient_checkpointing_enable`` sets, which may also replace the checkpoint function.
+    Without dropout, retention blocks are checkpointed in segments of ``checkpoint_segment`` tokens (0: the whole
+    sequence), each continuing from the previous segment's state, so the backward pass recomputes one segment at a time
+    and holds that segment's intermediates only (docs/retention.md, "Activation checkpointing in segments").
     """
 
     def __init__(self, config: RetNetConfig) -> None:
@@ -133,6 +183,7 @@ class RetNetModel(nn.Module):
         self.config = config
         self.gradient_checkpointing = False
         self._gradient_checkpointing_func: Callable | None = None
+        self.checkpoint_segment = DEFAULT_CHECKPOINT_SEGMENT
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         # Optional RMSNorm on the (scaled) embeddings: torchscale's ``layernorm_embedding`` option.
         self.layernorm_embedding = RMSNorm(config.hidden_size, config.norm_eps) if config.layernorm_embedding else None
@@ -171,6 +222,10 @@ class RetNetModel(nn.Module):
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
             return layer(x, sin, cos, **kwargs)
         run = self._gradient_checkpointing_func or partial(checkpoint, use_reentrant=False)
+        segment = self.checkpoint_segment
+        # Segments draw other dropout masks than one whole pass would: with dropout, whole blocks.
+        if layer.kind in ("retention", "gated") and 0 < segment < x.shape[1] and not self.config.dropout:
+            return _checkpoint_segments(run, layer, x, sin, cos, segment, **kwargs)
         return run(partial(layer.__call__, **kwargs), x, sin, cos)
 
     def forward(

@@ -88,6 +88,7 @@ FIELD_BOUNDS: dict[str, Bounds] = {
     "eval_batch_size": Bounds(1),
     "checkpoint_interval": Bounds(1),
     "keep_checkpoints": Bounds(1),
+    "checkpoint_segment": Bounds(0),
     "seed": Bounds(0, UINT64_MAX),
     "threads": Bounds(0, os.cpu_count() or 1),  # more threads than cores only makes each step slower
 }
@@ -134,6 +135,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = the cores not already busy
     fsdp: bool = False
     checkpoint_activations: bool = False  # recompute each block in the backward pass (less memory, ~1/3 more time)
+    checkpoint_segment: int = 1024  # with checkpoint_activations: tokens per recomputed retention segment (0: all)
     compile: bool = False  # torch.compile the training forward and backward
 
     def to_dict(self) -> dict[str, Any]:

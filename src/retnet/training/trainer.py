@@ -203,6 +203,7 @@ def train(
         quiet,
     )
     model.model.gradient_checkpointing = cfg.checkpoint_activations
+    model.model.checkpoint_segment = cfg.checkpoint_segment
     model = dist_utils.wrap(model, info, fsdp=cfg.fsdp)
     # Compiled for the training steps only; evaluation (no gradients, other batch sizes) runs eagerly.
     step_model = torch.compile(model) if cfg.compile else model

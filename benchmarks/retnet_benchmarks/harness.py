@@ -1,0 +1,65 @@
+"""The one case loop of the benchmarks: cases -> one isolated run each -> rows, with a progress line per case.
+
+A benchmark declares its cases (what names each one, the target's keyword arguments, or a reason not to run
+it) and how a row is printed; :func:`run_cases` runs them in order, each in a fresh process
+(:func:`retnet_benchmarks.measure.run_case`), stops running them once the ``--max-minutes`` budget is spent,
+and turns every failure (timeout, out-of-memory kill, exception) into a row with an ``error``, so a long grid
+always ends with its rows for the summary and the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from retnet_benchmarks.measure import TimeBudget, run_case
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement. ``key``: the fields that name it, copied onto its row (and winning over the result's);
+    ``kwargs``: the target's keyword arguments; ``skip``: a reason not to run it (then its row's ``error``)."""
+
+    key: dict[str, Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    skip: str | None = None
+
+
+def keyed_row(case: Case, result: dict[str, Any]) -> dict[str, Any]:
+    """The default row: the case's key first, then the result (an ``error`` or the measurements)."""
+    return {**case.key, **result, **case.key}
+
+
+def run_cases(
+    args: Any,
+    target: str,
+    cases: Iterable[Case],
+    *,
+    progress: Callable[[dict[str, Any]], str],
+    timeout_s: float | None,
+    budget: TimeBudget | None = None,
+    threads: int | None = None,
+    baseline_rss: bool = False,
+    to_row: Callable[[Case, dict[str, Any]], dict[str, Any]] = keyed_row,
+) -> list[dict[str, Any]]:
+    """Run ``target`` (``module:function``) once per case, in order; one row per case.
+
+    A case with ``skip`` is not run, nor are the cases left once ``budget`` is exhausted: their result is
+    ``{"error": reason}``. The others run through :func:`run_case` (a fresh process unless
+    ``args.in_process``; ``timeout_s``, ``threads``, ``baseline_rss`` as there), whose failures are also
+    ``{"error": ...}``. ``to_row(case, result)`` makes the row (default :func:`keyed_row`); ``progress(row)``
+    is printed as each row is made.
+    """
+    rows = []
+    for case in cases:
+        if case.skip:
+            result: dict[str, Any] = {"error": case.skip}
+        elif budget is not None and (over := budget.exhausted()):
+            result = {"error": over}
+        else:
+            result = run_case(args, target, case.kwargs, timeout_s, threads=threads, baseline_rss=baseline_rss)
+        row = to_row(case, result)
+        print(progress(row), flush=True)
+        rows.append(row)
+    return rows
