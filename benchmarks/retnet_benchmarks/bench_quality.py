@@ -264,7 +264,8 @@ def chart(rows: list[dict[str, Any]], factors: list[int], seq_len: int):
     ax.set_xlabel(f"evaluation length (tokens; trained at {seq_len})")
     ax.set_ylabel("validation bits per byte")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.lines:  # every row an error: no curves to name
+        ax.legend()
     ax.set_title("Quality and length extrapolation (same data, size, optimizer)")
     return fig
 
