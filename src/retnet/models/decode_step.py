@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from retnet.layers.ffn import GatedFFN, plain_linear
-from retnet.layers.norm import RMSNorm
 from retnet.layers.rotary import rotate_every_two
 from retnet.models.quantize import fuse_int8_linears
 from retnet.models.state import RetNetState
@@ -91,15 +90,6 @@ def _ffn(ffn: nn.Module, x: torch.Tensor, linear: LinearFn, fused: nn.Module | N
     return linear(ffn.fc2, ffn.act(a) * b)
 
 
-def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)``; an RMSNorm (eps > 0) on a float32/float64 ``x`` inline, in fewer operations: a decode step is
-    a few hundred small operations, each costing its dispatch more than its arithmetic."""
-    if type(norm) is not RMSNorm or norm.eps <= 0 or x.dtype not in (torch.float32, torch.float64):
-        return norm(x)
-    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(norm.eps))
-    return y.mul_(norm.weight.to(x.dtype)) if norm.weight is not None else y
-
-
 def _rotate(x: torch.Tensor, turn: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """``x`` viewed as ``[B, H, Dk]`` rotated pair by pair: one complex product with ``turn = cos + i sin``
     (``[B, 1, Dk / 2]``, the pairs' shared angle, any scale folded in)."""
@@ -148,7 +138,7 @@ def _retention_step(
     mix = block.retention
     B = x.shape[0]
     H, Dk, Dv = mix.num_heads, mix.key_dim, mix.head_dim
-    h = _norm(block.retention_layer_norm, x)
+    h = block.retention_layer_norm(x)
     cd = sin.dtype
     if fused.qkvg is not None:
         q, k, v, g = fused.qkvg(h).split([H * Dk, H * Dk, H * Dv, mix.g_proj.out_features], dim=-1)
@@ -202,7 +192,7 @@ def _retention_step(
     if g is None:
         g = linear(mix.g_proj, h)
     x = x + linear(mix.out_proj, F.silu(g) * o)
-    x = x + _ffn(block.ffn, _norm(block.final_layer_norm, x), linear, fused.ffn_in)
+    x = x + _ffn(block.ffn, block.final_layer_norm(x), linear, fused.ffn_in)
     return x, new_state
 
 
@@ -348,7 +338,7 @@ class DecodeStep:
             for i in range(n_self, len(core.layers)):
                 y, _ = core.layers[i](y, sin, cos, mode="recurrent", shared=shared, q_start=q_start)
             x = y[:, 0]
-        logits = linear(model.lm_head, _norm(core.layer_norm, x))
+        logits = linear(model.lm_head, core.layer_norm(x))
         if self.in_place:
             state.offset.add_(1)
             state.shared = shared
