@@ -29,7 +29,8 @@ from retnet_benchmarks.baseline import (
     count_parameters,
     variant_config,
 )
-from retnet_benchmarks.measure import run_case
+from retnet_benchmarks.harness import Case, run_cases
+from retnet_benchmarks.measure import TimeBudget
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
 from retnet_benchmarks.peers import BASELINES, RECURRENT, REFERENCE_PATH_NOTE, build_trainable, peer_config
 from retnet_benchmarks.report import subplots, write_report
@@ -53,12 +54,12 @@ def quality_case(
     eval_batch_tokens: int,
     threads: int,
     seed: int,
-    max_minutes: float = 0.0,
+    model_minutes: float = 0.0,
 ) -> dict[str, Any]:
     """Train one model and evaluate it at every length factor (runs inside a worker process).
 
-    ``max_minutes`` > 0: a model still training after that long raises (an ``error`` row, not a half-trained
-    model's figures)."""
+    ``model_minutes`` > 0: a model still training after that long raises (an ``error`` row, not a
+    half-trained model's figures)."""
     from retnet.data import Tokenizer, WindowSampler, load_corpus, split_corpus
     from retnet.data.batching import encode_tensor
     from retnet.training.evaluate import evaluate
@@ -89,8 +90,8 @@ def quality_case(
     losses = []
     t0 = time.perf_counter()
     for step in range(steps):
-        if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
-            raise TimeoutError(f"stopped after {step} of {steps} steps: over --max-minutes {max_minutes:g}")
+        if model_minutes and time.perf_counter() - t0 > 60 * model_minutes:
+            raise TimeoutError(f"stopped after {step} of {steps} steps: over --model-minutes {model_minutes:g}")
         rows = sampler.next_batch(batch_size)
         logits = net(rows[:, :-1], mode="auto").logits  # the trainer's default form
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
@@ -140,27 +141,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is None:
             setattr(args, key, value)
     rcfg, lcfg = build_pair(model_kwargs)
-    rows = []
-    for model in args.models:
-        kwargs = dict(
-            model=model,
-            retnet_config=model_kwargs,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            steps=args.steps,
-            lr=args.lr,
-            warmup_steps=args.warmup,
-            factors=args.factors,
-            eval_tokens=args.eval_tokens,
-            eval_batch_tokens=args.eval_batch_tokens,
-            threads=args.threads,
-            seed=args.seed,
-            max_minutes=args.max_minutes,
+    cases = [
+        Case(
+            key={"model": model},
+            kwargs=dict(
+                model=model,
+                retnet_config=model_kwargs,
+                seq_len=args.seq_len,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                lr=args.lr,
+                warmup_steps=args.warmup,
+                factors=args.factors,
+                eval_tokens=args.eval_tokens,
+                eval_batch_tokens=args.eval_batch_tokens,
+                threads=args.threads,
+                seed=args.seed,
+                model_minutes=args.model_minutes,
+            ),
         )
-        row = run_case(args, "retnet_benchmarks.bench_quality:quality_case", kwargs, args.case_timeout)
-        row.setdefault("model", model)
-        print(_progress(row, args.factors), flush=True)
-        rows.append(row)
+        for model in args.models
+    ]
+    rows = run_cases(
+        args,
+        "retnet_benchmarks.bench_quality:quality_case",
+        cases,
+        progress=lambda row: _progress(row, args.factors),
+        timeout_s=args.case_timeout,
+        budget=TimeBudget(args.max_minutes),
+        threads=args.threads,
+        workers=args.workers,
+    )
     summary = summarize(rows, args.factors)
     summary["retnet_params"] = rcfg.num_parameters()
     summary["llama_params"] = count_parameters(build_llama(lcfg))
@@ -286,11 +297,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--case-timeout", type=float, default=3600.0)
     p.add_argument(
-        "--max-minutes",
+        "--model-minutes",
         type=float,
         default=0.0,
         help="a model still training after this long gets an error row instead (0: no limit)",
     )
+    TimeBudget.add_argument(p)
+    p.add_argument("--workers", type=int, default=1, help="models trained at once, one process each (default 1)")
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")
     add_out_dir(p)

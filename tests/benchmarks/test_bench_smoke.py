@@ -200,14 +200,26 @@ def test_quality_smoke(tmp_path, monkeypatch):
     assert REFERENCE_PATH_NOTE in " ".join(md.split()) and "train_s is therefore not representative" in md
 
 
-def test_quality_max_minutes_turns_a_slow_model_into_an_error_row(tmp_path, monkeypatch):
-    """A model still training after --max-minutes is reported with the steps it reached, not evaluated."""
+def test_quality_model_minutes_turns_a_slow_model_into_an_error_row(tmp_path, monkeypatch):
+    """A model still training after --model-minutes is reported with the steps it reached, not evaluated."""
     argv = ["bench", "quality", "--tiny", "--factors", "1", "--threads", "1", "--models", "rwkv"]
-    assert _main(monkeypatch, [*argv, "--max-minutes", "1e-9", "--out-dir", str(tmp_path)]) == 0
+    assert _main(monkeypatch, [*argv, "--model-minutes", "1e-9", "--out-dir", str(tmp_path)]) == 0
     (row,) = _load(tmp_path, "quality")["rows"]
     assert (
-        row["model"] == "rwkv" and "TimeoutError: stopped after 0 of 3 steps: over --max-minutes 1e-09" in row["error"]
+        row["model"] == "rwkv"
+        and "TimeoutError: stopped after 0 of 3 steps: over --model-minutes 1e-09" in row["error"]
     )
+
+
+def test_quality_trains_models_in_parallel_workers_in_the_report_order(tmp_path, monkeypatch):
+    """--workers 2: two worker processes at once; rows keep the --models order; --max-minutes is the run's."""
+    argv = ["bench", "quality", "--tiny", "--factors", "1", "--threads", "1", "--models", "rwkv", "retnet", "llama"]
+    assert _main(monkeypatch, [*argv, "--workers", "2", "--out-dir", str(tmp_path)]) == 0
+    rows = _load(tmp_path, "quality")["rows"]
+    assert [r["model"] for r in rows] == ["rwkv", "retnet", "llama"] and not any("error" in r for r in rows)
+    assert _main(monkeypatch, [*argv, "--workers", "2", "--max-minutes", "1e-9", "--out-dir", str(tmp_path)]) == 0
+    rows = _load(tmp_path, "quality")["rows"]
+    assert [r["error"] for r in rows] == ["skipped: --max-minutes 1e-09 reached"] * 3
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 from retnet_benchmarks.harness import Case, keyed_row, run_cases
@@ -17,6 +18,13 @@ def square(x: int) -> dict:
     if x < 0:
         raise ValueError(f"negative x {x}")
     return {"x": "from the result", "square": x * x, "pid": os.getpid()}
+
+
+def pause(x: int, seconds: float) -> dict:
+    """Run as a case: sleep, and say when it started and ended."""
+    start = time.time()
+    time.sleep(seconds)
+    return {"start": start, "end": time.time()}
 
 
 def _progress(row: dict) -> str:
@@ -35,6 +43,17 @@ def test_isolated_cases_make_keyed_rows_in_order_with_errors(monkeypatch, capsys
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "case 3: 9" and printed[1] == "case 5: skipped: too big"
     assert printed[2].startswith("case -1: exit code 1")
+
+
+def test_workers_run_cases_at_once_and_keep_their_order(monkeypatch, capsys):
+    monkeypatch.setenv("PYTHONPATH", str(HERE))
+    cases = [Case({"x": 1}, {"x": 1, "seconds": 3.0}), Case({"x": 2}, {"x": 2, "seconds": 0.0})]
+    rows = run_cases(
+        argparse.Namespace(), "test_harness:pause", cases, progress=lambda r: f"case {r['x']}", timeout_s=120, workers=2
+    )
+    assert [r["x"] for r in rows] == [1, 2]  # the cases' order, not the order they ended in
+    assert rows[1]["start"] < rows[0]["end"] and rows[1]["end"] < rows[0]["end"]  # the second ran meanwhile
+    assert capsys.readouterr().out.split("\n")[:2] == ["case 2", "case 1"]  # progress as each ends
 
 
 def test_exhausted_budget_skips_the_rest_in_process_with_a_custom_row(capsys):

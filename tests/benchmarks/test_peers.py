@@ -12,7 +12,7 @@ import torch
 from retnet.cli.main import main as cli_main
 from retnet.models import RetNetConfig
 from retnet_benchmarks.baseline import TRAIN_25M, count_parameters
-from retnet_benchmarks.peers import BASELINES, build_baseline, peer_config, peer_parameters, start, state_nbytes, step
+from retnet_benchmarks.peers import BASELINES, build_baseline, build_trainable, peer_config, peer_parameters, start, state_nbytes, step
 
 TINY = dict(vocab_size=97, hidden_size=32, num_layers=2, num_heads=2, value_dim=48, ffn_dim=64)
 CLASSES = {
@@ -102,6 +102,27 @@ def test_state_bytes_are_measured_from_the_real_caches(tiny_peers):
     expected2 = rc.num_layers * (conv * m2.conv_kernel + m2.num_heads * m2.head_dim * m2.state_size) * 4
     assert infos["mamba2"]["state_bytes_fixed"] == expected2
     assert all("reference" in infos[n]["notes"] for n in ("mamba", "mamba2", "rwkv"))
+
+
+def test_mamba2_short_sequences_take_shorter_chunks_with_the_same_loss_and_gradients():
+    """The trainable Mamba-2 cuts its scan's chunk to a shorter sequence with the same loss and gradients (to
+    float32 rounding: transformers' reference scan casts its inputs to float32 even in a float64 model)."""
+    model = build_trainable("mamba2", RetNetConfig(**TINY)).double().train()
+    ids = torch.randint(0, TINY["vocab_size"], (3, 10), generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads(forward):
+        model.zero_grad()
+        loss = forward(ids).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    full = loss_and_grads(lambda x: model.model(input_ids=x, labels=x, use_cache=False))  # chunks of 64
+    assert {m.chunk_size for m in model.mamba2_mixers} == {64}
+    cut = loss_and_grads(lambda x: model(x, labels=x))
+    assert {m.chunk_size for m in model.mamba2_mixers} == {10} and len(model.mamba2_mixers) == TINY["num_layers"]
+    torch.testing.assert_close(cut[0], full[0], rtol=1e-6, atol=0)
+    for a, b in zip(cut[1], full[1], strict=True):
+        assert (a - b).norm() <= 1e-5 * b.norm()
 
 
 def test_unknown_baseline_is_named():
