@@ -12,7 +12,16 @@ import torch
 from retnet.cli.main import main as cli_main
 from retnet.models import RetNetConfig
 from retnet_benchmarks.baseline import TRAIN_25M, count_parameters
-from retnet_benchmarks.peers import BASELINES, build_baseline, build_trainable, peer_config, peer_parameters, start, state_nbytes, step
+from retnet_benchmarks.peers import (
+    BASELINES,
+    build_baseline,
+    build_trainable,
+    peer_config,
+    peer_parameters,
+    start,
+    state_nbytes,
+    step,
+)
 
 TINY = dict(vocab_size=97, hidden_size=32, num_layers=2, num_heads=2, value_dim=48, ffn_dim=64)
 CLASSES = {
