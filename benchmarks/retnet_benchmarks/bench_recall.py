@@ -12,6 +12,7 @@ reference paths make it long: see docs/benchmarks/recall.md for the measured tim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -20,12 +21,19 @@ import torch
 from retnet.models import RetNetConfig, RetNetForCausalLM
 from retnet.training.optim import param_groups
 from retnet.training.schedule import warmup_cosine
+from retnet_benchmarks.harness import Case, run_cases
+from retnet_benchmarks.measure import TimeBudget
 from retnet_benchmarks.mqar import MQARTask, recall_accuracy
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
 from retnet_benchmarks.peers import BASELINES, RECURRENT, REFERENCE_PATH_NOTE, build_trainable
 from retnet_benchmarks.report import subplots, write_report
 
 VARIANTS = ("retnet", "gated", "hybrid", "yoco", *BASELINES)
+# the options a model's training and evaluation read (passed to each worker process)
+CASE_SETTINGS = (
+    "steps", "batch_tokens", "lengths", "lr", "d_model", "layers", "heads",
+    "eval_batches", "eval_size", "seed", "model_minutes", "verbose",
+)  # fmt: skip
 
 
 def build_model(name: str, task: MQARTask, d: int, layers: int, heads: int, seed: int = 0) -> torch.nn.Module:
@@ -59,10 +67,13 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
     lengths = args.lengths
     model.train()
     t0 = time.perf_counter()
-    losses = []
+    losses: list[float] = []
+    curve: list[list[float]] = []  # [step, mean loss of the last 20 steps], ten points
     for step in range(args.steps):
-        if args.max_minutes and time.perf_counter() - t0 > 60 * args.max_minutes:
-            raise TimeoutError(f"stopped after {step} of {args.steps} steps: over --max-minutes {args.max_minutes:g}")
+        if args.model_minutes and time.perf_counter() - t0 > 60 * args.model_minutes:
+            raise TimeoutError(
+                f"stopped after {step} of {args.steps} steps: over --model-minutes {args.model_minutes:g}"
+            )
         seq_len = lengths[step % len(lengths)]
         # Same number of tokens per step at every length.
         batch = max(1, args.batch_tokens // seq_len)
@@ -74,8 +85,10 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
         opt.step()
         schedule.step()
         losses.append(float(loss.detach()))
-        if args.verbose and (step + 1) % max(1, args.steps // 10) == 0:
-            print(f"  {name} step {step + 1}/{args.steps} loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if (step + 1) % max(1, args.steps // 10) == 0:
+            curve.append([step + 1, round(sum(losses[-20:]) / len(losses[-20:]), 4)])
+            if args.verbose:
+                print(f"  {name} step {step + 1}/{args.steps} loss {curve[-1][1]:.3f}", flush=True)
     train_s = time.perf_counter() - t0
     model.eval()
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
@@ -94,19 +107,21 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
         "train_s": round(train_s, 1),
         "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
         **{f"acc@{n}": round(a, 4) for n, a in acc.items()},
+        "loss_curve": curve,
     }
 
 
-def _train_one(name: str, args: argparse.Namespace, task: MQARTask, threads: int) -> dict[str, Any]:
-    """One model's row; a model that cannot train or evaluate gets an ``error`` row instead of ending the run."""
-    torch.set_num_threads(threads)
-    print(f"training {name} ...", flush=True)
+def recall_case(model: str, key_vocab: int, value_vocab: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """One model's row (run by the harness, in a worker process unless ``--in-process``); a model that cannot
+    train or evaluate gets an ``error`` row, the same text either way, instead of ending the run."""
     try:
-        row = train_and_eval(name, args, task)
+        return train_and_eval(model, argparse.Namespace(**settings), MQARTask(key_vocab, value_vocab))
     except Exception as e:  # noqa: BLE001 - recorded in the report, the other models still run
-        row = {"model": name, "error": f"{type(e).__name__}: {e}"[:300]}
-    print("  " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    return row
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def _progress(row: dict[str, Any]) -> str:
+    return f"{row['model']}: " + ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("model", "loss_curve"))
 
 
 def chart(rows: list[dict[str, Any]], lengths: list[int]):
@@ -139,20 +154,21 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--models: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
     task = MQARTask(key_vocab=max(args.key_vocab, max(args.lengths) // 4), value_vocab=args.value_vocab)
     workers = max(1, min(args.workers, len(args.models)))
-    threads = max(1, args.threads // workers)
-    if workers == 1:
-        torch.set_num_threads(threads)
-        rows = [_train_one(name, args, task, threads) for name in args.models]
-    else:  # models train independently: one process each, threads split between them
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # the options without the CLI's handler (a local function, which cannot be pickled to the workers)
-        job = argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)})
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_one, name, job, task, threads) for name in args.models]
-            rows = [f.result() for f in futures]
-    rows.sort(key=lambda r: VARIANTS.index(r["model"]))  # the report's order, whatever order they ran in
+    settings = {k: getattr(args, k) for k in CASE_SETTINGS}
+    cases = [
+        Case({"model": name}, {"model": name, **dataclasses.asdict(task), "settings": settings})
+        for name in sorted(args.models, key=VARIANTS.index)  # the report's order
+    ]
+    rows = run_cases(
+        args,
+        "retnet_benchmarks.bench_recall:recall_case",
+        cases,
+        progress=_progress,
+        timeout_s=None,
+        budget=TimeBudget(args.max_minutes),
+        threads=max(1, args.threads // workers),  # the threads in all, split between the workers
+        workers=workers,
+    )
     summary = {
         "task": f"MQAR, {task.key_vocab} keys / {task.value_vocab} values, pairs = length/4, every key queried",
         "training": f"{args.steps} steps x {args.batch_tokens} tokens, lengths {args.lengths} in turn, lr {args.lr}",
@@ -219,12 +235,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="models trained at once, one process each")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds): 30 steps, lengths 16 and 32")
     p.add_argument(
-        "--max-minutes",
+        "--model-minutes",
         type=float,
         default=0.0,
         help="a model still training after this long gets an error row instead (0: no limit)",
     )
-    p.add_argument("--verbose", action="store_true")
+    TimeBudget.add_argument(p)
+    p.add_argument("--verbose", action="store_true", help="print the loss while training (with --in-process)")
+    p.add_argument("--in-process", action="store_true", help="no worker processes, one model at a time (smoke test)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks/recall.*")
     add_out_dir(p)
     p.add_argument("--report-name", default="recall", help="file stem under --out-dir (default %(default)s)")

@@ -16,6 +16,7 @@ from typing import Any
 
 from retnet.cli.errors import CLIError
 from retnet.models.directory import atomic_write_json
+from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 MODES = ("parallel", "chunkwise", "recurrent")
@@ -71,43 +72,57 @@ def _log(args: argparse.Namespace, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Forward+backward time and peak memory for every (mode, T), or why a case was not run."""
-    from retnet_benchmarks.measure import run_case
+def _not_run(mode: str, T: int, est: int, args: argparse.Namespace) -> str | None:
+    """Why case (mode, T) is not run: over the memory budget, over 80% of the memory free now, or the
+    recurrent form's length cap; None to run it."""
+    avail = _available_bytes()
+    if est > args.mem_budget_gb * 2**30:
+        return f"not run: estimated {est / 2**30:.1f} GiB > budget {args.mem_budget_gb:g} GiB"
+    if avail is not None and est > 0.8 * avail:
+        return f"not run: estimated {est / 2**30:.1f} GiB > 80% of available {avail / 2**30:.1f} GiB"
+    if mode == "recurrent" and T > args.recurrent_max_len:
+        return f"skipped: recurrent capped at T <= {args.recurrent_max_len}"
+    return None
 
-    rows = []
+
+def scaling_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Forward+backward time and peak memory for every (mode, T), or why a case was not run.
+
+    Each case runs in a fresh process; with ``--in-process`` in this one (fast, but peak memory then only
+    counts what exceeds the high-water mark of earlier cases)."""
+    cases = []
     for T in args.lengths:
         for mode in args.modes:
             est = estimate_peak_bytes(mode, T, base)
-            row: dict[str, Any] = {"mode": mode, "T": T, "status": "ok"}
-            avail = _available_bytes()
-            if est > args.mem_budget_gb * 2**30:
-                row["status"] = f"not run: estimated {est / 2**30:.1f} GiB > budget {args.mem_budget_gb:g} GiB"
-            elif avail is not None and est > 0.8 * avail:
-                row["status"] = f"not run: estimated {est / 2**30:.1f} GiB > 80% of available {avail / 2**30:.1f} GiB"
-            elif mode == "recurrent" and T > args.recurrent_max_len:
-                row["status"] = f"skipped: recurrent capped at T <= {args.recurrent_max_len}"
-            else:
-                # In this process with --in-process: fast, but peak memory then only counts what exceeds
-                # the high-water mark of earlier cases.
-                spec = {**base, "mode": mode, "T": T}
-                res = run_case(args, CASE_TARGET, {"spec": spec}, args.case_timeout, threads=spec["threads"])
-                if "error" in res:
-                    row["status"] = f"failed: {res['error']}"
-                else:
-                    row.update(
-                        time_ms=res["time_ms"],
-                        time_ms_min=res["time_ms_min"],
-                        cpu_ms=res["cpu_ms"],
-                        tokens_per_s=base["batch"] * T / (res["time_ms"] / 1000),
-                        peak_MiB=res["peak_bytes"] / MiB,
-                        repeats=res["repeats"],
-                        load_avg=res["load_avg"],
-                    )
-            row["est_peak_MiB"] = est / MiB
-            _log(args, f"[retention] {mode:9s} T={T:6d} {row['status']} {row.get('time_ms', float('nan')):.1f} ms")
-            rows.append(row)
-    return rows
+            key = {"mode": mode, "T": T, "est_peak_MiB": est / MiB}
+            cases.append(Case(key, {"spec": {**base, "mode": mode, "T": T}}, skip=_not_run(mode, T, est, args)))
+
+    def to_row(case: Case, res: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {"mode": case.key["mode"], "T": case.key["T"], "status": "ok"}
+        if case.skip:
+            row["status"] = case.skip
+        elif "error" in res:
+            row["status"] = f"failed: {res['error']}"
+        else:
+            row.update(
+                time_ms=res["time_ms"],
+                time_ms_min=res["time_ms_min"],
+                cpu_ms=res["cpu_ms"],
+                tokens_per_s=base["batch"] * row["T"] / (res["time_ms"] / 1000),
+                peak_MiB=res["peak_bytes"] / MiB,
+                repeats=res["repeats"],
+                load_avg=res["load_avg"],
+            )
+        row["est_peak_MiB"] = case.key["est_peak_MiB"]
+        return row
+
+    def progress(row: dict[str, Any]) -> None:
+        ms = row.get("time_ms", float("nan"))
+        _log(args, f"[retention] {row['mode']:9s} T={row['T']:6d} {row['status']} {ms:.1f} ms")
+
+    return run_cases(
+        args, CASE_TARGET, cases, progress=progress, timeout_s=args.case_timeout, threads=base["threads"], to_row=to_row
+    )
 
 
 def auto_rows(args: argparse.Namespace, base: dict[str, Any]) -> list[dict[str, Any]]:

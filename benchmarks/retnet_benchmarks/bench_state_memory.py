@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.measure import current_rss, peak_rss
 from retnet_benchmarks.options import add_out_dir, add_threads, positive_int
 from retnet_benchmarks.report import markdown_table, subplots, write_report
@@ -180,47 +181,59 @@ def run(args: argparse.Namespace) -> int:
     if args.peers:
         return run_peers(args)
     from retnet.models import RetNetConfig
-    from retnet_benchmarks.measure import run_isolated
 
-    counts = args.tokens
     config = RetNetConfig.preset(args.preset)
-    runs = []
-    for n in counts:
-        kwargs = {
-            "preset": args.preset,
-            "tokens": n,
-            "prompt_len": args.prompt_len,
-            "batch_size": args.batch_size,
-            "threads": args.threads,
-            "seed": args.seed,
-        }
-        # A fresh interpreter per count, so each peak RSS is its own; no timeout, as before.
-        res = run_isolated("retnet_benchmarks.bench_state_memory:decode_once", kwargs, timeout_s=None)
-        if "error" in res:
-            raise RuntimeError(f"state-memory decoding subprocess ({n} tokens) failed: {res['error']}")
-        runs.append(
+    cases = [
+        Case(
+            {"tokens": n},
             {
                 "preset": args.preset,
-                "generated_tokens": res["tokens"],
-                "peak_rss_MiB": res["peak_rss_kib"] / 1024,
-                "rss_before_decode_MiB": res["rss_before_decode_kib"] / 1024,
-                "rss_end_MiB": res["rss_end_kib"] / 1024,
-                "state_bytes": res["state_bytes"],
-                "tokens_per_s": res["tokens"] / res["seconds"] if res["seconds"] > 0 else None,
-            }
+                "tokens": n,
+                "prompt_len": args.prompt_len,
+                "batch_size": args.batch_size,
+                "threads": args.threads,
+                "seed": args.seed,
+            },
         )
-        print(
-            f"{n} tokens: peak RSS {runs[-1]['peak_rss_MiB']:.1f} MiB, state {res['state_bytes']} B, "
-            f"{runs[-1]['tokens_per_s']:.0f} tok/s",
-            file=sys.stderr,
-        )
+        for n in args.tokens
+    ]
+
+    def to_row(case: Case, res: dict[str, Any]) -> dict[str, Any]:
+        if "error" in res:  # every count is needed for the growth figure: no report without it
+            raise RuntimeError(f"state-memory decoding subprocess ({case.key['tokens']} tokens) failed: {res['error']}")
         if res["state_layer_bytes"] != config.state_nbytes_per_layer(args.batch_size):
             raise RuntimeError("measured state size differs from RetNetConfig.state_nbytes_per_layer")
+        return {
+            "preset": args.preset,
+            "generated_tokens": res["tokens"],
+            "peak_rss_MiB": res["peak_rss_kib"] / 1024,
+            "rss_before_decode_MiB": res["rss_before_decode_kib"] / 1024,
+            "rss_end_MiB": res["rss_end_kib"] / 1024,
+            "state_bytes": res["state_bytes"],
+            "tokens_per_s": res["tokens"] / res["seconds"] if res["seconds"] > 0 else None,
+        }
+
+    def progress(row: dict[str, Any]) -> None:
+        print(
+            f"{row['generated_tokens']} tokens: peak RSS {row['peak_rss_MiB']:.1f} MiB, state {row['state_bytes']} B, "
+            f"{row['tokens_per_s']:.0f} tok/s",
+            file=sys.stderr,
+        )
+
+    # a fresh interpreter per count, so each peak RSS is its own; no timeout
+    runs = run_cases(
+        args,
+        "retnet_benchmarks.bench_state_memory:decode_once",
+        cases,
+        progress=progress,
+        timeout_s=None,
+        to_row=to_row,
+    )
     first, last = runs[0], runs[-1]
     growth = 100.0 * (last["peak_rss_MiB"] - first["peak_rss_MiB"]) / first["peak_rss_MiB"]
     presets = state_table(args.batch_size)
     summary = {
-        "model": f"{args.preset} ({res['parameters']:,} parameters, float32, batch {args.batch_size})",
+        "model": f"{args.preset} ({config.num_parameters():,} parameters, float32, batch {args.batch_size})",
         "torch threads in the decoding subprocesses": args.threads,
         f"peak RSS after {first['generated_tokens']} tokens (MiB)": round(first["peak_rss_MiB"], 1),
         f"peak RSS after {last['generated_tokens']} tokens (MiB)": round(last["peak_rss_MiB"], 1),

@@ -37,7 +37,7 @@ def run_cases(
     target: str,
     cases: Iterable[Case],
     *,
-    progress: Callable[[dict[str, Any]], str],
+    progress: Callable[[dict[str, Any]], str | None],
     timeout_s: float | None,
     budget: TimeBudget | None = None,
     threads: int | None = None,
@@ -53,7 +53,7 @@ def run_cases(
     ``{"error": ...}``. ``workers`` > 1 runs that many cases at once (each its own process, ``threads`` torch
     threads each; in-process runs stay one at a time), which suits long independent cases such as training
     one model each, not timings that must not share the machine. ``to_row(case, result)`` makes the row
-    (default :func:`keyed_row`); ``progress(row)`` is printed as each row is made.
+    (default :func:`keyed_row`); ``progress(row)`` is printed as each row is made (unless None).
     """
 
     def one(case: Case) -> dict[str, Any]:
@@ -64,7 +64,8 @@ def run_cases(
         else:
             result = run_case(args, target, case.kwargs, timeout_s, threads=threads, baseline_rss=baseline_rss)
         row = to_row(case, result)
-        print(progress(row), flush=True)
+        if (line := progress(row)) is not None:
+            print(line, flush=True)
         return row
 
     cases = list(cases)

@@ -54,6 +54,7 @@ def test_recall_bench_quick_writes_report(tmp_path, monkeypatch):
         "1",
         "--workers",
         "1",
+        "--in-process",
         "--out-dir",
         str(tmp_path),
     ]
@@ -77,18 +78,23 @@ def test_recall_bench_quick_writes_report(tmp_path, monkeypatch):
     assert REFERENCE_PATH_NOTE in md and "no backward at this length" in md
     assert (tmp_path / "recall.png").exists()
     assert main(["bench", "recall", "--quick", "--models", "s4", "--no-write"]) == 2
-    # a model still training after --max-minutes becomes an error row
+    assert [step for step, _ in rows["retnet"]["loss_curve"]] == [1, 2]  # the loss curve, in the JSON
+    # a model still training after --model-minutes becomes an error row; --max-minutes skips the models left
+    assert main([*args, "--models", "rwkv", "--model-minutes", "1e-9"]) == 0
+    (row,) = json.loads((tmp_path / "recall.json").read_text())["rows"]
+    assert row == {"model": "rwkv", "error": "TimeoutError: stopped after 0 of 2 steps: over --model-minutes 1e-09"}
     assert main([*args, "--models", "rwkv", "--max-minutes", "1e-9"]) == 0
     (row,) = json.loads((tmp_path / "recall.json").read_text())["rows"]
-    assert row == {"model": "rwkv", "error": "TimeoutError: stopped after 0 of 2 steps: over --max-minutes 1e-09"}
+    assert row == {"model": "rwkv", "error": "skipped: --max-minutes 1e-09 reached"}
 
 
 def test_recall_bench_trains_models_in_worker_processes(tmp_path):
-    """--workers 2: the models train in two spawned processes (the options must reach them)."""
+    """--workers 2: the models train in two worker processes (the options must reach them)."""
     args = ["bench", "recall", "--quick", "--steps", "1", "--threads", "2", "--workers", "2", "--models", "rwkv,retnet"]
     assert main([*args, "--out-dir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "recall.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["retnet", "rwkv"] and all("error" not in r for r in rows)
+    assert all(r["process_peak_rss"] > 0 and len(r["loss_curve"]) == 1 for r in rows)  # from the workers
 
 
 def test_variant_memory_formula_matches_real_prefills(tmp_path):
