@@ -83,18 +83,24 @@ def state_table(batch_size: int = 1) -> list[dict[str, Any]]:
 
 
 def peer_state_rows(preset: str, models: list[str], contexts: list[int]) -> list[dict[str, Any]]:
-    """One row per model: parameters, measured fixed and per-token state bytes, MiB at each context."""
+    """One row per model: parameters, measured fixed and per-token state bytes, MiB at each context.
+
+    RetNet's variants (gated, hybrid, YOCO) are built at the preset's size by ``baseline.variant_config``, the
+    peers by the registry; every state is measured on the real cache after prefills of 2 and 5 tokens."""
+    import dataclasses
+
     import torch
 
     from retnet.models import RetNetConfig, RetNetForCausalLM
+    from retnet_benchmarks.baseline import VARIANTS, variant_config
     from retnet_benchmarks.peers import build_baseline
 
     rc = RetNetConfig.preset(preset)
     rows = []
     for name in models:
-        if name == "retnet":
+        if name in VARIANTS:
             torch.manual_seed(0)
-            model = RetNetForCausalLM(rc).eval()
+            model = RetNetForCausalLM(RetNetConfig(**variant_config(name, dataclasses.asdict(rc)))).eval()
             with torch.no_grad():
                 sizes = [model.model(torch.zeros(1, n, dtype=torch.long), use_cache=True)[1].nbytes() for n in (2, 5)]
             per_token = (sizes[1] - sizes[0]) // 3
@@ -310,12 +316,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_out_dir(p)
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    from retnet_benchmarks.baseline import VARIANTS
     from retnet_benchmarks.peers import BASELINES
 
     p.add_argument(
         "--peers",
         nargs="+",
-        choices=("retnet", *BASELINES),
+        choices=(*VARIANTS, *BASELINES),
         default=None,
         help="instead: decode state bytes vs context for these models at the preset's size",
     )

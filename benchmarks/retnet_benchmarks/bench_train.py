@@ -19,7 +19,8 @@ import torch
 from retnet.models import RetNetForCausalLM
 from retnet.models.retnet import DEFAULT_CHECKPOINT_SEGMENT
 from retnet.runtime.malloc import MALLOC_MODES
-from retnet_benchmarks.baseline import TRAIN_25M, build_pair, build_retnet, count_parameters
+from retnet_benchmarks.baseline import TRAIN_25M, build_pair, build_retnet, count_parameters, variant_config
+from retnet_benchmarks.baseline import VARIANTS as RETNET_VARIANTS
 from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.measure import (
     GIB,
@@ -46,6 +47,7 @@ PEER_MODE = "hf-reference"
 VARIANTS = (
     ("retnet", "parallel"),
     ("retnet", "chunkwise"),
+    *((variant, "chunkwise") for variant in RETNET_VARIANTS[1:]),  # gated, hybrid, YOCO
     ("llama", "sdpa"),
     *((peer, PEER_MODE) for peer in RECURRENT),
 )
@@ -53,6 +55,7 @@ MODELS = tuple(dict.fromkeys(m for m, _ in VARIANTS))
 MODES = tuple(dict.fromkeys(f for _, f in VARIANTS))
 DEFAULT_MODELS = ("retnet", "llama")
 PEER_NAMES = {"llama": "Llama", "mamba": "Mamba", "mamba2": "Mamba-2", "rwkv": "RWKV"}
+VARIANT_NAMES = {"gated": "gated RetNet", "hybrid": "hybrid", "yoco": "YOCO"}
 PEERS_HOW = (
     "built for training by `peers.build_trainable` (Mamba with transformers' `use_mambapy`: the `mambapy` "
     "parallel scan, transformers' own training fallback without CUDA kernels, in place of a per-token loop whose "
@@ -85,7 +88,11 @@ def train_case(
     torch.set_num_threads(threads)
     dev = pick_device(device)
     rcfg = build_pair(retnet_config)[0]
-    net = (build_retnet(rcfg, seed) if model == "retnet" else build_trainable(model, rcfg, seed)).to(dev).train()
+    if model in RETNET_VARIANTS:  # at RetNet's size (the variants' FFN width solved)
+        net = build_retnet(build_pair(variant_config(model, retnet_config))[0], seed)
+    else:
+        net = build_trainable(model, rcfg, seed)
+    net = net.to(dev).train()
     if checkpointing:
         enable_checkpointing(net)
     gen = torch.Generator().manual_seed(seed)
@@ -94,7 +101,7 @@ def train_case(
         ids = torch.randint(0, rcfg.vocab_size, (batch, length), generator=gen).to(dev)
 
         def step() -> None:
-            if model == "retnet":
+            if model in RETNET_VARIANTS:
                 loss = net(ids, labels=ids, mode=mode).loss
             else:
                 loss = net(input_ids=ids, labels=ids).loss
@@ -227,9 +234,10 @@ def scan_bytes(model: str, retnet_kwargs: dict[str, Any], batch: int, seq_len: i
 
 
 def title(models: list[str]) -> str:
-    """The report's title: RetNet's forms against the baselines that ran."""
-    others = [PEER_NAMES[m] for m in MODELS if m != "retnet" and m in models]
-    return "Training step (forward+backward): RetNet parallel / chunkwise vs " + (
+    """The report's title: RetNet's forms (and the variants that ran) against the baselines that ran."""
+    others = [PEER_NAMES[m] for m in MODELS if m in PEER_NAMES and m in models]
+    variants = "".join(f", {VARIANT_NAMES[m]}" for m in MODELS if m in VARIANT_NAMES and m in models)
+    return f"Training step (forward+backward): RetNet parallel / chunkwise{variants} vs " + (
         ", ".join(others) + " (HF transformers, same parameter count)"
         if any(m in RECURRENT for m in models)
         else "Llama (HF transformers, SDPA)"
@@ -335,7 +343,7 @@ def chart(rows: list[dict[str, Any]]):
         axes[0].plot(x, [r["tokens_per_s"] for r in pts], "-o", label=label)
         axes[1].plot(x, [r["memory_mib"] for r in pts], "-o", label=label)
     style_log_axes(axes, "sequence length (tokens)", ("tokens/s (forward+backward)", "peak memory (MiB)"))
-    names = [PEER_NAMES[m] for m in MODELS if m != "retnet" and any(r["model"] == m for r in rows)]
+    names = [PEER_NAMES[m] for m in MODELS if m in PEER_NAMES and any(r["model"] == m for r in rows)]
     fig.suptitle(f"Training step: RetNet vs {', '.join(names) or 'Llama'} (same parameter count)")
     return fig
 

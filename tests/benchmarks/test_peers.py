@@ -141,8 +141,9 @@ def test_unknown_baseline_is_named():
 
 @pytest.mark.slow
 def test_state_memory_peers_report(tmp_path, monkeypatch):
-    """``retnet bench state-memory --peers`` at toy size: one row per model, measured state, equal sizes."""
-    models = ["retnet", *BASELINES]
+    """``retnet bench state-memory --peers`` at toy size: one row per model (RetNet's variants and the peers),
+    measured state, equal sizes."""
+    models = ["retnet", "gated", "hybrid", "yoco", *BASELINES]
     argv = ["bench", "state-memory", "--preset", "tiny", "--peers", *models, "--peer-contexts", "16,64"]
     monkeypatch.setattr(sys, "argv", ["retnet", *argv])
     assert cli_main([*argv, "--out-dir", str(tmp_path)]) == 0
@@ -155,9 +156,11 @@ def test_state_memory_peers_report(tmp_path, monkeypatch):
     assert rows["retnet"]["state_bytes_fixed"] == tiny.num_layers * tiny.state_nbytes_per_layer() + 8  # + offsets
     for name, r in rows.items():
         assert abs(r["params"] - rows["retnet"]["params"]) / rows["retnet"]["params"] < 0.02, name
-        grows = name == "llama"
+        grows = name in ("llama", "hybrid", "yoco")  # a KV cache: all layers', one attention layer's, one shared
         assert (r["MiB_at_64"] > r["MiB_at_16"]) is grows and (r["state_bytes_per_token"] > 0) is grows
     assert rows["llama"]["state_bytes_per_token"] == 2 * tiny.num_layers * tiny.hidden_size * 4
+    assert rows["gated"]["state_bytes_fixed"] == rows["retnet"]["state_bytes_fixed"]
+    assert rows["hybrid"]["state_bytes_per_token"] < rows["llama"]["state_bytes_per_token"]
     assert "reference paths" in (tmp_path / "peers_state_memory.md").read_text()
 
 
@@ -187,25 +190,30 @@ def test_decode_with_peers(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_train_with_peers(tmp_path, monkeypatch):
-    """``retnet bench train`` at toy size with every peer: Llama's loss and timing, matched sizes, and a scan
-    skipped (with the reason) where its memory estimate exceeds the budget."""
+    """``retnet bench train`` at toy size with RetNet's variants and every peer: Llama's loss and timing, matched
+    sizes, and a scan skipped (with the reason) where its memory estimate exceeds the budget."""
     from retnet_benchmarks.bench_train import scan_bytes
 
     tiny = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=2, value_dim=96, ffn_dim=96, chunk_size=16)
     budget = scan_bytes("mamba2", tiny, 1, 48)  # Mamba-2's chunk products fit at 32 tokens, not at 64
     assert scan_bytes("mamba", tiny, 1, 64) < budget and scan_bytes("rwkv", tiny, 1, 64) == 0
     argv = ["bench", "train", "--tiny", "--in-process", "--lengths", "32,64", "--steps", "1", "--warmup-len", "16"]
-    argv += ["--threads", "1", "--models", "retnet", *BASELINES, "--modes", "chunkwise,sdpa,hf-reference"]
+    argv += ["--threads", "1", "--models", "retnet", "gated", "hybrid", "yoco", *BASELINES]
+    argv += ["--modes", "chunkwise,sdpa,hf-reference"]
     argv += ["--memory-budget-gib", repr(budget / 2**30), "--out-dir", str(tmp_path), "--name", "pt"]
     monkeypatch.setattr(sys, "argv", ["retnet", *argv])
     assert cli_main(argv) == 0
     data = json.loads((tmp_path / "pt.json").read_text())
     rows = {(r["model"], r["seq_len"]): r for r in data["rows"]}
-    assert len(rows) == 10
+    assert len(rows) == 16
     assert "Mamba-2's scan tensors" in rows[("mamba2", 64)]["error"]
     ran = [r for r in data["rows"] if "error" not in r]
-    assert len(ran) == 9 and all(r["tokens_per_s"] > 0 and r["memory_mib"] > 0 for r in ran)
+    assert len(ran) == 15 and all(r["tokens_per_s"] > 0 and r["memory_mib"] > 0 for r in ran)
     s = data["summary"]
+    for name in ("gated", "hybrid", "yoco"):  # chunkwise, at RetNet's size
+        assert rows[(name, 64)]["mode"] == "chunkwise"
+        assert abs(rows[(name, 64)]["params"] - rows[("retnet", 64)]["params"]) < 0.02 * rows[("retnet", 64)]["params"]
+    assert "gated RetNet, hybrid, YOCO vs Llama" in data["title"]
     for name in ("mamba", "rwkv"):
         assert rows[(name, 64)]["mode"] == "hf-reference"
         assert abs(rows[(name, 64)]["params"] - rows[("retnet", 64)]["params"]) < 0.02 * rows[("retnet", 64)]["params"]
