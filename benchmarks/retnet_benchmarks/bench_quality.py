@@ -30,8 +30,8 @@ from retnet_benchmarks.baseline import (
     variant_config,
 )
 from retnet_benchmarks.harness import Case, run_cases
-from retnet_benchmarks.measure import TimeBudget
-from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.measure import TimeBudget, check_model_minutes
+from retnet_benchmarks.options import add_model_minutes, add_out_dir, add_threads, positive_ints
 from retnet_benchmarks.peers import BASELINES, RECURRENT, REFERENCE_PATH_NOTE, build_trainable, peer_config
 from retnet_benchmarks.report import subplots, write_report
 
@@ -90,8 +90,7 @@ def quality_case(
     losses = []
     t0 = time.perf_counter()
     for step in range(steps):
-        if model_minutes and time.perf_counter() - t0 > 60 * model_minutes:
-            raise TimeoutError(f"stopped after {step} of {steps} steps: over --model-minutes {model_minutes:g}")
+        check_model_minutes(model_minutes, t0, step, steps)
         rows = sampler.next_batch(batch_size)
         logits = net(rows[:, :-1], mode="auto").logits  # the trainer's default form
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
@@ -296,12 +295,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads(p, 2)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--case-timeout", type=float, default=3600.0)
-    p.add_argument(
-        "--model-minutes",
-        type=float,
-        default=0.0,
-        help="a model still training after this long gets an error row instead (0: no limit)",
-    )
+    add_model_minutes(p)
     TimeBudget.add_argument(p)
     p.add_argument("--workers", type=int, default=1, help="models trained at once, one process each (default 1)")
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")

@@ -22,9 +22,9 @@ from retnet.models import RetNetConfig, RetNetForCausalLM
 from retnet.training.optim import param_groups
 from retnet.training.schedule import warmup_cosine
 from retnet_benchmarks.harness import Case, run_cases
-from retnet_benchmarks.measure import TimeBudget
+from retnet_benchmarks.measure import TimeBudget, check_model_minutes
 from retnet_benchmarks.mqar import MQARTask, recall_accuracy
-from retnet_benchmarks.options import add_out_dir, add_threads, positive_ints
+from retnet_benchmarks.options import add_model_minutes, add_out_dir, add_threads, positive_ints
 from retnet_benchmarks.peers import BASELINES, RECURRENT, REFERENCE_PATH_NOTE, build_trainable
 from retnet_benchmarks.report import subplots, write_report
 
@@ -70,10 +70,7 @@ def train_and_eval(name: str, args: argparse.Namespace, task: MQARTask) -> dict[
     losses: list[float] = []
     curve: list[list[float]] = []  # [step, mean loss of the last 20 steps], ten points
     for step in range(args.steps):
-        if args.model_minutes and time.perf_counter() - t0 > 60 * args.model_minutes:
-            raise TimeoutError(
-                f"stopped after {step} of {args.steps} steps: over --model-minutes {args.model_minutes:g}"
-            )
+        check_model_minutes(args.model_minutes, t0, step, args.steps)
         seq_len = lengths[step % len(lengths)]
         # Same number of tokens per step at every length.
         batch = max(1, args.batch_tokens // seq_len)
@@ -234,12 +231,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads(p, 2, "CPU threads in all")
     p.add_argument("--workers", type=int, default=2, help="models trained at once, one process each")
     p.add_argument("--quick", action="store_true", help="a smoke run (seconds): 30 steps, lengths 16 and 32")
-    p.add_argument(
-        "--model-minutes",
-        type=float,
-        default=0.0,
-        help="a model still training after this long gets an error row instead (0: no limit)",
-    )
+    add_model_minutes(p)
     TimeBudget.add_argument(p)
     p.add_argument("--verbose", action="store_true", help="print the loss while training (with --in-process)")
     p.add_argument("--in-process", action="store_true", help="no worker processes, one model at a time (smoke test)")

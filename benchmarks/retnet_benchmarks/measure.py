@@ -216,6 +216,14 @@ def run_case(
     return dict(getattr(importlib.import_module(module), func)(**kwargs))
 
 
+def check_model_minutes(minutes: float, started: float, step: int, steps: int) -> None:
+    """``--model-minutes``: raise once a model has trained longer than ``minutes`` since ``started``
+    (``time.perf_counter()``; 0: no limit), naming the steps it reached, so its row is an error, not a
+    half-trained model's figures."""
+    if minutes and time.perf_counter() - started > 60 * minutes:
+        raise TimeoutError(f"stopped after {step} of {steps} steps: over --model-minutes {minutes:g}")
+
+
 class TimeBudget:
     """``--max-minutes``: once a benchmark has run this long, its remaining cases are recorded as skipped
     (with this reason) instead of run, so a long grid still ends with a report. 0 means no limit."""

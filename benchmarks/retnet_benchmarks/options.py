@@ -70,6 +70,17 @@ def add_threads(parser: argparse.ArgumentParser, default: int, help: str = "torc
     parser.add_argument("--threads", type=positive_int, default=default, help=f"{help} (default {default})")
 
 
+def add_model_minutes(parser: argparse.ArgumentParser) -> None:
+    """``--model-minutes``: a model still training after this long becomes an error row
+    (:func:`retnet_benchmarks.measure.check_model_minutes`)."""
+    parser.add_argument(
+        "--model-minutes",
+        type=float,
+        default=0.0,
+        help="a model still training after this long gets an error row instead (0: no limit)",
+    )
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     """``--device auto|cpu|cuda``, resolved by :func:`retnet_benchmarks.measure.pick_device`."""
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
