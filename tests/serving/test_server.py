@@ -36,7 +36,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("data") / "conversations"
-    args = ["--dtype", "float64", "--max-prompt-tokens", "300", "--max-tokens", "2000", "--max-body-bytes", "20000"]
+    args = ["--dtype", "float64", "--max-prompt-tokens", "300", "--max-tokens", "20000", "--max-body-bytes", "20000"]
     proc = ServerProcess(model_dir, data, *args, api_key=KEY)
     proc.start()
     yield proc
@@ -177,12 +177,27 @@ def test_completion_conversation_continues_text(client, ref):
     assert (a.choices[0].text, b.choices[0].text) == (ref.text(first), ref.text(second))
 
 
+def test_ignore_eos_runs_past_the_end_of_sequence_to_max_tokens(client, ref):
+    want = ref.continue_ids(ref.tok.encode("abc"), 40)
+    assert len(want) < 40 and want[-1] in ref.tok.eos_token_ids  # the model ends this reply early
+    plain = client.completions.create(model=MODEL, prompt="abc", max_tokens=40, temperature=0)
+    assert (plain.choices[0].finish_reason, plain.usage.completion_tokens) == ("stop", len(want))
+    long = client.completions.create(
+        model=MODEL, prompt="abc", max_tokens=40, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert (long.choices[0].finish_reason, long.usage.completion_tokens) == ("length", 40)
+    assert long.choices[0].text.startswith(plain.choices[0].text)  # the end-of-sequence token adds no text
+
+
 def test_busy_conversation_is_409_and_a_dropped_turn_changes_nothing(server, client):
     conv = chat_turn(client, TURN1, store=True).conversation_id
     msgs = [{"role": "user", "content": "long"}]
+    # ignore_eos: a reply that could end by itself (this model samples an end-of-sequence token within a few
+    # hundred tokens) might be complete, and rightly stored, before the client drops it
     with client.chat.completions.create(
-        model=MODEL, messages=msgs, max_tokens=2000, stream=True, extra_body={"conversation_id": conv}
-    ) as stream:
+        model=MODEL, messages=msgs, max_tokens=20000, stream=True,
+        extra_body={"conversation_id": conv, "ignore_eos": True},
+    ) as stream:  # fmt: skip
         next(iter(stream))
         with pytest.raises(openai.ConflictError):
             chat_turn(client, TURN2, conversation_id=conv)
@@ -273,7 +288,7 @@ INVALID = {
     "prompt too long": ("/v1/completions", _cmpl(prompt="x" * 301), 400),
     "token id out of range": ("/v1/completions", _cmpl(prompt=[1, 2, 99999]), 400),
     "two prompts": ("/v1/completions", _cmpl(prompt=["a", "b"]), 400),
-    "max_tokens above limit": ("/v1/completions", _cmpl(max_tokens=2001), 400),
+    "max_tokens above limit": ("/v1/completions", _cmpl(max_tokens=20001), 400),
     "max_tokens zero": ("/v1/completions", _cmpl(max_tokens=0), 400),
     "max_tokens as string": ("/v1/completions", _cmpl(max_tokens="5"), 400),
     "temperature too high": ("/v1/chat/completions", _chat(temperature=3), 400),
@@ -335,7 +350,7 @@ def test_openai_client_raises_typed_errors(client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
-        client.completions.create(model=MODEL, prompt="x", max_tokens=5000)
+        client.completions.create(model=MODEL, prompt="x", max_tokens=50000)
     with pytest.raises(openai.NotFoundError, match="not found"):
         chat_turn(client, TURN2, conversation_id="conv_unknown")
     assert client.models.list().data  # the server is still healthy

@@ -72,14 +72,15 @@ class _Active:
         if self.generator is None and seq.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(seq.seed)
         if p.eos_token_ids is not None:
-            self.eos_ids = frozenset(p.eos_token_ids)
+            eos = frozenset(p.eos_token_ids)
         else:
-            self.eos_ids = tokenizer.eos_token_ids if tokenizer is not None else frozenset()
+            eos = tokenizer.eos_token_ids if tokenizer is not None else frozenset()
+        self.eos_ids = frozenset() if p.ignore_eos else eos  # the ids that end this reply
         stops = list(p.stop) + ([p.end_of_turn] if p.end_of_turn else [])
         if stops and tokenizer is None:
             raise ValueError("stop strings need an engine with a tokenizer")
         self.matcher = StopMatcher(stops)
-        self.detok = tokenizer.detokenizer(skip_ids=self.eos_ids) if tokenizer is not None else None
+        self.detok = tokenizer.detokenizer(skip_ids=eos) if tokenizer is not None else None
 
 
 class Engine:

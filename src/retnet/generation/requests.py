@@ -44,7 +44,8 @@ def engine_failure(exc: BaseException) -> Failure:
 
 @dataclass
 class SamplingParams:
-    """How one request samples and when it ends. ``eos_token_ids`` (``None``: the tokenizer's) end the reply."""
+    """How one request samples and when it ends. ``eos_token_ids`` (``None``: the tokenizer's) end the reply,
+    unless ``ignore_eos``: then the reply runs to ``max_tokens`` or a stop string (fixed-length benchmarks)."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -54,6 +55,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     end_of_turn: str | None = None  # a stop string that means the model closed its turn itself
     eos_token_ids: frozenset[int] | None = None
+    ignore_eos: bool = False
 
 
 @dataclass

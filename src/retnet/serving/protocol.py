@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI API subset we serve, validated strictly (unknown fields are errors).
 
 Extensions: ``conversation_id`` continues a stored conversation, ``store: true`` starts one from this
-request, ``top_k`` limits sampling to the k most likely tokens.
+request, ``top_k`` limits sampling to the k most likely tokens, ``ignore_eos`` (as in vLLM) lets a reply run past
+end-of-sequence tokens to ``max_tokens`` or a stop string.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _Sampling(_Strict):
     user: Annotated[str, Field(max_length=256)] | None = None
     conversation_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     store: bool | None = None
+    ignore_eos: bool = False
 
     def stop_list(self) -> list[str]:
         return [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)

@@ -142,6 +142,7 @@ class Generator:
             top_k=req.top_k,
             seed=req.seed,
             stop=stop,
+            ignore_eos=req.ignore_eos,
         )
 
     def encode(self, text: str, param: str) -> list[int]:
