@@ -117,15 +117,44 @@ def test_cpu_step_lays_weights_out_input_major_with_the_same_values():
     step = make_decode_step(model)
     for (name, p), (_, ref) in zip(model.named_parameters(), untouched.named_parameters(), strict=True):
         assert torch.equal(p, ref), name
-    q_proj = model.model.layers[0].retention.q_proj.weight
-    assert not q_proj.is_contiguous() and q_proj.t().is_contiguous()
+    mix, ffn = model.model.layers[0].retention, model.model.layers[0].ffn
+    out_proj = mix.out_proj.weight
+    assert not out_proj.is_contiguous() and out_proj.t().is_contiguous()
     assert model.model.embed_tokens.weight.is_contiguous()
+    # q/k/v/g and fc1/gate side by side: adjacent column blocks of one input-major matrix
+    for group in ([mix.q_proj, mix.k_proj, mix.v_proj, mix.g_proj], [ffn.fc1, ffn.gate]):
+        ws = [m.weight for m in group]
+        width = sum(w.shape[0] for w in ws)
+        assert all(w.t().stride() == (width, 1) for w in ws)
+        starts = [w.data_ptr() for w in ws]
+        sizes = [w.shape[0] * w.element_size() for w in ws]
+        assert starts == [starts[0] + sum(sizes[:j]) for j in range(len(ws))]
     state = _prefill(model)
     ids = torch.randint(0, model.config.vocab_size, (3, 1))
     with torch.no_grad():
         ref = untouched(ids, state=state.clone(), use_cache=True, mode="recurrent")
     logits, _ = step(ids, state)
     assert rel_err(logits, ref.logits[:, 0]) < 1e-12
+
+
+def test_side_by_side_weights_follow_in_place_updates_and_are_laid_out_again_when_replaced():
+    """The step reads the modules' weights: an in-place update (``load_state_dict``) shows through the shared
+    matrix; weights replaced by new tensors (``.to()``) are laid side by side again on the next call."""
+    model = tiny_model()
+    other = tiny_model(seed=1)
+    step = make_decode_step(model)
+    state = _prefill(model)
+    ids = torch.randint(0, model.config.vocab_size, (3, 1))
+    model.load_state_dict(other.state_dict())  # copies into the existing tensors
+    with torch.no_grad():
+        ref = other(ids, state=state.clone(), use_cache=True, mode="recurrent")
+    assert rel_err(step(ids, state.clone())[0], ref.logits[:, 0]) < 1e-12
+    mix = model.model.layers[0].retention
+    mix.q_proj.weight.data = mix.q_proj.weight.data.contiguous() * 2  # replaced: no longer a view
+    with torch.no_grad():
+        ref = model(ids, state=state.clone(), use_cache=True, mode="recurrent")
+    assert rel_err(step(ids, state.clone())[0], ref.logits[:, 0]) < 1e-12
+    assert mix.q_proj.weight.t().stride()[0] > mix.q_proj.in_features  # laid out again
 
 
 @pytest.mark.parametrize("stack", ["plain", "gated", "hybrid"])

@@ -9,7 +9,8 @@ The result equals ``model(ids, state=state, use_cache=True, mode="recurrent")`` 
 
 On the CPU the step first stores every linear weight input-major (:func:`store_weights_input_major`: the same
 ``[out, in]`` values, laid out as the transpose of an ``[in, out]`` tensor), which MKL's one-row product streams
-faster than the row-major layout.
+faster than the row-major layout, and lays the projections that read the same input (a block's q/k/v/g; its
+FFN's fc1/gate) side by side in one matrix each (:class:`SideBySide`), one wide product instead of several.
 
 The recurrence itself: on CUDA (eager) through :func:`retnet.ops.retention` with ``mode="recurrent"``, which
 dispatches to the fused Triton recurrent kernel (one launch reads and writes the state once, no value check
@@ -98,20 +99,77 @@ def _rotate(x: torch.Tensor, turn: torch.Tensor, shape: tuple[int, int, int]) ->
     return torch.view_as_real(pairs * turn).view(B, H, Dk)
 
 
-class _Fused(NamedTuple):
-    """A retention block's int8 projections fused for the step (``None`` where they are not int8)."""
+class SideBySide:
+    """Bias-free float linears that read the same input, applied as one product.
 
-    qkvg: nn.Module | None
-    ffn_in: nn.Module | None
+    Their weights are laid out side by side in one input-major ``[in, sum(out)]`` tensor (``weight_t``) and each
+    module's weight becomes a view of its columns: the same values and no second copy, so the model's own
+    ``forward`` and every other caller see the same numbers. A one-row product over the wide matrix streams the
+    weights faster than several narrow ones, and makes one call instead of several. ``current()`` says whether
+    the modules still hold those views (a ``.to()``, ``load_state_dict(assign=True)`` or ``weight.data = ...``
+    replaces them; in-place updates keep them)."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.modules = tuple(modules)
+        with torch.no_grad():
+            self.weight_t = torch.cat([m.weight.t() for m in modules], dim=1)  # [in, sum(out)], contiguous
+            start = 0
+            for m in modules:
+                n = m.weight.shape[0]
+                m.weight.data = self.weight_t[:, start : start + n].t()
+                start += n
+        self._views = tuple((m.weight.data_ptr(), m.weight.stride()) for m in modules)
+
+    @staticmethod
+    def applies(modules: list[nn.Module]) -> bool:
+        """Plain bias-free CPU float32/float64 linears of one dtype and input width."""
+        if len(modules) < 2 or not all(plain_linear(m) for m in modules):
+            return False
+        ws = [m.weight for m in modules]
+        return (
+            all(w.device.type == "cpu" and w.dim() == 2 for w in ws)
+            and len({w.dtype for w in ws}) == 1
+            and ws[0].dtype in (torch.float32, torch.float64)
+            and len({w.shape[1] for w in ws}) == 1
+        )
+
+    def current(self) -> bool:
+        return all((m.weight.data_ptr(), m.weight.stride()) == v for m, v in zip(self.modules, self._views))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight_t
+
+
+class _Fused(NamedTuple):
+    """A retention block's input projections fused for the step (``None`` where they are not): int8 linears
+    fused into one (:func:`fuse_int8_linears`), or CPU float ones laid out side by side (:class:`SideBySide`)."""
+
+    qkvg: nn.Module | SideBySide | None
+    ffn_in: nn.Module | SideBySide | None
+
+    def current(self) -> bool:
+        return all(f.current() for f in self if isinstance(f, SideBySide))
+
+    def float_side_by_side(self) -> bool:
+        return any(isinstance(f, SideBySide) for f in self)
 
 
 _NOT_FUSED = _Fused(None, None)
 
 
-def _fuse_block(block: nn.Module) -> _Fused:
+def _fuse(modules: list[nn.Module], side_by_side: bool) -> nn.Module | SideBySide | None:
+    fused = fuse_int8_linears(modules)
+    if fused is None and side_by_side and SideBySide.applies(modules):
+        return SideBySide(modules)
+    return fused
+
+
+def _fuse_block(block: nn.Module, side_by_side: bool) -> _Fused:
+    """``block``'s q/k/v/g and FFN input projections fused: int8 ones always, CPU float ones when
+    ``side_by_side`` (which lays their weights out side by side, in place)."""
     mix, ffn = block.retention, block.ffn
-    qkvg = fuse_int8_linears([mix.q_proj, mix.k_proj, mix.v_proj, mix.g_proj])
-    ffn_in = fuse_int8_linears([ffn.fc1, ffn.gate]) if type(ffn) is GatedFFN else None
+    qkvg = _fuse([mix.q_proj, mix.k_proj, mix.v_proj, mix.g_proj], side_by_side)
+    ffn_in = _fuse([ffn.fc1, ffn.gate], side_by_side) if type(ffn) is GatedFFN else None
     return _Fused(qkvg, ffn_in)
 
 
@@ -259,8 +317,10 @@ class DecodeStep:
             for i, kind in enumerate(core.config.layer_kinds)
             if kind == "retention"
         }
-        # int8 models: each retention block's q/k/v/g and FFN input projections as one int8 linear apiece.
-        self._fused = {i: _fuse_block(core.layers[i]) for i in self._retention_layers}
+        # Each retention block's q/k/v/g and FFN input projections as one product apiece: int8 linears fused;
+        # on the CPU, float weights laid out side by side (in place, values unchanged).
+        self._side_by_side = not on_cuda
+        self._fused = {i: _fuse_block(core.layers[i], self._side_by_side) for i in self._retention_layers}
         dims = {core.layers[i].retention.key_dim for i in self._retention_layers}
         self._key_dim = dims.pop() if len(dims) == 1 else None
         fn = self._step
@@ -279,6 +339,9 @@ class DecodeStep:
         if state.batch_size != ids.shape[0]:
             raise ValueError(f"state holds {state.batch_size} rows but ids has batch size {ids.shape[0]}")
         with torch.no_grad():
+            for i, fused in self._fused.items():
+                if not fused.current():  # the weights were replaced since: lay them out again
+                    self._fused[i] = _fuse_block(self.model.model.layers[i], self._side_by_side)
             if self.compiled and self.compile_s is None:
                 t0 = time.perf_counter()
                 out = self._fn(ids, state)
@@ -310,6 +373,9 @@ class DecodeStep:
         for i in range(n_self):
             block = core.layers[i]
             if i in self._retention_layers:
+                fused = self._fused[i]
+                if big and fused.float_side_by_side():
+                    fused = _NOT_FUSED  # large batches: oneDNN-packed weights, module by module
                 x, s = _retention_step(
                     block,
                     x,
@@ -321,7 +387,7 @@ class DecodeStep:
                     self.use_operator,
                     self._gammas.get(i),
                     linear,
-                    self._fused[i],
+                    fused,
                     turns,
                 )
             else:
