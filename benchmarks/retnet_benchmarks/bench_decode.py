@@ -222,6 +222,7 @@ def decode_case(
     if fast is not None and fast.compiled:
         step()  # the compilation (its time is compile_s), never inside the timed steps
     times = time_steps(step, dev, warmup, steps)
+    products_s = _products_time(fast, batch, dev, warmup, steps) if fast is not None and path != "int8" else None
     weights_read = _weights_read_per_step(net, batch) + quantized_weight_bytes(net)
     case = {
         "model": model,
@@ -231,9 +232,34 @@ def decode_case(
         "context_fill": "prefill" if real else "synthetic",
         "params": params,
     }
-    return _timed_row(
+    row = _timed_row(
         case, times, weights_read, memo_bytes, bandwidth, dev, rss_before, fill_s, getattr(fast, "compile_s", None)
     )
+    if products_s is not None:
+        row["products_ms"] = products_s * 1e3
+        row["products_over_floor"] = products_s * 1e3 / row["floor_ms"]
+        row["step_over_products"] = row["step_ms"] / (products_s * 1e3)
+    return row
+
+
+def _products_time(fast: Any, batch: int, dev: torch.device, warmup: int, steps: int) -> float | None:
+    """Median seconds of the step's float matrix products alone, back to back (the same matrices and layouts,
+    ``batch`` rows): a step with nothing but its weight reads. ``None`` for batches the step runs on packed
+    weights instead."""
+    from retnet.models.decode_step import PACK_MIN_BATCH
+
+    if batch >= PACK_MIN_BATCH:
+        return None
+    mats = fast.weight_products()
+    rows = {w.shape[0]: torch.randn(batch, w.shape[0], dtype=w.dtype, device=w.device) for w in mats}
+
+    def products() -> None:
+        with torch.no_grad():
+            for w in mats:
+                rows[w.shape[0]] @ w
+
+    times = time_steps(products, dev, warmup, steps)
+    return sorted(times)[len(times) // 2]
 
 
 def _timed_row(
@@ -478,6 +504,11 @@ def summarize(rows: list[dict[str, Any]], large_batch: int, main_path: str = "ea
         if ratios:
             s[f"{model}_b1_step_over_floor_max" + (" (goal <= 1.3)" if model == "retnet" else "")] = max(ratios)
             s[f"{model}_b1_step_over_floor_min"] = min(ratios)
+    split = [r for r in main if r.get("model") == "retnet" and r.get("batch") == 1 and "products_ms" in r]
+    if split:  # where the step's time goes: its weight products alone vs the floor, the rest vs the products
+        s["retnet_b1_products_over_floor_min"] = min(r["products_over_floor"] for r in split)
+        s["retnet_b1_products_over_floor_max"] = max(r["products_over_floor"] for r in split)
+        s["retnet_b1_step_over_products_max"] = max(r["step_over_products"] for r in split)
     for r in rows:  # the other paths against the main one, same context, batch 1
         base = _find(main, "retnet", 1, r["context"]) if r.get("model") == "retnet" and r.get("batch") == 1 else None
         if base is None or "error" in r or r.get("path") == main_path:
@@ -590,6 +621,10 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   Weights read: every matrix once (int8 matrices at one byte per weight plus their scales), one embedding row
   per sequence; the state is counted once (read), its write-back (as many bytes again) is not.
   `step_over_floor` = step time / floor.
+- Products (RetNet float paths, batches the step does not pack): `products_ms` is the median time of the step's
+  weight products alone, back to back, the same matrices in the same layouts (`DecodeStep.weight_products`), so
+  `products_over_floor` is how close the BLAS one-row products come to the read bandwidth, and
+  `step_over_products` what everything else in a step (norms, rotation, recurrence, gating, dispatch) adds.
 - int8 quality (when `--model-dir` is given): validation bits/byte of that trained model, float32 vs int8
   weights, the run's own validation split and sequence length, scored by the function behind `retnet eval`.
 - Cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped

@@ -83,6 +83,10 @@ def test_decode_smoke(tmp_path, monkeypatch):
         assert abs(r["tokens_per_s"] - r["batch"] * 1e3 / r["step_ms"]) < 1e-6 * r["tokens_per_s"]
     retnet = [r for r in ran if r["model"] == "retnet"]
     assert len({round(r["state_or_cache_mib"] / r["batch"], 9) for r in retnet}) == 1  # fixed-size state
+    # the step split: its weight products alone, timed at batch 1 (batch 2 is below the packing threshold too)
+    assert all(r["products_ms"] > 0 and r["step_over_products"] > 0 for r in retnet)
+    assert all("products_ms" not in r for r in ran if r["model"] == "llama")
+    assert data["summary"]["retnet_b1_step_over_products_max"] > 0
     assert "llama_not_run" in data["summary"]
     _assert_equal_size(data)
 

@@ -137,6 +137,19 @@ def test_cpu_step_lays_weights_out_input_major_with_the_same_values():
     assert rel_err(logits, ref.logits[:, 0]) < 1e-12
 
 
+def test_weight_products_are_every_float_matrix_once():
+    """Side-by-side groups count once, as their wide matrix; together the products hold every linear weight."""
+    model = tiny_model(**STACKS["gated"])
+    step = make_decode_step(model)
+    mats = step.weight_products()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert sum(w.numel() for w in mats) == sum(m.weight.numel() for m in linears)
+    d = model.config.hidden_size
+    widths = [w.shape[1] for w in mats if w.shape[0] == d]
+    mix = model.model.layers[0].retention
+    assert sum(m.out_features for m in (mix.q_proj, mix.k_proj, mix.v_proj, mix.g_proj)) in widths
+
+
 def test_side_by_side_weights_follow_in_place_updates_and_are_laid_out_again_when_replaced():
     """The step reads the modules' weights: an in-place update (``load_state_dict``) shows through the shared
     matrix; weights replaced by new tensors (``.to()``) are laid side by side again on the next call."""

@@ -329,6 +329,16 @@ class DecodeStep:
             fn = torch.compile(fn, mode=mode, dynamic=False if not self._has_kv_cache() else None)
         self._fn = fn
 
+    def weight_products(self) -> list[torch.Tensor]:
+        """The ``[in, out]`` float matrices a one-row step multiplies by, each once, as the step lays them out: a
+        side-by-side group as its one matrix, every other plain linear's weight transposed (a view). What
+        ``retnet bench decode`` times alone, to split a step's cost into its matrix products and the rest."""
+        groups = [f for fused in self._fused.values() for f in fused if isinstance(f, SideBySide)]
+        grouped = {id(m) for g in groups for m in g.modules}
+        mats = [g.weight_t for g in groups]
+        mats += [m.weight.t() for m in self.model.modules() if plain_linear(m) and id(m) not in grouped]
+        return mats
+
     def _has_kv_cache(self) -> bool:
         core = self.model.model
         return core.shared_kv is not None or len(self._retention_layers) < core.config.num_self_layers
