@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -276,6 +277,19 @@ def store_weights_input_major(model: nn.Module) -> int:
     return changed
 
 
+class _StepModule(nn.Module):
+    """A step as a module over the model, for ``torch.compile``: the model's weights are then module
+    parameters, which inductor's freezing turns into constants (and prepacks)."""
+
+    def __init__(self, step: DecodeStep) -> None:
+        super().__init__()
+        self.model = step.model
+        self.step_fn = step._step
+
+    def forward(self, ids: torch.Tensor, state: RetNetState) -> tuple[torch.Tensor, RetNetState]:
+        return self.step_fn(ids, state, self.model)
+
+
 class DecodeStep:
     """``step(ids, state) -> (logits, state)`` for a :class:`RetNetForCausalLM` in eval mode, under no_grad.
 
@@ -286,7 +300,10 @@ class DecodeStep:
     copies of the weights (:class:`PackedLinears`, made on the first such step; ``None`` never packs).
     ``compile_s`` is the wall time of the first call when compiled (tracing + code generation), else ``None``.
     On the CPU, construction lays the model's linear weights out input-major (:func:`store_weights_input_major`;
-    values unchanged).
+    values unchanged). ``compile=True`` on the CPU compiles with inductor's ``max_autotune`` and ``freezing``:
+    the weights become constants of the compiled step, prepacked for the fastest product found by timing (a
+    second copy of the weights, made at the first call); later changes to the model's weights are not seen by
+    an already compiled step.
     """
 
     def __init__(
@@ -319,15 +336,34 @@ class DecodeStep:
         }
         # Each retention block's q/k/v/g and FFN input projections as one product apiece: int8 linears fused;
         # on the CPU, float weights laid out side by side (in place, values unchanged).
-        self._side_by_side = not on_cuda
+        # (not when compiled: the compiled step prepacks each weight itself)
+        self._side_by_side = not on_cuda and not compile
         self._fused = {i: _fuse_block(core.layers[i], self._side_by_side) for i in self._retention_layers}
         dims = {core.layers[i].retention.key_dim for i in self._retention_layers}
         self._key_dim = dims.pop() if len(dims) == 1 else None
-        fn = self._step
+        fn: Callable = _StepModule(self)
         if compile:
-            mode = "reduce-overhead" if core.embed_tokens.weight.device.type == "cuda" else None
-            fn = torch.compile(fn, mode=mode, dynamic=False if not self._has_kv_cache() else None)
+            dynamic = False if not self._has_kv_cache() else None
+            if on_cuda:
+                fn = torch.compile(fn, mode="reduce-overhead", dynamic=dynamic)  # CUDA graphs
+            else:
+                # max_autotune picks each product's kernel by timing (inductor's own GEMM or oneDNN's on
+                # prepacked weights), which on the CPU streams the weights far faster than MKL's one-row
+                # product; inductor's freezing (set around each call, see _compile_config) makes the weights
+                # constants of the compiled step, which is what lets it prepack them
+                fn = torch.compile(fn, options={"max_autotune": True}, dynamic=dynamic)
         self._fn = fn
+        self._freeze = compile and not on_cuda
+        self._linears = [m for m in model.modules() if plain_linear(m)] if self._freeze else []
+
+    def _compile_config(self) -> AbstractContextManager:
+        """Inductor's ``freezing`` for the CPU-compiled step, set while it runs (it is read when the step is
+        compiled, at the first call or a recompilation; ``torch.compile``'s ``options`` do not reach it)."""
+        if not self._freeze:
+            return nullcontext()
+        from torch._inductor import config as inductor_config
+
+        return inductor_config.patch(freezing=True)
 
     def weight_products(self) -> list[torch.Tensor]:
         """The ``[in, out]`` float matrices a one-row step multiplies by, each once, as the step lays them out: a
@@ -348,7 +384,13 @@ class DecodeStep:
             raise ValueError(f"ids must have shape [B, 1], got {tuple(ids.shape)}")
         if state.batch_size != ids.shape[0]:
             raise ValueError(f"state holds {state.batch_size} rows but ids has batch size {ids.shape[0]}")
-        with torch.no_grad():
+        with torch.no_grad(), self._compile_config():
+            for m in self._linears:
+                # A weight that is a view into a wider matrix (side by side, made by an eager step on this
+                # model) gets its own storage again: inductor's freezing folds such a view wrongly.
+                w = m.weight
+                if not (w.is_contiguous() or w.t().is_contiguous()):
+                    w.data = w.data.t().contiguous().t()
             for i, fused in self._fused.items():
                 if not fused.current():  # the weights were replaced since: lay them out again
                     self._fused[i] = _fuse_block(self.model.model.layers[i], self._side_by_side)
@@ -359,8 +401,7 @@ class DecodeStep:
                 return out
             return self._fn(ids, state)
 
-    def _step(self, ids: torch.Tensor, state: RetNetState) -> tuple[torch.Tensor, RetNetState]:
-        model = self.model
+    def _step(self, ids: torch.Tensor, state: RetNetState, model: nn.Module) -> tuple[torch.Tensor, RetNetState]:
         core = model.model
         cfg = core.config
         x = core.embed_tokens(ids[:, 0])
