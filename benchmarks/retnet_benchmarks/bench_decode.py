@@ -222,7 +222,7 @@ def decode_case(
     if fast is not None and fast.compiled:
         step()  # the compilation (its time is compile_s), never inside the timed steps
     times = time_steps(step, dev, warmup, steps)
-    products_s = _products_time(fast, batch, dev, warmup, steps) if fast is not None and path != "int8" else None
+    products_s = _products_time(fast, batch, dev, warmup, steps) if path == "eager" else None
     weights_read = _weights_read_per_step(net, batch) + quantized_weight_bytes(net)
     case = {
         "model": model,
@@ -621,7 +621,7 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   Weights read: every matrix once (int8 matrices at one byte per weight plus their scales), one embedding row
   per sequence; the state is counted once (read), its write-back (as many bytes again) is not.
   `step_over_floor` = step time / floor.
-- Products (RetNet float paths, batches the step does not pack): `products_ms` is the median time of the step's
+- Products (RetNet's eager path, batches the step does not pack; the compiled step runs its own kernels): `products_ms` is the median time of the step's
   weight products alone, back to back, the same matrices in the same layouts (`DecodeStep.weight_products`), so
   `products_over_floor` is how close the BLAS one-row products come to the read bandwidth, and
   `step_over_products` what everything else in a step (norms, rotation, recurrence, gating, dispatch) adds.
