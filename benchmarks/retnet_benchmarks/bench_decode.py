@@ -621,10 +621,11 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   Weights read: every matrix once (int8 matrices at one byte per weight plus their scales), one embedding row
   per sequence; the state is counted once (read), its write-back (as many bytes again) is not.
   `step_over_floor` = step time / floor.
-- Products (RetNet's eager path, batches the step does not pack; the compiled step runs its own kernels): `products_ms` is the median time of the step's
-  weight products alone, back to back, the same matrices in the same layouts (`DecodeStep.weight_products`), so
-  `products_over_floor` is how close the BLAS one-row products come to the read bandwidth, and
-  `step_over_products` what everything else in a step (norms, rotation, recurrence, gating, dispatch) adds.
+- Products (RetNet's eager path, batches the step does not pack; the compiled step runs its own kernels):
+  `products_ms` is the median time of the step's weight products alone, back to back, the same matrices in the
+  same layouts (`DecodeStep.weight_products`), so `products_over_floor` is how close the BLAS one-row products
+  come to the read bandwidth, and `step_over_products` what everything else in a step (norms, rotation,
+  recurrence, gating, dispatch) adds.
 - int8 quality (when `--model-dir` is given): validation bits/byte of that trained model, float32 vs int8
   weights, the run's own validation split and sequence length, scored by the function behind `retnet eval`.
 - Cases whose estimated KV cache exceeds --memory-budget-gib ({args.memory_budget_gib:g} GiB) are skipped
