@@ -258,7 +258,11 @@ def _products_time(fast: Any, batch: int, dev: torch.device, warmup: int, steps:
             for w in mats:
                 rows[w.shape[0]] @ w
 
-    times = time_steps(products, dev, warmup, steps)
+    return _median(time_steps(products, dev, warmup, steps))
+
+
+def _median(times: list[float]) -> float:
+    """The middle of the sorted times (the upper one of two for an even count): a time that was measured."""
     return sorted(times)[len(times) // 2]
 
 
@@ -275,7 +279,7 @@ def _timed_row(
 ) -> dict[str, Any]:
     """One result row: ``case`` (model, path, batch, context, fill, params) plus the timings of its steps, the
     memory read and the bandwidth floor (bytes read per step / measured bandwidth)."""
-    step_s = sorted(times)[len(times) // 2]
+    step_s = _median(times)
     floor_s = (weights_read + memo_bytes) / bandwidth
     return {
         **case,

@@ -175,6 +175,22 @@ def test_side_by_side_weights_follow_in_place_updates_and_are_laid_out_again_whe
     assert mix.q_proj.weight.t().stride()[0] > mix.q_proj.in_features  # laid out again
 
 
+def test_a_second_step_on_the_same_model_shares_the_side_by_side_layout():
+    """Two eager steps on one model (e.g. packed and unpacked) share the laid-out matrices instead of copying
+    the weights back and forth on every call."""
+    model = tiny_model()
+    first = make_decode_step(model)
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    second = make_decode_step(model)
+    assert [p.data_ptr() for p in model.parameters()] == ptrs
+    assert all(f.current() for f in first._fused.values()) and all(f.current() for f in second._fused.values())
+    state = _prefill(model)
+    ids = torch.randint(0, model.config.vocab_size, (3, 1))
+    a, b = first(ids, state.clone())[0], second(ids, state.clone())[0]
+    assert torch.equal(a, b)
+    assert [p.data_ptr() for p in model.parameters()] == ptrs
+
+
 @pytest.mark.parametrize("stack", ["plain", "gated", "hybrid"])
 def test_packed_linears_give_the_plain_step(stack):
     """float32 (oneDNN packs no float64): a batch of >= pack_min_batch rows runs on packed weights and gives

@@ -112,14 +112,32 @@ class SideBySide:
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self.modules = tuple(modules)
-        with torch.no_grad():
-            self.weight_t = torch.cat([m.weight.t() for m in modules], dim=1)  # [in, sum(out)], contiguous
-            start = 0
-            for m in modules:
-                n = m.weight.shape[0]
-                m.weight.data = self.weight_t[:, start : start + n].t()
-                start += n
+        existing = self._laid_out(modules)
+        if existing is not None:  # already side by side (another step on this model): share, do not copy
+            self.weight_t = existing
+        else:
+            with torch.no_grad():
+                self.weight_t = torch.cat([m.weight.t() for m in modules], dim=1)  # [in, sum(out)], contiguous
+                start = 0
+                for m in modules:
+                    n = m.weight.shape[0]
+                    m.weight.data = self.weight_t[:, start : start + n].t()
+                    start += n
         self._views = tuple((m.weight.data_ptr(), m.weight.stride()) for m in modules)
+
+    @staticmethod
+    def _laid_out(modules: list[nn.Module]) -> torch.Tensor | None:
+        """The ``[in, sum(out)]`` matrix the modules' weights are already adjacent column blocks of, or ``None``."""
+        ws = [m.weight for m in modules]
+        width = sum(w.shape[0] for w in ws)
+        offset = ws[0].storage_offset()
+        for w in ws:
+            if w.t().stride() != (width, 1) or w.untyped_storage().data_ptr() != ws[0].untyped_storage().data_ptr():
+                return None
+            if w.storage_offset() != offset:
+                return None
+            offset += w.shape[0]
+        return ws[0].detach().as_strided((ws[0].shape[1], width), (width, 1))
 
     @staticmethod
     def applies(modules: list[nn.Module]) -> bool:
