@@ -99,6 +99,28 @@ def test_compiled_step_gives_the_eager_greedy_tokens():
     assert not inductor_config.freezing  # set only while the compiled CPU step runs, never left behind
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stack", ["plain", "gated", "normalize-decay"])
+def test_compiled_one_row_step_equals_the_recurrent_forward(stack):
+    """The CPU-compiled one-row step (row dot products on weights folded row-major, the recurrence in the form
+    inductor fuses, the rotation computed outside the compiled region) gives the recurrent forward's logits and
+    state (float64), in place, over steps at growing positions; the model's weights are left as they were."""
+    model = tiny_model(**STACKS[stack])
+    state = _prefill(model, batch=1)
+    ref_state = state.clone()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step = make_decode_step(model, compile=True, in_place=True)
+    for _ in range(3):
+        ids = torch.randint(0, model.config.vocab_size, (1, 1))
+        with torch.no_grad():
+            ref = model(ids, state=ref_state, use_cache=True, mode="recurrent")
+        logits, state = step(ids, state)
+        assert rel_err(logits, ref.logits[:, 0]) < 1e-9
+        assert_states_close(state, ref.state)
+        ref_state = ref.state
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_a_step_reads_no_value_back_to_the_host(stack):
     """On meta tensors every value read (``.item()``, ``bool()``, ``.tolist()``) raises: a step that runs there

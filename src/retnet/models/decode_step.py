@@ -12,6 +12,10 @@ On the CPU the step first stores every linear weight input-major (:func:`store_w
 faster than the row-major layout, and lays the projections that read the same input (a block's q/k/v/g; its
 FFN's fc1/gate) side by side in one matrix each (:class:`SideBySide`), one wide product instead of several.
 
+``compile=True`` on the CPU streams the weights faster still: a one-row step becomes one inductor-generated
+loop nest whose products read row-major weight copies at close to the memory bandwidth (see
+:func:`_row_products`).
+
 The recurrence itself: on CUDA (eager) through :func:`retnet.ops.retention` with ``mode="recurrent"``, which
 dispatches to the fused Triton recurrent kernel (one launch reads and writes the state once, no value check
 synchronises); on the CPU, and under ``torch.compile`` (whose inductor fuses the PyTorch form itself), in
@@ -45,6 +49,16 @@ PACK_MIN_BATCH = 4
 
 def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
+
+
+def _row_products(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A plain linear on ``x [B, in]`` written as each weight row's dot product with ``x``, for the CPU-compiled
+    one-row step: inductor turns it into one loop that streams the row-major weight once (inductor's freezing
+    folds ``contiguous()`` of an input-major weight into a row-major constant at compile time). Measured on the
+    ~98M model's matrices, one thread: ~30 GB/s where oneDNN's packed one-row product reads ~24 and MKL's ~22."""
+    if not plain_linear(module):
+        return module(x)
+    return (module.weight.contiguous() * x[:, None, :]).sum(-1)
 
 
 class PackedLinears:
@@ -205,13 +219,15 @@ def _retention_step(
     linear: LinearFn = _call,
     fused: _Fused = _NOT_FUSED,
     turns: tuple[torch.Tensor, torch.Tensor] | None = None,
+    for_inductor: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One retention block (retention + FFN) for ``x [B, d]``; returns the new ``x`` and layer state.
 
     ``gammas``: the per-head decays as Python numbers (fixed-decay layers), which lets each head's update be
     one fused ``gamma S + k^T v``. ``linear(module, x)`` applies the block's projections (:class:`PackedLinears`
     for large CPU batches); ``fused``: int8 projections fused for the step; ``turns``: the rotation of q and of
-    k (with k's ``Dk**-0.5``) as complex factors (float32/float64), else ``sin``/``cos`` rotate."""
+    k (with k's ``Dk**-0.5``) as complex factors (float32/float64), else ``sin``/``cos`` rotate;
+    ``for_inductor``: the recurrence in the form ``torch.compile`` fuses into one pass over the state."""
     mix = block.retention
     B = x.shape[0]
     H, Dk, Dv = mix.num_heads, mix.key_dim, mix.head_dim
@@ -241,6 +257,16 @@ def _retention_step(
             output_final_state=True,
         )
         o = o[:, 0]
+        if in_place:
+            new_state = state.copy_(new_state)
+    elif for_inductor:
+        # In the form inductor fuses: one loop reads the state once and writes the new state (in place when
+        # asked), then o = q S as a sum over the key dimension (the new state is then still in cache).
+        sd = state.dtype
+        decay = torch.exp(log_decay.to(sd))
+        decay = decay.view(-1, H, 1, 1) if decay.dim() > 1 else decay.view(1, H, 1, 1)
+        new_state = state * decay + k.to(sd)[..., :, None] * v.to(sd)[..., None, :]
+        o = (q.to(sd)[..., :, None] * new_state).sum(-2).to(v.dtype)
         if in_place:
             new_state = state.copy_(new_state)
     elif gammas is not None:
@@ -295,6 +321,17 @@ def store_weights_input_major(model: nn.Module) -> int:
     return changed
 
 
+class _Position(NamedTuple):
+    """What a step's rotation and decay normalisation need of the rows' positions, computed before the step
+    proper: ``sin``/``cos`` ``[B, 1, Dk]`` and the ``normalize_decay`` row factors ``[B, H]`` (or ``None``).
+    Outside the compiled region, so that inductor cannot inline the trigonometry into every loop that reads
+    the rotated q or k (it did: a sine and a cosine per state element)."""
+
+    sin: torch.Tensor
+    cos: torch.Tensor
+    row_scale: torch.Tensor | None
+
+
 class _StepModule(nn.Module):
     """A step as a module over the model, for ``torch.compile``: the model's weights are then module
     parameters, which inductor's freezing turns into constants (and prepacks)."""
@@ -304,8 +341,8 @@ class _StepModule(nn.Module):
         self.model = step.model
         self.step_fn = step._step
 
-    def forward(self, ids: torch.Tensor, state: RetNetState) -> tuple[torch.Tensor, RetNetState]:
-        return self.step_fn(ids, state, self.model)
+    def forward(self, ids: torch.Tensor, state: RetNetState, position: _Position) -> tuple[torch.Tensor, RetNetState]:
+        return self.step_fn(ids, state, self.model, position)
 
 
 class DecodeStep:
@@ -318,10 +355,12 @@ class DecodeStep:
     copies of the weights (:class:`PackedLinears`, made on the first such step; ``None`` never packs).
     ``compile_s`` is the wall time of the first call when compiled (tracing + code generation), else ``None``.
     On the CPU, construction lays the model's linear weights out input-major (:func:`store_weights_input_major`;
-    values unchanged). ``compile=True`` on the CPU compiles with inductor's ``max_autotune`` and ``freezing``:
-    the weights become constants of the compiled step, prepacked for the fastest product found by timing (a
-    second copy of the weights, made at the first call); later changes to the model's weights are not seen by
-    an already compiled step.
+    values unchanged). ``compile=True`` on the CPU compiles with inductor's ``freezing`` (and ``max_autotune``):
+    the weights become constants of the compiled step (a second copy of the weights, made at the first call);
+    later changes to the model's weights are not seen by an already compiled step. A one-row step computes its
+    products as row dot products over row-major copies (:func:`_row_products`) and the recurrence in one fused
+    pass; inductor compiles the whole step into one C++ kernel. Larger batches use oneDNN's products on
+    prepacked weights, chosen by timing.
     """
 
     def __init__(
@@ -412,14 +451,24 @@ class DecodeStep:
             for i, fused in self._fused.items():
                 if not fused.current():  # the weights were replaced since: lay them out again
                     self._fused[i] = _fuse_block(self.model.model.layers[i], self._side_by_side)
+            position = self._position(state)
             if self.compiled and self.compile_s is None:
                 t0 = time.perf_counter()
-                out = self._fn(ids, state)
+                out = self._fn(ids, state, position)
                 self.compile_s = time.perf_counter() - t0
                 return out
-            return self._fn(ids, state)
+            return self._fn(ids, state, position)
 
-    def _step(self, ids: torch.Tensor, state: RetNetState, model: nn.Module) -> tuple[torch.Tensor, RetNetState]:
+    def _position(self, state: RetNetState) -> _Position:
+        core = self.model.model
+        positions = state.offset[:, None]
+        sin, cos = core.rotary(positions, core.embed_tokens.weight.dtype)  # [B, 1, Dk]
+        row_scale = core.decay_row_scale(positions)[:, 0] if core.config.normalize_decay else None
+        return _Position(sin, cos, row_scale)
+
+    def _step(
+        self, ids: torch.Tensor, state: RetNetState, model: nn.Module, position: _Position
+    ) -> tuple[torch.Tensor, RetNetState]:
         core = model.model
         cfg = core.config
         x = core.embed_tokens(ids[:, 0])
@@ -427,16 +476,17 @@ class DecodeStep:
             x = x * cfg.embed_scale
         if core.layernorm_embedding is not None:
             x = core.layernorm_embedding(x)
-        positions = state.offset[:, None]
-        sin, cos = core.rotary(positions, x.dtype)  # [B, 1, Dk]
-        row_scale = core.decay_row_scale(positions)[:, 0] if cfg.normalize_decay else None
+        sin, cos, row_scale = position
         sin_h, cos_h = sin[:, 0, None], cos[:, 0, None]  # [B, 1, Dk]: broadcast over the heads
         turns = None
-        if sin.dtype in (torch.float32, torch.float64) and self._key_dim is not None:
+        # (complex factors in eager steps only: inductor leaves complex products to separate ATen calls)
+        if sin.dtype in (torch.float32, torch.float64) and self._key_dim is not None and not self.compiled:
             turn = torch.complex(cos_h[..., ::2], sin_h[..., ::2])  # each pair's angle, once
             turns = (turn, turn * self._key_dim**-0.5)
         big = self.pack_min_batch is not None and x.shape[0] >= self.pack_min_batch and PackedLinears.applies(x)
         linear: LinearFn = self.packed if big else _call
+        if self._freeze and x.shape[0] == 1:  # CPU-compiled one-row step: row dot products (see _row_products)
+            linear = _row_products
         new_layers = list(state.layers) if not self.in_place else state.layers
         n_self = cfg.num_self_layers
         for i in range(n_self):
@@ -454,10 +504,11 @@ class DecodeStep:
                     row_scale,
                     self.in_place,
                     self.use_operator,
-                    self._gammas.get(i),
+                    None if self.compiled else self._gammas.get(i),
                     linear,
                     fused,
                     turns,
+                    for_inductor=self.compiled and not self.use_operator,
                 )
             else:
                 y, s = block(x[:, None], sin, cos, state=state.layers[i], mode="recurrent", use_cache=True)
