@@ -48,10 +48,10 @@ from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
     current_rss,
-    measure_bandwidth,
     peak_memory,
     pick_device,
     reset_peak_memory,
+    time_against_bandwidth,
     time_steps,
 )
 from retnet_benchmarks.options import add_device, add_models, comma_choices, positive_ints, positive_ints_or_none
@@ -148,11 +148,13 @@ def decode_case(
 
     torch.set_num_threads(threads)
     dev = pick_device(device)
-    bandwidth = measure_bandwidth(dev, bandwidth_mib * MIB)
+    probe_bytes = bandwidth_mib * MIB
     reset_peak_memory(dev)
     rcfg, lcfg = build_pair(retnet_config)
     if model in RECURRENT:
-        return _peer_case(model, rcfg, batch, context, prefill_max, prefill_block, warmup, steps, dev, seed, bandwidth)
+        return _peer_case(
+            model, rcfg, batch, context, prefill_max, prefill_block, warmup, steps, dev, seed, probe_bytes
+        )
     if model != "llama":
         rcfg = build_pair(variant_config(model, retnet_config))[0]
     net = (build_llama(lcfg, seed) if model == "llama" else build_retnet(rcfg, seed)).to(dev)
@@ -222,6 +224,8 @@ def decode_case(
     if fast is not None and fast.compiled:
         step()  # the compilation (its time is compile_s), never inside the timed steps
     times = time_steps(step, dev, warmup, steps)
+    memory = peak_memory(dev)  # before the bandwidth probe's tensor exists
+    floor_times = time_against_bandwidth(step, dev, steps, probe_bytes)
     products_s = _products_time(fast, batch, dev, warmup, steps) if path == "eager" else None
     weights_read = _weights_read_per_step(net, batch) + quantized_weight_bytes(net)
     case = {
@@ -233,7 +237,16 @@ def decode_case(
         "params": params,
     }
     row = _timed_row(
-        case, times, weights_read, memo_bytes, bandwidth, dev, rss_before, fill_s, getattr(fast, "compile_s", None)
+        case,
+        times,
+        memory,
+        floor_times,
+        weights_read,
+        memo_bytes,
+        dev,
+        rss_before,
+        fill_s,
+        getattr(fast, "compile_s", None),
     )
     if products_s is not None:
         row["products_ms"] = products_s * 1e3
@@ -269,17 +282,20 @@ def _median(times: list[float]) -> float:
 def _timed_row(
     case: dict[str, Any],
     times: list[float],
+    memory: int,
+    floor_times: tuple[list[float], float],
     weights_read: int,
     memo_bytes: int,
-    bandwidth: float,
     dev: torch.device,
     rss_before: int,
     fill_s: float,
     compile_s: float | None,
 ) -> dict[str, Any]:
     """One result row: ``case`` (model, path, batch, context, fill, params) plus the timings of its steps, the
-    memory read and the bandwidth floor (bytes read per step / measured bandwidth)."""
+    peak ``memory``, and the bandwidth floor (bytes read per step / bandwidth) with the step's ratio to it,
+    both from ``floor_times`` (steps and bandwidth probes interleaved, :func:`time_against_bandwidth`)."""
     step_s = _median(times)
+    paired_steps, bandwidth = floor_times
     floor_s = (weights_read + memo_bytes) / bandwidth
     return {
         **case,
@@ -288,12 +304,13 @@ def _timed_row(
         "step_ms": step_s * 1e3,
         "step_ms_min": min(times) * 1e3,
         "tokens_per_s": case["batch"] / step_s,
-        "memory_mib": peak_memory(dev) / MIB,
+        "memory_mib": memory / MIB,
         "rss_before_decode_mib": rss_before / MIB if dev.type == "cpu" else None,
         "state_or_cache_mib": memo_bytes / MIB,
         "bandwidth_gbs": bandwidth / 1e9,
         "floor_ms": floor_s * 1e3,
-        "step_over_floor": step_s / floor_s,
+        "step_over_floor": _median(paired_steps) / floor_s,
+        "paired_step_ms": _median(paired_steps) * 1e3,
         "fill_s": fill_s,
         "step_times_ms": [t * 1e3 for t in times],
     }
@@ -310,7 +327,7 @@ def _peer_case(
     steps: int,
     dev: torch.device,
     seed: int,
-    bandwidth: float,
+    probe_bytes: int,
 ) -> dict[str, Any]:
     """:func:`decode_case` for a recurrent peer: prefill one row in one forward, copy its state to the batch,
     then time one-token steps."""
@@ -337,11 +354,13 @@ def _peer_case(
             holder["state"] = step(net, tokens, holder["state"])[1]
 
     times = time_steps(one, dev, warmup, steps)
+    memory = peak_memory(dev)
+    floor_times = time_against_bandwidth(one, dev, steps, probe_bytes)
     fill = "prefill" if real else "synthetic"
     case = {"model": model, "path": "hf-reference", "batch": batch, "context": context, "context_fill": fill}
     case["params"] = info["params"]
     return _timed_row(
-        case, times, _weights_read_per_step(net, batch), memo_bytes, bandwidth, dev, rss_before, fill_s, None
+        case, times, memory, floor_times, _weights_read_per_step(net, batch), memo_bytes, dev, rss_before, fill_s, None
     )
 
 
@@ -621,10 +640,13 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   state or KV cache, the step's temporaries and (CPU) the Python/torch runtime. `state_or_cache_mib` is the
   state / KV cache alone.
 - Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
-  process with the same thread count (median time to sum a 512 MiB float32 tensor; 16 MiB with --tiny).
-  Weights read: every matrix once (int8 matrices at one byte per weight plus their scales), one embedding row
-  per sequence; the state is counted once (read), its write-back (as many bytes again) is not.
-  `step_over_floor` = step time / floor.
+  process with the same thread count (time to sum a 512 MiB float32 tensor; 16 MiB with --tiny), measured
+  interleaved with the steps: after the timed steps, {args.steps} more steps each followed by one timed sum, so
+  that step and bandwidth see the same moment of this shared machine (its bandwidth drifts by 20-30% within
+  minutes). `bandwidth_gbs` is the median of those sums, `paired_step_ms` the median of those steps, and
+  `step_over_floor` = paired_step_ms / floor. Weights read: every matrix once (int8 matrices at one byte per
+  weight plus their scales), one embedding row per sequence; the state is counted once (read), its write-back
+  (as many bytes again) is not.
 - Products (RetNet's eager path, batches the step does not pack; the compiled step runs its own kernels):
   `products_ms` is the median time of the step's weight products alone, back to back, the same matrices in the
   same layouts (`DecodeStep.weight_products`), so `products_over_floor` is how close the BLAS one-row products

@@ -114,19 +114,28 @@ def peak_memory(device: torch.device) -> int:
     return peak_rss()
 
 
-def measure_bandwidth(device: torch.device, nbytes: int = 512 * 1024**2, repeats: int = 7) -> float:
-    """Memory read bandwidth in bytes/s: the median time of summing a large float32 tensor."""
+def time_against_bandwidth(
+    step: Callable[[], None], device: torch.device, steps: int, nbytes: int = 512 * 1024**2
+) -> tuple[list[float], float]:
+    """``steps`` step times and the read bandwidth (bytes/s) measured interleaved: each step is followed by one
+    timed sum of an ``nbytes`` float32 tensor, so that the two see the same machine (on a shared machine the
+    bandwidth a core gets drifts within seconds). The bandwidth is the median of the sums after the first."""
     x = torch.ones(nbytes // 4, device=device)
-    times = []
-    for _ in range(repeats):
+    x.sum()
+    times, sums = [], []
+    for _ in range(steps):
         synchronize(device)
         t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        t1 = time.perf_counter()
         x.sum()
         synchronize(device)
-        times.append(time.perf_counter() - t0)
+        times.append(t1 - t0)
+        sums.append(time.perf_counter() - t1)
     del x
     gc.collect()
-    return nbytes / statistics.median(times[1:])
+    return times, nbytes / statistics.median(sums)
 
 
 def time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:

@@ -1,13 +1,15 @@
-"""``measure.run_isolated``'s options: threads reach the child, the post-import RSS baseline, failures as rows."""
+"""``measure.run_isolated``'s options: threads reach the child, the post-import RSS baseline, failures as rows;
+steps timed interleaved with bandwidth probes."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
 
-from retnet_benchmarks.measure import run_isolated
+from retnet_benchmarks.measure import run_isolated, time_against_bandwidth
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,3 +58,26 @@ def test_failing_target_is_an_error_naming_the_exception(monkeypatch):
     res = _run(monkeypatch, "fail", {"message": "bad case 42"}, threads=1)
     assert set(res) == {"error"}
     assert res["error"].startswith("exit code 1") and "ValueError: bad case 42" in res["error"]
+
+
+def test_steps_and_bandwidth_probes_alternate():
+    """Each step is followed by one probe (a sum of the probe tensor), and the step times exclude the probes."""
+    calls = []
+    real_sum = torch.Tensor.sum
+
+    def spy_sum(self, *args, **kwargs):
+        calls.append("probe")
+        return real_sum(self, *args, **kwargs)
+
+    def step():
+        calls.append("step")
+        time.sleep(0.02)
+
+    torch.Tensor.sum = spy_sum
+    try:
+        times, bandwidth = time_against_bandwidth(step, torch.device("cpu"), 3, nbytes=4 * 1024**2)
+    finally:
+        torch.Tensor.sum = real_sum
+    assert calls == ["probe"] + ["step", "probe"] * 3  # one untimed warm-up probe, then pairs
+    assert len(times) == 3 and all(0.02 <= t < 0.5 for t in times)
+    assert bandwidth > 4 * 1024**2 / 0.02  # a 4 MiB sum takes far less than a step's sleep
