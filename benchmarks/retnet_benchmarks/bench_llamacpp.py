@@ -9,7 +9,10 @@ and run through ``llama-cpp-python``. The RetNet side decodes through the step `
 
 Each (engine, context) runs in a fresh process: one warm-up block and step, then a prefill of ``context``
 random token ids from empty in blocks of ``--prefill-block`` (timed: prefill tokens/s), then single-token
-decode steps at that context (timed: ms/token).
+decode steps at that context (timed: ms/token): its memory and its figures alone. At each of ``--contexts`` one
+more process holds every engine at once and times them interleaved (:func:`paired_case`: a step of each in
+turn, round after round; prefill blocks the same way), so that the ratios between engines, which the goals
+are, see the same moments of a shared machine whose speed drifts by tens of percent within minutes.
 """
 
 from __future__ import annotations
@@ -173,9 +176,78 @@ def engine_case(
     }
 
 
+def paired_case(
+    engines: list[str],
+    retnet_config: dict[str, Any],
+    context: int,
+    prefill_block: int,
+    warmup: int,
+    steps: int,
+    threads: int,
+    ggufs: dict[str, str],
+    flash_attn: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every engine in one worker process, timed interleaved at ``context``: the prefill of ``context`` ids from
+    empty one ``prefill_block`` per engine in turn, then ``steps`` rounds of one decode step per engine in turn
+    (after ``warmup`` rounds). Returns ``{"engines": {engine: figures}}`` (step: the median over the rounds)."""
+    torch.set_num_threads(threads)
+    vocab = retnet_config["vocab_size"]
+    gen = torch.Generator().manual_seed(seed)
+    built = {}
+    for engine in engines:
+        if engine in LLAMACPP_ENGINES:
+            n_ctx = context + warmup + steps + prefill_block
+            built[engine] = _llamacpp_engine(ggufs[engine], n_ctx, prefill_block, threads, flash_attn, seed)
+        else:
+            built[engine] = _retnet_engine(engine, retnet_config, seed)
+    warm = torch.randint(0, vocab, (1, min(prefill_block, context)), generator=gen)
+    for prefill, decode, info in built.values():  # warm-up (the compiled engine compiles here)
+        prefill(warm)
+        decode(warm[:, :1])
+        info["reset"]()
+    ids = torch.randint(0, vocab, (1, context), generator=gen)
+    prefill_s = dict.fromkeys(engines, 0.0)
+    for start in range(0, context, prefill_block):
+        for engine, (prefill, _, _) in built.items():
+            t0 = time.perf_counter()
+            prefill(ids[:, start : start + prefill_block])
+            prefill_s[engine] += time.perf_counter() - t0
+    tokens = torch.randint(0, vocab, (warmup + steps, 1, 1), generator=gen)
+    step_times: dict[str, list[float]] = {e: [] for e in engines}
+    for i in range(warmup + steps):
+        for engine, (_, decode, _) in built.items():
+            t0 = time.perf_counter()
+            decode(tokens[i])
+            if i >= warmup:
+                step_times[engine].append(time.perf_counter() - t0)
+    out = {}
+    for engine in engines:
+        step_s = _median(step_times[engine])
+        out[engine] = {
+            "step_ms": step_s * 1e3,
+            "tokens_per_s": 1.0 / step_s,
+            "prefill_tokens_per_s": context / prefill_s[engine],
+            "prefill_s": prefill_s[engine],
+            "step_times_ms": [t * 1e3 for t in step_times[engine]],
+        }
+    return {"engines": out}
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
+
+
+def paired_rows(context: int, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report rows of a :func:`paired_case` (``mode`` "interleaved"), or one error row."""
+    if "error" in result:
+        return [{"engine": "all (interleaved)", "context": context, "mode": "interleaved", "error": result["error"]}]
+    return [{"engine": e, "context": context, "mode": "interleaved", **r} for e, r in result["engines"].items()]
+
+
 def row_of(engine: str, context: int, result: dict[str, Any]) -> dict[str, Any]:
     """A report row from a case's result (its error, or its figures with the peak RSS in MiB)."""
-    row = {"engine": engine, "context": context, **result}
+    row = {"engine": engine, "context": context, "mode": "own process", **result}
     peak = row.pop("process_peak_rss", None)
     if peak is not None:
         row["process_peak_rss_mib"] = peak / MIB
@@ -188,36 +260,47 @@ def cases(engines: list[str], contexts: list[int], long_contexts: list[int]) -> 
     return sorted(pairs, key=lambda p: (p[1], engines.index(p[0])))
 
 
-def _find(rows: list[dict[str, Any]], engine: str, context: int) -> dict[str, Any] | None:
+def _find(rows: list[dict[str, Any]], engine: str, context: int, mode: str = "own process") -> dict[str, Any] | None:
     for r in rows:
-        if r.get("engine") == engine and r.get("context") == context and "error" not in r:
+        if r.get("engine") == engine and r.get("context") == context and r.get("mode") == mode and "error" not in r:
             return r
     return None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's goals as ratios measured in this run (absent where an engine did not run)."""
-    s: dict[str, Any] = {}
+    """The issue's goals as ratios measured in this run (absent where an engine did not run): from the
+    interleaved rows where there are any (the engines measured side by side), else from the own-process rows;
+    the prefill's flatness from the own-process rows (the long contexts are RetNet's alone)."""
+    mode = "interleaved" if any(r.get("mode") == "interleaved" for r in rows) else "own process"
+    s: dict[str, Any] = {"ratios_from": mode}
     contexts = sorted({r["context"] for r in rows})
     for c in contexts:
-        ours, theirs = _find(rows, "retnet-f32", c), _find(rows, "llamacpp-f32", c)
+        ours, theirs = _find(rows, "retnet-f32", c, mode), _find(rows, "llamacpp-f32", c, mode)
         if ours and theirs:
             s[f"f32_speedup_vs_llamacpp_f32_at_{c} (goal > 1)"] = theirs["step_ms"] / ours["step_ms"]
-        compiled = _find(rows, "retnet-compiled", c)
+        compiled = _find(rows, "retnet-compiled", c, mode)
         if compiled and theirs:
             s[f"compiled_speedup_vs_llamacpp_f32_at_{c} (goal > 1)"] = theirs["step_ms"] / compiled["step_ms"]
-        int8, q8 = _find(rows, "retnet-int8", c), _find(rows, "llamacpp-q8_0", c)
+        int8, q8 = _find(rows, "retnet-int8", c, mode), _find(rows, "llamacpp-q8_0", c, mode)
         if int8 and q8:
             goal = "(goal <= 1.2)" if c < 4096 else "(goal < 1)"
             s[f"int8_step_over_q8_0_at_{c} {goal}"] = int8["step_ms"] / q8["step_ms"]
     for c in contexts:
-        ours, theirs = _find(rows, "retnet-f32", c), _find(rows, "llamacpp-f32", c)
-        if ours and theirs:
-            goal = " (goal >= 1.5)" if c == 1024 else ""
-            s[f"prefill_speedup_vs_llamacpp_f32_at_{c}{goal}"] = (
-                ours["prefill_tokens_per_s"] / theirs["prefill_tokens_per_s"]
-            )
-    ours = sorted((r for r in rows if r.get("engine") == "retnet-f32" and "error" not in r), key=lambda r: r["context"])
+        theirs = _find(rows, "llamacpp-f32", c, mode)
+        for name, engine in (("prefill", "retnet-f32"), ("int8_prefill", "retnet-int8")):
+            ours = _find(rows, engine, c, mode)
+            if ours and theirs:
+                goal = " (goal >= 1.5)" if c == 1024 and engine == "retnet-f32" else ""
+                s[f"{name}_speedup_vs_llamacpp_f32_at_{c}{goal}"] = (
+                    ours["prefill_tokens_per_s"] / theirs["prefill_tokens_per_s"]
+                )
+        int8, q8 = _find(rows, "retnet-int8", c, mode), _find(rows, "llamacpp-q8_0", c, mode)
+        if int8 and q8:
+            s[f"int8_prefill_speedup_vs_q8_0_at_{c}"] = int8["prefill_tokens_per_s"] / q8["prefill_tokens_per_s"]
+    ours = sorted(
+        (r for r in rows if r.get("engine") == "retnet-f32" and r.get("mode") == "own process" and "error" not in r),
+        key=lambda r: r["context"],
+    )
     if len(ours) >= 2:
         first, last = ours[0], ours[-1]
         key = f"retnet_f32_prefill_rate_at_{last['context']}_over_{first['context']} (goal >= 0.9, flat)"
@@ -232,6 +315,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 COLUMNS = [
     "engine",
     "context",
+    "mode",
     "step_ms",
     "tokens_per_s",
     "prefill_tokens_per_s",
@@ -270,6 +354,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         common = dict(retnet_config=retnet_kwargs, prefill_block=args.prefill_block, warmup=args.warmup)
         common |= dict(steps=args.steps, threads=args.threads, flash_attn=args.llama_flash_attn == "on")
         common["seed"] = args.seed
+        budget = TimeBudget(args.max_minutes)
         rows = run_cases(
             args,
             "retnet_benchmarks.bench_llamacpp:engine_case",
@@ -279,10 +364,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ],
             progress=_progress,
             timeout_s=args.case_timeout,
-            budget=TimeBudget(args.max_minutes),
+            budget=budget,
             threads=args.threads,
             to_row=lambda case, result: row_of(case.key["engine"], case.key["context"], result),
         )
+        if args.interleaved and len(args.engines) > 1:
+            results = run_cases(
+                args,
+                "retnet_benchmarks.bench_llamacpp:paired_case",
+                [
+                    Case({"context": c}, {"engines": args.engines, "context": c, "ggufs": ggufs, **common})
+                    for c in args.contexts
+                ],
+                progress=lambda row: "\n".join(_progress(r) for r in row["rows"]),
+                timeout_s=args.case_timeout,
+                budget=budget,
+                threads=args.threads,
+                to_row=lambda case, result: {"rows": paired_rows(case.key["context"], result)},
+            )
+            rows += [r for result in results for r in result["rows"]]
     finally:
         if not args.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -303,7 +403,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _progress(row: dict[str, Any]) -> str:
-    head = f"{row['engine']:>16} context {row['context']:>6}: "
+    mode = " (interleaved)" if row.get("mode") == "interleaved" else ""
+    head = f"{row['engine']:>16} context {row['context']:>6}{mode}: "
     if "error" in row:
         return head + row["error"]
     return head + f"{row['step_ms']:.2f} ms/token, prefill {row['prefill_tokens_per_s']:.1f} tok/s"
@@ -333,7 +434,14 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   from empty in blocks of {args.prefill_block}, then the median of {args.steps} single-token steps after
   {args.warmup} warm-up steps at that context (logits included). `prefill_tokens_per_s`: context / prefill
   seconds; `prefill_tail_tokens_per_s`: the rate over the last blocks covering 1024 tokens (the rate at that
-  depth). Contexts are built by real prefill only, never filled synthetically.
+  depth). Contexts are built by real prefill only, never filled synthetically. These are the `own process`
+  rows (and the chart).
+- `interleaved` rows: at each of --contexts, one more process holds every engine and times them in turn: the
+  prefill of the context from empty, one {args.prefill_block}-token block per engine in turn, then
+  {args.steps} rounds of one step per engine after {args.warmup} warm-up rounds (medians). This machine is
+  shared and its speed drifts by tens of percent within minutes, so the own-process rows of two engines can
+  see different machines; the summary's ratios come from the interleaved rows when there are any
+  (`ratios_from`), the prefill's flatness from the own-process ones.
 - Goals (issue 15): float32 faster than llama.cpp f32 at every context from 1K; int8 within 1.2x of Q8_0 at 1K
   and faster from 4K; prefill >= 1.5x llama.cpp's at 1K and flat to 128K.
 """
@@ -350,7 +458,8 @@ def chart(rows: list[dict[str, Any]]):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for engine in ENGINES:
-        pts = sorted((r for r in rows if r["engine"] == engine and "error" not in r), key=lambda r: r["context"])
+        own = (r for r in rows if r["engine"] == engine and r.get("mode") == "own process" and "error" not in r)
+        pts = sorted(own, key=lambda r: r["context"])
         if not pts:
             continue
         x = [r["context"] for r in pts]
@@ -386,6 +495,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", default=None, help="keep the Hugging Face folder and GGUF files here")
     p.add_argument("--case-timeout", type=float, default=5400.0, help="seconds per engine before it is abandoned")
     TimeBudget.add_argument(p)
+    p.add_argument(
+        "--interleaved",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time every engine in one process, interleaved, at each of --contexts (default on)",
+    )
     p.add_argument("--note", default="", help="a line added to the report's notes (e.g. how quiet the machine was)")
     p.add_argument("--tiny", action="store_true", help="toy model (smoke test)")
     p.add_argument("--in-process", action="store_true", help="no worker processes (smoke test)")

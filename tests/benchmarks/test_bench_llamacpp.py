@@ -30,7 +30,16 @@ def test_retnet_engines_smoke(tmp_path, monkeypatch):
     assert data["command"].startswith("retnet bench llamacpp") and "processor" in data["machine"]
     assert all((tmp_path / f"llamacpp.{ext}").stat().st_size > 0 for ext in ("md", "png"))
     assert "toy run" in (tmp_path / "llamacpp.md").read_text()
-    rows = data["rows"]
+    rows = [r for r in data["rows"] if r["mode"] == "own process"]
+    # every engine again in one process at each of --contexts, timed in turn (the summary's ratios come from these)
+    paired = [r for r in data["rows"] if r["mode"] == "interleaved"]
+    assert sorted((r["engine"], r["context"]) for r in paired) == sorted(
+        (e, c) for e in b.RETNET_ENGINES for c in (16, 48)
+    )
+    for r in paired:
+        assert "error" not in r and r["step_ms"] > 0 and len(r["step_times_ms"]) == 2
+        assert r["prefill_tokens_per_s"] == pytest.approx(r["context"] / r["prefill_s"])
+    assert data["summary"]["ratios_from"] == "interleaved"
     # the long context is retnet-f32's only
     assert [r["context"] for r in rows if r["engine"] == "retnet-f32"] == [16, 48, 96]
     assert "not_run" not in data["summary"]
@@ -60,9 +69,14 @@ def test_retnet_engines_smoke(tmp_path, monkeypatch):
     assert "retnet_f32_prefill_rate_at_96_over_16 (goal >= 0.9, flat)" in data["summary"]
 
 
-def _row(engine, context, step_ms, prefill, tail=None):
+def _row(engine, context, step_ms, prefill, tail=None, mode="own process"):
     return dict(
-        engine=engine, context=context, step_ms=step_ms, prefill_tokens_per_s=prefill, prefill_tail_tokens_per_s=tail
+        engine=engine,
+        context=context,
+        mode=mode,
+        step_ms=step_ms,
+        prefill_tokens_per_s=prefill,
+        prefill_tail_tokens_per_s=tail,
     )
 
 
@@ -87,6 +101,25 @@ def test_summary_ratios_against_the_goals():
     assert s["retnet_f32_prefill_rate_at_8192_over_1024 (goal >= 0.9, flat)"] == pytest.approx(380 / 400)
     assert s["not_run"] == "retnet-compiled: skipped: --max-minutes 1 reached"
     assert not any(k.startswith("compiled_speedup") for k in s)
+
+
+def test_summary_takes_the_ratios_from_the_interleaved_rows():
+    """Engines timed in turn in one process give the ratios; the own-process rows still give the flatness."""
+    rows = [
+        _row("llamacpp-f32", 1024, 50.0, 200.0),
+        _row("retnet-f32", 1024, 60.0, 400.0, 400.0),
+        _row("retnet-f32", 8192, 44.0, 390.0, 380.0),
+        _row("llamacpp-f32", 1024, 30.0, 250.0, mode="interleaved"),
+        _row("retnet-f32", 1024, 20.0, 300.0, mode="interleaved"),
+        _row("retnet-int8", 1024, 10.0, 600.0, mode="interleaved"),
+    ]
+    s = b.summarize(rows)
+    assert s["ratios_from"] == "interleaved"
+    assert s["f32_speedup_vs_llamacpp_f32_at_1024 (goal > 1)"] == pytest.approx(30 / 20)
+    assert s["prefill_speedup_vs_llamacpp_f32_at_1024 (goal >= 1.5)"] == pytest.approx(300 / 250)
+    assert s["int8_prefill_speedup_vs_llamacpp_f32_at_1024"] == pytest.approx(600 / 250)
+    assert s["retnet_f32_prefill_rate_at_8192_over_1024 (goal >= 0.9, flat)"] == pytest.approx(380 / 400)
+    assert b.summarize(rows[:3])["ratios_from"] == "own process"
 
 
 def test_cases_run_every_engine_at_a_context_before_the_next_context():
