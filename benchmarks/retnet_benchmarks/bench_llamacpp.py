@@ -189,15 +189,16 @@ def paired_case(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every engine in one worker process, timed interleaved at ``context``: the prefill of ``context`` ids from
-    empty one ``prefill_block`` per engine in turn, then ``steps`` rounds of one decode step per engine in turn
-    (after ``warmup`` rounds). Returns ``{"engines": {engine: figures}}`` (step: the median over the rounds)."""
+    empty one ``prefill_block`` per engine in turn, then ``warmup`` steps each, then ``steps`` rounds of two
+    decode steps per engine in turn, the second one timed. Returns ``{"engines": {engine: figures}}`` (step:
+    the median over the rounds)."""
     torch.set_num_threads(threads)
     vocab = retnet_config["vocab_size"]
     gen = torch.Generator().manual_seed(seed)
     built = {}
     for engine in engines:
         if engine in LLAMACPP_ENGINES:
-            n_ctx = context + warmup + steps + prefill_block
+            n_ctx = context + warmup + 2 * steps + prefill_block
             built[engine] = _llamacpp_engine(ggufs[engine], n_ctx, prefill_block, threads, flash_attn, seed)
         else:
             built[engine] = _retnet_engine(engine, retnet_config, seed)
@@ -213,14 +214,20 @@ def paired_case(
             t0 = time.perf_counter()
             prefill(ids[:, start : start + prefill_block])
             prefill_s[engine] += time.perf_counter() - t0
-    tokens = torch.randint(0, vocab, (warmup + steps, 1, 1), generator=gen)
+    # Each round, each engine takes two steps in turn, the second timed: the first brings the engine's caches
+    # back to where a run of its own steps keeps them (timing the first step after another engine's would time
+    # a cold cache, which costs the engines unequally).
+    tokens = torch.randint(0, vocab, (warmup + 2 * steps, 1, 1), generator=gen)
     step_times: dict[str, list[float]] = {e: [] for e in engines}
-    for i in range(warmup + steps):
-        for engine, (_, decode, _) in built.items():
-            t0 = time.perf_counter()
+    for _, decode, _ in built.values():
+        for i in range(warmup):
             decode(tokens[i])
-            if i >= warmup:
-                step_times[engine].append(time.perf_counter() - t0)
+    for i in range(warmup, warmup + 2 * steps, 2):
+        for engine, (_, decode, _) in built.items():
+            decode(tokens[i])
+            t0 = time.perf_counter()
+            decode(tokens[i + 1])
+            step_times[engine].append(time.perf_counter() - t0)
     out = {}
     for engine in engines:
         step_s = _median(step_times[engine])
@@ -438,7 +445,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   rows (and the chart).
 - `interleaved` rows: at each of --contexts, one more process holds every engine and times them in turn: the
   prefill of the context from empty, one {args.prefill_block}-token block per engine in turn, then
-  {args.steps} rounds of one step per engine after {args.warmup} warm-up rounds (medians). This machine is
+  {args.warmup} warm-up steps each and {args.steps} rounds of two steps per engine in turn, the second timed
+  (the first brings the engine's caches back to where its own run of steps keeps them; medians). This machine is
   shared and its speed drifts by tens of percent within minutes, so the own-process rows of two engines can
   see different machines; the summary's ratios come from the interleaved rows when there are any
   (`ratios_from`), the prefill's flatness from the own-process ones.
