@@ -641,10 +641,11 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   state / KV cache alone.
 - Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
   process with the same thread count (time to sum a 512 MiB float32 tensor; 16 MiB with --tiny), measured
-  interleaved with the steps: after the timed steps, {args.steps} more steps each followed by one timed sum, so
-  that step and bandwidth see the same moment of this shared machine (its bandwidth drifts by 20-30% within
-  minutes). `bandwidth_gbs` is the median of those sums, `paired_step_ms` the median of those steps, and
-  `step_over_floor` = paired_step_ms / floor. Weights read: every matrix once (int8 matrices at one byte per
+  interleaved with the steps: after the timed steps, {args.steps} rounds of two steps (the second timed: the
+  first brings the caches back after the sum swept them) and one timed sum, so that step and bandwidth see the
+  same moment of this shared machine (its bandwidth drifts by 20-30% within minutes). `bandwidth_gbs` is the
+  median of those sums, `paired_step_ms` the median of those steps, and `step_over_floor` = paired_step_ms /
+  floor. Weights read: every matrix once (int8 matrices at one byte per
   weight plus their scales), one embedding row per sequence; the state is counted once (read), its write-back
   (as many bytes again) is not.
 - Products (RetNet's eager path, batches the step does not pack; the compiled step runs its own kernels):

@@ -117,13 +117,15 @@ def peak_memory(device: torch.device) -> int:
 def time_against_bandwidth(
     step: Callable[[], None], device: torch.device, steps: int, nbytes: int = 512 * 1024**2
 ) -> tuple[list[float], float]:
-    """``steps`` step times and the read bandwidth (bytes/s) measured interleaved: each step is followed by one
-    timed sum of an ``nbytes`` float32 tensor, so that the two see the same machine (on a shared machine the
-    bandwidth a core gets drifts within seconds). The bandwidth is the median of the sums after the first."""
+    """``steps`` step times and the read bandwidth (bytes/s) measured interleaved, so that the two see the same
+    machine (on a shared machine the bandwidth a core gets drifts within seconds): each round runs the step
+    twice, times the second (the first brings the caches back to where a run of steps keeps them, after the
+    sum swept them), then times one sum of an ``nbytes`` float32 tensor. The bandwidth is the sums' median."""
     x = torch.ones(nbytes // 4, device=device)
     x.sum()
     times, sums = [], []
     for _ in range(steps):
+        step()
         synchronize(device)
         t0 = time.perf_counter()
         step()

@@ -61,7 +61,8 @@ def test_failing_target_is_an_error_naming_the_exception(monkeypatch):
 
 
 def test_steps_and_bandwidth_probes_alternate():
-    """Each step is followed by one probe (a sum of the probe tensor), and the step times exclude the probes."""
+    """Each round: an untimed step, a timed step, one probe (a sum of the probe tensor); the step times
+    exclude the probes."""
     calls = []
     real_sum = torch.Tensor.sum
 
@@ -78,6 +79,6 @@ def test_steps_and_bandwidth_probes_alternate():
         times, bandwidth = time_against_bandwidth(step, torch.device("cpu"), 3, nbytes=4 * 1024**2)
     finally:
         torch.Tensor.sum = real_sum
-    assert calls == ["probe"] + ["step", "probe"] * 3  # one untimed warm-up probe, then pairs
+    assert calls == ["probe"] + ["step", "step", "probe"] * 3  # one untimed warm-up probe, then rounds
     assert len(times) == 3 and all(0.02 <= t < 0.5 for t in times)
     assert bandwidth > 4 * 1024**2 / 0.02  # a 4 MiB sum takes far less than a step's sleep
