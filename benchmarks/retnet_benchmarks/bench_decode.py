@@ -48,6 +48,7 @@ from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
     current_rss,
+    median_time,
     peak_memory,
     pick_device,
     reset_peak_memory,
@@ -271,12 +272,7 @@ def _products_time(fast: Any, batch: int, dev: torch.device, warmup: int, steps:
             for w in mats:
                 rows[w.shape[0]] @ w
 
-    return _median(time_steps(products, dev, warmup, steps))
-
-
-def _median(times: list[float]) -> float:
-    """The middle of the sorted times (the upper one of two for an even count): a time that was measured."""
-    return sorted(times)[len(times) // 2]
+    return median_time(time_steps(products, dev, warmup, steps))
 
 
 def _timed_row(
@@ -294,7 +290,7 @@ def _timed_row(
     """One result row: ``case`` (model, path, batch, context, fill, params) plus the timings of its steps, the
     peak ``memory``, and the bandwidth floor (bytes read per step / bandwidth) with the step's ratio to it,
     both from ``floor_times`` (steps and bandwidth probes interleaved, :func:`time_against_bandwidth`)."""
-    step_s = _median(times)
+    step_s = median_time(times)
     paired_steps, bandwidth = floor_times
     floor_s = (weights_read + memo_bytes) / bandwidth
     return {
@@ -309,8 +305,8 @@ def _timed_row(
         "state_or_cache_mib": memo_bytes / MIB,
         "bandwidth_gbs": bandwidth / 1e9,
         "floor_ms": floor_s * 1e3,
-        "step_over_floor": _median(paired_steps) / floor_s,
-        "paired_step_ms": _median(paired_steps) * 1e3,
+        "step_over_floor": median_time(paired_steps) / floor_s,
+        "paired_step_ms": median_time(paired_steps) * 1e3,
         "fill_s": fill_s,
         "step_times_ms": [t * 1e3 for t in times],
     }

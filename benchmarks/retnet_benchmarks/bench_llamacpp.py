@@ -37,7 +37,7 @@ from retnet_benchmarks.baseline import (
     count_parameters_of_config,
 )
 from retnet_benchmarks.harness import Case, run_cases
-from retnet_benchmarks.measure import TimeBudget, time_steps
+from retnet_benchmarks.measure import TimeBudget, median_time, time_steps
 from retnet_benchmarks.options import positive_ints, positive_ints_or_none
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
@@ -82,6 +82,23 @@ def _retnet_engine(engine: str, config: dict[str, Any], seed: int) -> tuple[Call
     info["reset"] = reset
     info["compile_s"] = lambda: step.compile_s
     return prefill, decode, info
+
+
+def _engine(
+    engine: str,
+    retnet_config: dict[str, Any],
+    gguf: str | None,
+    n_ctx: int,
+    block: int,
+    threads: int,
+    flash_attn: bool,
+    seed: int,
+) -> tuple[Callable, Callable, dict[str, Any]]:
+    """Prefill and decode callables of ``engine`` and facts about it (llama.cpp on ``gguf`` with room for
+    ``n_ctx`` tokens, or a RetNet engine)."""
+    if engine in LLAMACPP_ENGINES:
+        return _llamacpp_engine(gguf, n_ctx, block, threads, flash_attn, seed)
+    return _retnet_engine(engine, retnet_config, seed)
 
 
 def _llamacpp_engine(gguf: str, n_ctx: int, block: int, threads: int, flash_attn: bool, seed: int):
@@ -134,11 +151,8 @@ def engine_case(
     """One (engine, context) in a worker process: prefill ``context`` random ids from empty, then time steps."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    if engine in LLAMACPP_ENGINES:
-        n_ctx = context + warmup + steps + prefill_block
-        prefill, decode, info = _llamacpp_engine(gguf, n_ctx, prefill_block, threads, flash_attn, seed)
-    else:
-        prefill, decode, info = _retnet_engine(engine, retnet_config, seed)
+    n_ctx = context + warmup + steps + prefill_block
+    prefill, decode, info = _engine(engine, retnet_config, gguf, n_ctx, prefill_block, threads, flash_attn, seed)
     info["load_s"] = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(seed)
     vocab = retnet_config["vocab_size"]
@@ -161,7 +175,7 @@ def engine_case(
     prefill_s = sum(block_seconds)
     tokens = iter(torch.randint(0, vocab, (warmup + steps, 1, 1), generator=gen))
     times = time_steps(partial(_feed, decode, tokens), torch.device("cpu"), warmup, steps)
-    step_s = sorted(times)[len(times) // 2]
+    step_s = median_time(times)
     return {
         "engine": engine,
         "context": context,
@@ -195,13 +209,10 @@ def paired_case(
     torch.set_num_threads(threads)
     vocab = retnet_config["vocab_size"]
     gen = torch.Generator().manual_seed(seed)
-    built = {}
-    for engine in engines:
-        if engine in LLAMACPP_ENGINES:
-            n_ctx = context + warmup + 2 * steps + prefill_block
-            built[engine] = _llamacpp_engine(ggufs[engine], n_ctx, prefill_block, threads, flash_attn, seed)
-        else:
-            built[engine] = _retnet_engine(engine, retnet_config, seed)
+    n_ctx = context + warmup + 2 * steps + prefill_block
+    built = {
+        e: _engine(e, retnet_config, ggufs.get(e), n_ctx, prefill_block, threads, flash_attn, seed) for e in engines
+    }
     warm = torch.randint(0, vocab, (1, min(prefill_block, context)), generator=gen)
     for prefill, decode, info in built.values():  # warm-up (the compiled engine compiles here)
         prefill(warm)
@@ -230,7 +241,7 @@ def paired_case(
             step_times[engine].append(time.perf_counter() - t0)
     out = {}
     for engine in engines:
-        step_s = _median(step_times[engine])
+        step_s = median_time(step_times[engine])
         out[engine] = {
             "step_ms": step_s * 1e3,
             "tokens_per_s": 1.0 / step_s,
@@ -239,10 +250,6 @@ def paired_case(
             "step_times_ms": [t * 1e3 for t in step_times[engine]],
         }
     return {"engines": out}
-
-
-def _median(times: list[float]) -> float:
-    return sorted(times)[len(times) // 2]
 
 
 def paired_rows(context: int, result: dict[str, Any]) -> list[dict[str, Any]]:

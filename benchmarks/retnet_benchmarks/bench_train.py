@@ -26,6 +26,7 @@ from retnet_benchmarks.measure import (
     GIB,
     TimeBudget,
     current_rss,
+    median_time,
     peak_memory,
     pick_device,
     reset_peak_memory,
@@ -114,7 +115,7 @@ def train_case(
     rss_before = current_rss()
     reset_peak_memory(dev)
     times = time_steps(make_step(seq_len), dev, 0, steps)
-    step_s = sorted(times)[len(times) // 2]
+    step_s = median_time(times)
     peak = peak_memory(dev)
     base = rss_before if dev.type == "cpu" else 0
     return {

@@ -114,6 +114,11 @@ def peak_memory(device: torch.device) -> int:
     return peak_rss()
 
 
+def median_time(times: list[float]) -> float:
+    """The middle of the sorted times (the upper one of two for an even count): a time that was measured."""
+    return sorted(times)[len(times) // 2]
+
+
 def time_against_bandwidth(
     step: Callable[[], None], device: torch.device, steps: int, nbytes: int = 512 * 1024**2
 ) -> tuple[list[float], float]:

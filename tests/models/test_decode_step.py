@@ -100,7 +100,7 @@ def test_compiled_step_gives_the_eager_greedy_tokens():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stack", ["plain", "gated", "normalize-decay"])
+@pytest.mark.parametrize("stack", ["plain", "gated", "normalize-decay", "hybrid"])
 def test_compiled_one_row_step_equals_the_recurrent_forward(stack):
     """The CPU-compiled one-row step (row dot products on weights folded row-major, the recurrence in the form
     inductor fuses, the rotation computed outside the compiled region) gives the recurrent forward's logits and
