@@ -393,7 +393,7 @@ class DecodeStep:
         }
         # Each retention block's q/k/v/g and FFN input projections as one product apiece: int8 linears fused;
         # on the CPU, float weights laid out side by side (in place, values unchanged).
-        # (not when compiled: the compiled step prepacks each weight itself)
+        # (not when compiled: the compiled step makes its own copies of the weights, row-major or prepacked)
         self._side_by_side = not on_cuda and not compile
         self._fused = {i: _fuse_block(core.layers[i], self._side_by_side) for i in self._retention_layers}
         dims = {core.layers[i].retention.key_dim for i in self._retention_layers}
@@ -404,10 +404,10 @@ class DecodeStep:
             if on_cuda:
                 fn = torch.compile(fn, mode="reduce-overhead", dynamic=dynamic)  # CUDA graphs
             else:
-                # max_autotune picks each product's kernel by timing (inductor's own GEMM or oneDNN's on
-                # prepacked weights), which on the CPU streams the weights far faster than MKL's one-row
-                # product; inductor's freezing (set around each call, see _compile_config) makes the weights
-                # constants of the compiled step, which is what lets it prepack them
+                # inductor's freezing (set around each call, see _compile_config) makes the weights constants
+                # of the compiled step: a one-row step folds row-major copies for its row products
+                # (_row_products); larger batches' products run on prepacked weights, their kernel (inductor's
+                # own GEMM or oneDNN's) picked by max_autotune's timing
                 fn = torch.compile(fn, options={"max_autotune": True}, dynamic=dynamic)
         self._fn = fn
         self._freeze = compile and not on_cuda
