@@ -292,6 +292,7 @@ def _timed_row(
     both from ``floor_times`` (steps and bandwidth probes interleaved, :func:`time_against_bandwidth`)."""
     step_s = median_time(times)
     paired_steps, bandwidth = floor_times
+    paired_s = median_time(paired_steps)
     floor_s = (weights_read + memo_bytes) / bandwidth
     return {
         **case,
@@ -305,8 +306,8 @@ def _timed_row(
         "state_or_cache_mib": memo_bytes / MIB,
         "bandwidth_gbs": bandwidth / 1e9,
         "floor_ms": floor_s * 1e3,
-        "step_over_floor": median_time(paired_steps) / floor_s,
-        "paired_step_ms": median_time(paired_steps) * 1e3,
+        "step_over_floor": paired_s / floor_s,
+        "paired_step_ms": paired_s * 1e3,
         "fill_s": fill_s,
         "step_times_ms": [t * 1e3 for t in times],
     }

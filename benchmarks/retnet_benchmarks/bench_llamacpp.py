@@ -10,9 +10,10 @@ and run through ``llama-cpp-python``. The RetNet side decodes through the step `
 Each (engine, context) runs in a fresh process: one warm-up block and step, then a prefill of ``context``
 random token ids from empty in blocks of ``--prefill-block`` (timed: prefill tokens/s), then single-token
 decode steps at that context (timed: ms/token): its memory and its figures alone. At each of ``--contexts`` one
-more process holds every engine at once and times them interleaved (:func:`paired_case`: a step of each in
-turn, round after round; prefill blocks the same way), so that the ratios between engines, which the goals
-are, see the same moments of a shared machine whose speed drifts by tens of percent within minutes.
+more process holds every engine at once and times them interleaved (:func:`paired_case`: two steps of each in
+turn, the second timed, round after round; prefill blocks the same way), so that the ratios between engines,
+which the goals are, see the same moments of a shared machine whose speed drifts by tens of percent within
+minutes.
 """
 
 from __future__ import annotations
@@ -281,6 +282,12 @@ def _find(rows: list[dict[str, Any]], engine: str, context: int, mode: str = "ow
     return None
 
 
+def _own_rows(rows: list[dict[str, Any]], engine: str) -> list[dict[str, Any]]:
+    """``engine``'s own-process rows that ran, by context."""
+    own = (r for r in rows if r.get("engine") == engine and r.get("mode") == "own process" and "error" not in r)
+    return sorted(own, key=lambda r: r["context"])
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's goals as ratios measured in this run (absent where an engine did not run): from the
     interleaved rows where there are any (the engines measured side by side), else from the own-process rows;
@@ -311,10 +318,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         int8, q8 = _find(rows, "retnet-int8", c, mode), _find(rows, "llamacpp-q8_0", c, mode)
         if int8 and q8:
             s[f"int8_prefill_speedup_vs_q8_0_at_{c}"] = int8["prefill_tokens_per_s"] / q8["prefill_tokens_per_s"]
-    ours = sorted(
-        (r for r in rows if r.get("engine") == "retnet-f32" and r.get("mode") == "own process" and "error" not in r),
-        key=lambda r: r["context"],
-    )
+    ours = _own_rows(rows, "retnet-f32")
     if len(ours) >= 2:
         first, last = ours[0], ours[-1]
         key = f"retnet_f32_prefill_rate_at_{last['context']}_over_{first['context']} (goal >= 0.9, flat)"
@@ -473,8 +477,7 @@ def chart(rows: list[dict[str, Any]]):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for engine in ENGINES:
-        own = (r for r in rows if r["engine"] == engine and r.get("mode") == "own process" and "error" not in r)
-        pts = sorted(own, key=lambda r: r["context"])
+        pts = _own_rows(rows, engine)
         if not pts:
             continue
         x = [r["context"] for r in pts]

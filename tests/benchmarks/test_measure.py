@@ -60,7 +60,7 @@ def test_failing_target_is_an_error_naming_the_exception(monkeypatch):
     assert res["error"].startswith("exit code 1") and "ValueError: bad case 42" in res["error"]
 
 
-def test_steps_and_bandwidth_probes_alternate():
+def test_steps_and_bandwidth_probes_alternate(monkeypatch):
     """Each round: an untimed step, a timed step, one probe (a sum of the probe tensor); the step times
     exclude the probes."""
     calls = []
@@ -74,11 +74,9 @@ def test_steps_and_bandwidth_probes_alternate():
         calls.append("step")
         time.sleep(0.02)
 
-    torch.Tensor.sum = spy_sum
-    try:
-        times, bandwidth = time_against_bandwidth(step, torch.device("cpu"), 3, nbytes=4 * 1024**2)
-    finally:
-        torch.Tensor.sum = real_sum
+    monkeypatch.setattr(torch.Tensor, "sum", spy_sum)
+    times, bandwidth = time_against_bandwidth(step, torch.device("cpu"), 3, nbytes=4 * 1024**2)
+    monkeypatch.undo()
     assert calls == ["probe"] + ["step", "step", "probe"] * 3  # one untimed warm-up probe, then rounds
     assert len(times) == 3 and all(0.02 <= t < 0.5 for t in times)
     assert bandwidth > 4 * 1024**2 / 0.02  # a 4 MiB sum takes far less than a step's sleep

@@ -259,17 +259,7 @@ def _retention_step(
         o = o[:, 0]
         if in_place:
             new_state = state.copy_(new_state)
-    elif for_inductor:
-        # In the form inductor fuses: one loop reads the state once and writes the new state (in place when
-        # asked), then o = q S as a sum over the key dimension (the new state is then still in cache).
-        sd = state.dtype
-        decay = torch.exp(log_decay.to(sd))
-        decay = decay.view(-1, H, 1, 1) if decay.dim() > 1 else decay.view(1, H, 1, 1)
-        new_state = state * decay + k.to(sd)[..., :, None] * v.to(sd)[..., None, :]
-        o = (q.to(sd)[..., :, None] * new_state).sum(-2).to(v.dtype)
-        if in_place:
-            new_state = state.copy_(new_state)
-    elif gammas is not None:
+    elif gammas is not None and not for_inductor:
         # Head by head, so that the head's state (a few hundred KiB) is still in cache when it is read again:
         # one fused scale-and-add pass (baddbmm with beta = gamma), then o = q S from cache.
         sd = state.dtype
@@ -285,10 +275,18 @@ def _retention_step(
         sd = state.dtype
         decay = torch.exp(log_decay.to(sd))
         decay = decay.view(-1, H, 1, 1) if decay.dim() > 1 else decay.view(1, H, 1, 1)
-        # Two passes over the state, no [B, H, Dk, Dv] temporary: scale, then add the outer product k^T v.
-        new_state = state.mul_(decay) if in_place else state * decay
-        new_state.addcmul_(k.to(sd)[..., :, None], v.to(sd)[..., None, :])
-        o = torch.matmul(q.to(sd)[:, :, None, :], new_state).view(B, H, Dv).to(v.dtype)
+        if for_inductor:
+            # In the form inductor fuses: one loop reads the state once and writes the new state (in place
+            # when asked), then o = q S as a sum over the key dimension.
+            new_state = state * decay + k.to(sd)[..., :, None] * v.to(sd)[..., None, :]
+            o = (q.to(sd)[..., :, None] * new_state).sum(-2).to(v.dtype)
+            if in_place:
+                new_state = state.copy_(new_state)
+        else:
+            # Two passes over the state, no [B, H, Dk, Dv] temporary: scale, then add the outer product k^T v.
+            new_state = state.mul_(decay) if in_place else state * decay
+            new_state.addcmul_(k.to(sd)[..., :, None], v.to(sd)[..., None, :])
+            o = torch.matmul(q.to(sd)[:, :, None, :], new_state).view(B, H, Dv).to(v.dtype)
     if row_scale is not None:
         o = o * row_scale[..., None].to(o.dtype)
     o = mix.head_norm(o).reshape(B, H * Dv)
@@ -504,7 +502,7 @@ class DecodeStep:
                     row_scale,
                     self.in_place,
                     self.use_operator,
-                    None if self.compiled else self._gammas.get(i),
+                    self._gammas.get(i),
                     linear,
                     fused,
                     turns,
