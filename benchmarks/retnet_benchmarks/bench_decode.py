@@ -249,6 +249,8 @@ def decode_case(
         fill_s,
         getattr(fast, "compile_s", None),
     )
+    if fast is not None and fast.products is not None:
+        row["products"] = fast.products  # how the compiled CPU step multiplies ("rows" or "blas")
     if products_s is not None:
         row["products_ms"] = products_s * 1e3
         row["products_over_floor"] = products_s * 1e3 / row["floor_ms"]
@@ -624,7 +626,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
 - RetNet step paths (`path`): `eager` is `retnet.models.make_decode_step` (one token per row, retention
   state updated in place; on the CPU linear weights laid out input-major, and batches of >= 4 rows on
   oneDNN-packed weight copies), `compiled` the same under `torch.compile` (inductor on the CPU; `compile_s` is the
-  first call's time), `int8` with every linear layer's weights int8 (`retnet.models.quantize_int8`: PyTorch's
+  first call's time; `products`: how its one-row products run, `blas` or `rows`, picked by timing at
+  construction), `int8` with every linear layer's weights int8 (`retnet.models.quantize_int8`: PyTorch's
   per-channel dynamic int8 linear; the step fuses each block's q/k/v/g and FFN input linears), `forward` the
   model's general `forward(mode="recurrent")`. The main grid
   runs `{path_from_flags(args.compile, args.quantize)}`; Llama is HF's own step (`hf`).
@@ -637,12 +640,13 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any, dev: torch.device) -> 
   state or KV cache, the step's temporaries and (CPU) the Python/torch runtime. `state_or_cache_mib` is the
   state / KV cache alone.
 - Floor: (bytes of weights read per step + state or KV cache bytes) / the read bandwidth measured in the same
-  process with the same thread count (time to sum a 512 MiB float32 tensor; 16 MiB with --tiny), measured
-  interleaved with the steps: after the timed steps, {args.steps} rounds of two steps (the second timed: the
-  first brings the caches back after the sum swept them) and one timed sum, so that step and bandwidth see the
-  same moment of this shared machine (its bandwidth drifts by 20-30% within minutes). `bandwidth_gbs` is the
-  median of those sums, `paired_step_ms` the median of those steps, and `step_over_floor` = paired_step_ms /
-  floor. Weights read: every matrix once (int8 matrices at one byte per
+  process with the same thread count (two reads of a 512 MiB float32 tensor, 16 MiB with --tiny: its sum, and
+  a one-row product `ones[1, 1024] @ x[1024, n]`; the faster one's rate, since which read streams faster
+  depends on the CPU), measured interleaved with the steps: after the timed steps, {args.steps} rounds of two
+  steps (the second timed: the first brings the caches back after the reads swept them) and the two timed
+  reads, so that step and bandwidth see the same moment of this shared machine (its bandwidth drifts by 20-30%
+  within minutes). `bandwidth_gbs` is the faster read's median rate, `paired_step_ms` the median of those
+  steps, and `step_over_floor` = paired_step_ms / floor. Weights read: every matrix once (int8 matrices at one byte per
   weight plus their scales), one embedding row per sequence; the state is counted once (read), its write-back
   (as many bytes again) is not.
 - Products (RetNet's eager path, batches the step does not pack; the compiled step runs its own kernels):

@@ -92,31 +92,49 @@ def _engine(
     n_ctx: int,
     block: int,
     threads: int,
-    flash_attn: bool,
+    llama: dict[str, bool],
     seed: int,
 ) -> tuple[Callable, Callable, dict[str, Any]]:
     """Prefill and decode callables of ``engine`` and facts about it (llama.cpp on ``gguf`` with room for
-    ``n_ctx`` tokens, or a RetNet engine)."""
+    ``n_ctx`` tokens and the ``llama`` settings, or a RetNet engine)."""
     if engine in LLAMACPP_ENGINES:
-        return _llamacpp_engine(gguf, n_ctx, block, threads, flash_attn, seed)
+        return _llamacpp_engine(gguf, n_ctx, block, threads, llama, seed)
     return _retnet_engine(engine, retnet_config, seed)
 
 
-def _llamacpp_engine(gguf: str, n_ctx: int, block: int, threads: int, flash_attn: bool, seed: int):
+LLAMA_DEFAULTS = {"flash_attn": True, "repack": True}
+"""llama.cpp settings (``--llama-flash-attn``, ``--llama-repack``): flash attention; weights repacked into the
+CPU backend's extra buffer types (its AMX / interleaved layouts for quantized types) when loaded."""
+
+
+def _llamacpp_engine(gguf: str, n_ctx: int, block: int, threads: int, llama: dict[str, bool], seed: int):
     """Prefill and decode callables of ``llama_cpp.Llama`` on ``gguf`` (token ids in, logits of the last out)."""
     import llama_cpp
+    import llama_cpp.llama as high_level
 
-    llm = llama_cpp.Llama(
-        model_path=gguf,
-        n_ctx=n_ctx,
-        n_batch=block,
-        n_ubatch=block,
-        n_threads=threads,
-        n_threads_batch=threads,
-        flash_attn=flash_attn,
-        seed=seed,
-        verbose=False,
-    )
+    settings = LLAMA_DEFAULTS | llama
+    defaults = high_level.llama_cpp.llama_model_default_params
+
+    def model_params():  # llama.cpp's use_extra_bufts, which Llama() does not take as an argument
+        params = defaults()
+        params.use_extra_bufts = settings["repack"]
+        return params
+
+    high_level.llama_cpp.llama_model_default_params = model_params
+    try:
+        llm = llama_cpp.Llama(
+            model_path=gguf,
+            n_ctx=n_ctx,
+            n_batch=block,
+            n_ubatch=block,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=settings["flash_attn"],
+            seed=seed,
+            verbose=False,
+        )
+    finally:
+        high_level.llama_cpp.llama_model_default_params = defaults
     info = {"llama_cpp": llama_cpp.__version__, "n_ctx": llm.n_ctx(), "gguf_mib": Path(gguf).stat().st_size / MIB}
     info["reset"] = llm.reset
     return (lambda ids: llm.eval(ids[0].tolist())), (lambda token: llm.eval(token[0].tolist())), info
@@ -145,7 +163,7 @@ def engine_case(
     steps: int,
     threads: int,
     gguf: str | None = None,
-    flash_attn: bool = True,
+    llama: dict[str, bool] | None = None,
     seed: int = 0,
     tail: int = 1024,
 ) -> dict[str, Any]:
@@ -153,7 +171,7 @@ def engine_case(
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     n_ctx = context + warmup + steps + prefill_block
-    prefill, decode, info = _engine(engine, retnet_config, gguf, n_ctx, prefill_block, threads, flash_attn, seed)
+    prefill, decode, info = _engine(engine, retnet_config, gguf, n_ctx, prefill_block, threads, llama or {}, seed)
     info["load_s"] = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(seed)
     vocab = retnet_config["vocab_size"]
@@ -200,7 +218,7 @@ def paired_case(
     steps: int,
     threads: int,
     ggufs: dict[str, str],
-    flash_attn: bool = True,
+    llama: dict[str, bool] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every engine in one worker process, timed interleaved at ``context``: the prefill of ``context`` ids from
@@ -212,7 +230,7 @@ def paired_case(
     gen = torch.Generator().manual_seed(seed)
     n_ctx = context + warmup + 2 * steps + prefill_block
     built = {
-        e: _engine(e, retnet_config, ggufs.get(e), n_ctx, prefill_block, threads, flash_attn, seed) for e in engines
+        e: _engine(e, retnet_config, ggufs.get(e), n_ctx, prefill_block, threads, llama or {}, seed) for e in engines
     }
     warm = torch.randint(0, vocab, (1, min(prefill_block, context)), generator=gen)
     for prefill, decode, info in built.values():  # warm-up (the compiled engine compiles here)
@@ -370,7 +388,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ggufs = _prepare_ggufs(args, lcfg, work_dir)
         common = dict(retnet_config=retnet_kwargs, prefill_block=args.prefill_block, warmup=args.warmup)
-        common |= dict(steps=args.steps, threads=args.threads, flash_attn=args.llama_flash_attn == "on")
+        llama = {"flash_attn": args.llama_flash_attn == "on", "repack": args.llama_repack == "on"}
+        common |= dict(steps=args.steps, threads=args.threads, llama=llama)
         common["seed"] = args.seed
         budget = TimeBudget(args.max_minutes)
         rows = run_cases(
@@ -438,7 +457,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
 - llama.cpp: the Llama saved with `save_pretrained` (safetensors) and a SentencePiece `tokenizer.model`, converted
   by llama.cpp's own `convert_hf_to_gguf.py` (`--outtype f32` and `--outtype q8_0`), run by `llama-cpp-python`
   (`Llama.eval` on token ids; n_batch = n_ubatch = {args.prefill_block}; flash attention
-  {args.llama_flash_attn}; KV cache in llama.cpp's default type, f16). The converter only recognises byte-level
+  {args.llama_flash_attn}; weight repacking into the CPU backend's extra buffer types {args.llama_repack}; KV
+  cache in llama.cpp's default type, f16). The converter only recognises byte-level
   BPE tokenizers it has a hash for, so the Llama gets a SentencePiece vocabulary, for which the converter writes
   the `default` pre-tokenizer; ids go in directly, so the tokenizer takes no part in the timings.
 - RetNet: every engine prefills chunkwise (`model.model(..., mode="chunkwise")`) and decodes through
@@ -510,6 +530,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="llama.cpp's convert_hf_to_gguf.py: the llama-cpp-python sdist (.tar.gz), a source folder or the script",
     )
     p.add_argument("--llama-flash-attn", choices=("on", "off"), default="on", help="llama.cpp flash attention")
+    p.add_argument(
+        "--llama-repack",
+        choices=("on", "off"),
+        default="on",
+        help="llama.cpp's weight repacking into its CPU extra buffer types (AMX, interleaved; use_extra_bufts). "
+        "'off' where that path crashes (seen: Q8_0 on an AMX Xeon, SIGSEGV)",
+    )
     p.add_argument("--work-dir", default=None, help="keep the Hugging Face folder and GGUF files here")
     p.add_argument("--case-timeout", type=float, default=5400.0, help="seconds per engine before it is abandoned")
     TimeBudget.add_argument(p)

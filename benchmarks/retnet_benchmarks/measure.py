@@ -119,30 +119,42 @@ def median_time(times: list[float]) -> float:
     return sorted(times)[len(times) // 2]
 
 
+PROBE_ROWS = 1024
+"""The bandwidth probe's one-row product reads its tensor as a ``[PROBE_ROWS, n]`` matrix (input-major, the
+layout the decode step's BLAS products read)."""
+
+
 def time_against_bandwidth(
     step: Callable[[], None], device: torch.device, steps: int, nbytes: int = 512 * 1024**2
 ) -> tuple[list[float], float]:
     """``steps`` step times and the read bandwidth (bytes/s) measured interleaved, so that the two see the same
     machine (on a shared machine the bandwidth a core gets drifts within seconds): each round runs the step
     twice, times the second (the first brings the caches back to where a run of steps keeps them, after the
-    sum swept them), then times one sum of an ``nbytes`` float32 tensor. The bandwidth is the sums' median."""
+    probes swept them), then times two reads of an ``nbytes`` float32 tensor: its sum, and a one-row product
+    ``ones[1, PROBE_ROWS] @ x[PROBE_ROWS, n]``. The bandwidth is the faster read's median (which read streams
+    faster depends on the CPU: a sum on some, the BLAS's product on others), so that the floor is never
+    computed from a slower read than one the step itself could use."""
     x = torch.ones(nbytes // 4, device=device)
-    x.sum()
-    times, sums = [], []
+    matrix = x[: (x.numel() // PROBE_ROWS) * PROBE_ROWS].view(PROBE_ROWS, -1)
+    row = torch.ones(1, PROBE_ROWS, device=device)
+    reads = {"sum": (x.sum, x.numel() * 4), "product": (lambda: row @ matrix, matrix.numel() * 4)}
+    for read, _ in reads.values():
+        read()
+    times: list[float] = []
+    rates: dict[str, list[float]] = {name: [] for name in reads}
     for _ in range(steps):
         step()
         synchronize(device)
         t0 = time.perf_counter()
         step()
         synchronize(device)
-        t1 = time.perf_counter()
-        x.sum()
-        synchronize(device)
-        times.append(t1 - t0)
-        sums.append(time.perf_counter() - t1)
-    del x
-    gc.collect()
-    return times, nbytes / statistics.median(sums)
+        times.append(time.perf_counter() - t0)
+        for name, (read, size) in reads.items():
+            t1 = time.perf_counter()
+            read()
+            synchronize(device)
+            rates[name].append(size / (time.perf_counter() - t1))
+    return times, max(statistics.median(r) for r in rates.values())
 
 
 def time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:

@@ -61,22 +61,42 @@ def test_failing_target_is_an_error_naming_the_exception(monkeypatch):
 
 
 def test_steps_and_bandwidth_probes_alternate(monkeypatch):
-    """Each round: an untimed step, a timed step, one probe (a sum of the probe tensor); the step times
-    exclude the probes."""
+    """Each round: an untimed step, a timed step, two probes (a sum of the probe tensor, a one-row product
+    over it); the step times exclude the probes; the bandwidth is the faster probe's."""
     calls = []
-    real_sum = torch.Tensor.sum
+    real_sum, real_matmul = torch.Tensor.sum, torch.Tensor.__matmul__
 
     def spy_sum(self, *args, **kwargs):
-        calls.append("probe")
+        calls.append("sum")
         return real_sum(self, *args, **kwargs)
+
+    def slow_matmul(self, other):  # a product that reads at a crawl: the sum's rate must win
+        calls.append("product")
+        time.sleep(0.05)
+        return real_matmul(self, other)
 
     def step():
         calls.append("step")
         time.sleep(0.02)
 
     monkeypatch.setattr(torch.Tensor, "sum", spy_sum)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", slow_matmul)
     times, bandwidth = time_against_bandwidth(step, torch.device("cpu"), 3, nbytes=4 * 1024**2)
     monkeypatch.undo()
-    assert calls == ["probe"] + ["step", "step", "probe"] * 3  # one untimed warm-up probe, then rounds
+    assert calls == ["sum", "product"] + ["step", "step", "sum", "product"] * 3  # warm-up reads, then rounds
     assert len(times) == 3 and all(0.02 <= t < 0.5 for t in times)
-    assert bandwidth > 4 * 1024**2 / 0.02  # a 4 MiB sum takes far less than a step's sleep
+    assert bandwidth > 4 * 1024**2 / 0.02  # the sum's rate: a 4 MiB sum takes far less than the product's sleep
+
+
+def test_bandwidth_is_the_faster_probes(monkeypatch):
+    """A sum slower than the product leaves the product's rate as the bandwidth."""
+    real_sum = torch.Tensor.sum
+
+    def slow_sum(self, *args, **kwargs):
+        time.sleep(0.05)
+        return real_sum(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "sum", slow_sum)
+    _, bandwidth = time_against_bandwidth(lambda: None, torch.device("cpu"), 3, nbytes=4 * 1024**2)
+    monkeypatch.undo()
+    assert bandwidth > 4 * 1024**2 / 0.05

@@ -100,16 +100,19 @@ def test_compiled_step_gives_the_eager_greedy_tokens():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("products", ["rows", "blas"])
 @pytest.mark.parametrize("stack", ["plain", "gated", "normalize-decay", "hybrid"])
-def test_compiled_one_row_step_equals_the_recurrent_forward(stack):
-    """The CPU-compiled one-row step (row dot products on weights folded row-major, the recurrence in the form
-    inductor fuses, the rotation computed outside the compiled region) gives the recurrent forward's logits and
-    state (float64), in place, over steps at growing positions; the model's weights are left as they were."""
+def test_compiled_one_row_step_equals_the_recurrent_forward(stack, products):
+    """The CPU-compiled one-row step (row dot products on weights folded row-major, or BLAS products on the
+    side-by-side weights; the recurrence in the form inductor fuses, the rotation computed outside the compiled
+    region) gives the recurrent forward's logits and state (float64), in place, over steps at growing
+    positions; the model's weights keep their values."""
     model = tiny_model(**STACKS[stack])
     state = _prefill(model, batch=1)
     ref_state = state.clone()
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    step = make_decode_step(model, compile=True, in_place=True)
+    step = make_decode_step(model, compile=True, in_place=True, products=products)
+    assert step.products == products
     for _ in range(3):
         ids = torch.randint(0, model.config.vocab_size, (1, 1))
         with torch.no_grad():
@@ -119,6 +122,25 @@ def test_compiled_one_row_step_equals_the_recurrent_forward(stack):
         assert_states_close(state, ref.state)
         ref_state = ref.state
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+def test_compiled_cpu_step_picks_its_products_by_timing_and_rejects_unknown_ones(monkeypatch):
+    """``products="auto"`` asks :func:`blas_reads_faster` once, at construction, and keeps the answer; "rows"
+    leaves no weight side by side (the compiled step folds its own row-major copies); a name it does not know
+    is an error naming the argument."""
+    import retnet.models.decode_step as decode_step
+
+    asked = []
+    for faster in (True, False):
+        monkeypatch.setattr(decode_step, "blas_reads_faster", lambda mats, f=faster: asked.append(len(mats)) or f)
+        model = tiny_model(dtype=torch.float32)
+        step = make_decode_step(model, compile=True)
+        assert step.products == ("blas" if faster else "rows")
+        assert any(fused.float_side_by_side() for fused in step._fused.values()) == faster
+    assert len(asked) == 2 and all(n > 0 for n in asked)
+    assert make_decode_step(tiny_model(), compile=False).products is None  # eager: nothing to choose
+    with pytest.raises(ValueError, match="products must be one of auto, rows, blas, got 'gemv'"):
+        make_decode_step(tiny_model(), compile=True, products="gemv")
 
 
 @pytest.mark.parametrize("stack", STACKS)

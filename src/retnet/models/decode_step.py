@@ -12,9 +12,12 @@ On the CPU the step first stores every linear weight input-major (:func:`store_w
 faster than the row-major layout, and lays the projections that read the same input (a block's q/k/v/g; its
 FFN's fc1/gate) side by side in one matrix each (:class:`SideBySide`), one wide product instead of several.
 
-``compile=True`` on the CPU streams the weights faster still: a one-row step becomes one inductor-generated
-loop nest whose products read row-major weight copies at close to the memory bandwidth (see
-:func:`_row_products`).
+``compile=True`` on the CPU removes the step's per-operation overhead: inductor fuses everything between the
+matrix products into a few loops. The products of a one-row step then run one of two ways (``products=``):
+``"blas"``, the BLAS library's one-row product on the input-major, side-by-side weights (MKL on Intel CPUs
+reads them close to the memory bandwidth), or ``"rows"``, inductor-generated row dot products over row-major
+weight copies (:func:`_row_products`; faster where the BLAS takes a slow path, as MKL does on AMD CPUs).
+``"auto"`` picks by timing the model's own matrices once (:func:`blas_reads_faster`).
 
 The recurrence itself: on CUDA (eager) through :func:`retnet.ops.retention` with ``mode="recurrent"``, which
 dispatches to the fused Triton recurrent kernel (one launch reads and writes the state once, no value check
@@ -27,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +44,9 @@ from retnet.ops import retention
 
 DecodeStepFn = Callable[[torch.Tensor, RetNetState], tuple[torch.Tensor, RetNetState]]
 LinearFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+Products = Literal["auto", "rows", "blas"]
+PRODUCTS: tuple[str, ...] = ("auto", "rows", "blas")
 
 PACK_MIN_BATCH = 4
 """Batches of at least this many rows run the CPU float32 linears on oneDNN-packed weights (see
@@ -59,6 +65,29 @@ def _row_products(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not plain_linear(module):
         return module(x)
     return (module.weight.contiguous() * x[:, None, :]).sum(-1)
+
+
+def blas_reads_faster(mats: list[torch.Tensor], rounds: int = 5) -> bool:
+    """Whether one-row BLAS products over ``mats`` (``[in, out]`` each, as a step multiplies by them) take less
+    time than a plain sum of the same matrices, timed in turn over ``rounds`` rounds (medians).
+
+    The sum stands in for the compiled step's row dot products (:func:`_row_products`): both are one
+    vectorised pass that streams each matrix once, and inductor's loop reads no faster than ATen's sum
+    (measured on the ~98M model's matrices, one thread: 0.97x a sum's rate on an AMD CPU, 0.89x on an Intel
+    Xeon), so a BLAS that beats the sum beats the rows. Timing a proxy avoids compiling the step twice."""
+    xs = [torch.randn(1, m.shape[0], dtype=m.dtype) for m in mats]
+    blas, sums = [], []
+    with torch.no_grad():
+        for _ in range(rounds + 1):  # the first round warms up (page faults, library initialisation)
+            t0 = time.perf_counter()
+            for x, m in zip(xs, mats):
+                x @ m
+            t1 = time.perf_counter()
+            for m in mats:
+                m.sum()
+            blas.append(t1 - t0)
+            sums.append(time.perf_counter() - t1)
+    return sorted(blas[1:])[rounds // 2] < sorted(sums[1:])[rounds // 2]
 
 
 class PackedLinears:
@@ -353,12 +382,14 @@ class DecodeStep:
     copies of the weights (:class:`PackedLinears`, made on the first such step; ``None`` never packs).
     ``compile_s`` is the wall time of the first call when compiled (tracing + code generation), else ``None``.
     On the CPU, construction lays the model's linear weights out input-major (:func:`store_weights_input_major`;
-    values unchanged). ``compile=True`` on the CPU compiles with inductor's ``freezing`` (and ``max_autotune``):
-    the weights become constants of the compiled step (a second copy of the weights, made at the first call);
-    later changes to the model's weights are not seen by an already compiled step. A one-row step computes its
-    products as row dot products over row-major copies (:func:`_row_products`) and the recurrence in one fused
-    pass; inductor compiles the whole step into one C++ kernel. Larger batches use oneDNN's products on
-    prepacked weights, chosen by timing.
+    values unchanged). ``products`` says how a CPU-compiled one-row step multiplies (``"auto"``: timed at
+    construction, :func:`blas_reads_faster`; the choice is kept in ``products``): ``"rows"`` computes row dot
+    products over row-major copies (:func:`_row_products`) with the recurrence in one fused pass, the whole
+    step one inductor C++ kernel, under inductor's ``freezing`` (the weights become constants of the compiled
+    step: a second copy, made at the first call; later changes to the model's weights are not seen by it;
+    larger batches then use oneDNN's products on prepacked weights, chosen by ``max_autotune``'s timing);
+    ``"blas"`` calls the BLAS library's product on the model's own input-major, side-by-side weights (no copy),
+    inductor fusing everything between the products.
     """
 
     def __init__(
@@ -369,7 +400,10 @@ class DecodeStep:
         in_place: bool = False,
         kernel: bool | None = None,
         pack_min_batch: int | None = PACK_MIN_BATCH,
+        products: Products = "auto",
     ) -> None:
+        if products not in PRODUCTS:
+            raise ValueError(f"products must be one of {', '.join(PRODUCTS)}, got {products!r}")
         self.model = model
         on_cuda = model.model.embed_tokens.weight.device.type == "cuda"
         self.use_operator = (on_cuda and not compile) if kernel is None else kernel
@@ -391,9 +425,18 @@ class DecodeStep:
         }
         # Each retention block's q/k/v/g and FFN input projections as one product apiece: int8 linears fused;
         # on the CPU, float weights laid out side by side (in place, values unchanged).
-        # (not when compiled: the compiled step makes its own copies of the weights, row-major or prepacked)
-        self._side_by_side = not on_cuda and not compile
+        self._side_by_side = not on_cuda and not (compile and products == "rows")
         self._fused = {i: _fuse_block(core.layers[i], self._side_by_side) for i in self._retention_layers}
+        # How a CPU-compiled step multiplies (None otherwise): BLAS products on these weights, or row dot
+        # products over row-major copies the compiled step makes for itself (then nothing is side by side)
+        self.products: str | None = None
+        if compile and not on_cuda:
+            self.products = products
+            if products == "auto":
+                self.products = "blas" if blas_reads_faster(self.weight_products()) else "rows"
+            if self.products == "rows" and self._side_by_side:
+                self._side_by_side = False
+                self._fused = {i: _fuse_block(core.layers[i], False) for i in self._retention_layers}
         dims = {core.layers[i].retention.key_dim for i in self._retention_layers}
         self._key_dim = dims.pop() if len(dims) == 1 else None
         fn: Callable = _StepModule(self)
@@ -402,13 +445,14 @@ class DecodeStep:
             if on_cuda:
                 fn = torch.compile(fn, mode="reduce-overhead", dynamic=dynamic)  # CUDA graphs
             else:
-                # inductor's freezing (set around each call, see _compile_config) makes the weights constants
-                # of the compiled step: a one-row step folds row-major copies for its row products
+                # "rows": inductor's freezing (set around each call, see _compile_config) makes the weights
+                # constants of the compiled step: a one-row step folds row-major copies for its row products
                 # (_row_products); larger batches' products run on prepacked weights, their kernel (inductor's
-                # own GEMM or oneDNN's) picked by max_autotune's timing
+                # own GEMM or oneDNN's) picked by max_autotune's timing. "blas": the products stay BLAS calls
+                # on the model's weights.
                 fn = torch.compile(fn, options={"max_autotune": True}, dynamic=dynamic)
         self._fn = fn
-        self._freeze = compile and not on_cuda
+        self._freeze = self.products == "rows"
         self._linears = [m for m in model.modules() if plain_linear(m)] if self._freeze else []
 
     def _compile_config(self) -> AbstractContextManager:
@@ -537,7 +581,11 @@ def make_decode_step(
     in_place: bool = False,
     kernel: bool | None = None,
     pack_min_batch: int | None = PACK_MIN_BATCH,
+    products: Products = "auto",
 ) -> DecodeStep:
     """The decode step of ``model`` (see :class:`DecodeStep`); ``compile=True`` wraps it in ``torch.compile``
-    (inductor on the CPU; CUDA graphs via ``mode="reduce-overhead"`` on CUDA)."""
-    return DecodeStep(model, compile=compile, in_place=in_place, kernel=kernel, pack_min_batch=pack_min_batch)
+    (inductor on the CPU; CUDA graphs via ``mode="reduce-overhead"`` on CUDA); ``products``: how a CPU-compiled
+    one-row step multiplies (``"auto"``, ``"rows"``, ``"blas"``)."""
+    return DecodeStep(
+        model, compile=compile, in_place=in_place, kernel=kernel, pack_min_batch=pack_min_batch, products=products
+    )
