@@ -380,7 +380,8 @@ class DecodeStep:
     ``kernel``: run the recurrence through :func:`retnet.ops.retention` (default: on CUDA when not compiled).
     ``pack_min_batch``: eager CPU float32 steps of at least this many rows run their linears on oneDNN-packed
     copies of the weights (:class:`PackedLinears`, made on the first such step; ``None`` never packs).
-    ``compile_s`` is the wall time of the first call when compiled (tracing + code generation), else ``None``.
+    ``compile_s`` is the wall time of the first call when compiled (tracing + code generation, plus the timing
+    that picked ``products``), else ``None``.
     On the CPU, construction lays the model's linear weights out input-major (:func:`store_weights_input_major`;
     values unchanged). ``products`` says how a CPU-compiled one-row step multiplies (``"auto"``: timed at
     construction, :func:`blas_reads_faster`; the choice is kept in ``products``): ``"rows"`` computes row dot
@@ -412,6 +413,7 @@ class DecodeStep:
         self.in_place = in_place
         self.compiled = compile
         self.compile_s: float | None = None
+        self._choice_s = 0.0  # the products choice's timing, counted into compile_s
         # Eager CPU steps of at least pack_min_batch rows: linears on oneDNN-packed weights (None: never).
         self.pack_min_batch = None if (on_cuda or compile) else pack_min_batch
         self.packed = PackedLinears()
@@ -433,7 +435,9 @@ class DecodeStep:
         if compile and not on_cuda:
             self.products = products
             if products == "auto":
+                t0 = time.perf_counter()
                 self.products = "blas" if blas_reads_faster(self.weight_products()) else "rows"
+                self._choice_s = time.perf_counter() - t0
             if self.products == "rows" and self._side_by_side:
                 self._side_by_side = False
                 self._fused = {i: _fuse_block(core.layers[i], False) for i in self._retention_layers}
@@ -497,7 +501,7 @@ class DecodeStep:
             if self.compiled and self.compile_s is None:
                 t0 = time.perf_counter()
                 out = self._fn(ids, state, position)
-                self.compile_s = time.perf_counter() - t0
+                self.compile_s = self._choice_s + time.perf_counter() - t0
                 return out
             return self._fn(ids, state, position)
 
