@@ -466,7 +466,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   `retnet-f32` eager, `retnet-compiled` with `compile=True` (torch.compile, inductor), `retnet-int8` eager on
   the model from `retnet.models.quantize_int8(model)` (PyTorch's per-channel int8 linear layers;
   `int8_weight_mib` in the JSON). The compile happens in the warm-up's first step: `compile_s` in the JSON
-  (and the table) is that cost, outside the timed steps; `first_step_s` is the warm-up's first step.
+  (and the table) is that cost plus the timing that picks the step's products at construction (inside
+  `load_s`), outside the timed steps; `first_step_s` is the warm-up's first step.
 - Batch 1, {args.threads} thread(s) for both (`n_threads` = `n_threads_batch` = torch threads). Each (engine,
   context) runs in a fresh process: one warm-up block and step, then a prefill of `context` random token ids
   from empty in blocks of {args.prefill_block}, then the median of {args.steps} single-token steps after

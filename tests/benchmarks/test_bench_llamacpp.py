@@ -51,10 +51,11 @@ def test_retnet_engines_smoke(tmp_path, monkeypatch):
         assert ("int8_weight_mib" in r) == (r["engine"] == "retnet-int8")
         if r["engine"] == "retnet-int8":
             assert 0 < r["int8_weight_mib"] * b.MIB < r["params"] * 4 / 3
-        # only the compiled engine compiles, in the warm-up: its cost is reported apart from the timed steps
-        # (in one process torch.compile's cache serves the later contexts, so the first one pays the cost)
+        # only the compiled engine compiles, in the warm-up (plus the products timing at construction, inside
+        # load_s): its cost is reported apart from the timed steps (in one process torch.compile's cache serves
+        # the later contexts, so the first one pays the cost)
         if r["engine"] == "retnet-compiled":
-            assert 0 < r["compile_s"] <= r["first_step_s"]
+            assert 0 < r["compile_s"] <= r["first_step_s"] + r["load_s"]
             if r["context"] == 16:
                 assert r["compile_s"] * 1e3 > 5 * max(r["step_times_ms"])
         else:
