@@ -151,6 +151,53 @@ def test_yoco_prefill_skips_the_cross_decoder():
         model(ids, labels=ids, logits_to_keep=1)
 
 
+LAST_BLOCK_CASES = {
+    "plain": dict(),
+    "gated": dict(gated=True),
+    "normalize-decay": dict(normalize_decay=True),
+    "hybrid-attention-last": VARIANTS["hybrid"],
+}
+
+
+@pytest.mark.parametrize("case", LAST_BLOCK_CASES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("padded", [False, True])
+def test_logits_to_keep_runs_the_last_block_on_the_kept_positions(case, mode, padded):
+    """The last block's FFN (and a retention block's gate projection) sees only the kept positions; logits and
+    state equal the full pass's, from a state too (a prompt's second chunk) and with left padding."""
+    model = tiny_model(**LAST_BLOCK_CASES[case])
+    last = model.model.layers[-1]
+    seen = []
+    last.ffn.register_forward_hook(lambda m, i, o: seen.append(("ffn", i[0].shape[1])))
+    if last.kind != "attention":
+        last.retention.g_proj.register_forward_hook(lambda m, i, o: seen.append(("gate", i[0].shape[1])))
+    ids = torch.randint(0, 97, (2, 21))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :5] = 0
+    head = model(ids[:, :9], attention_mask=mask[:, :9], use_cache=True, mode=mode)
+    full = model(ids[:, 9:], attention_mask=mask[:, 9:], state=head.state, use_cache=True, mode=mode)
+    seen.clear()
+    kept = model(ids[:, 9:], attention_mask=mask[:, 9:], state=head.state, use_cache=True, mode=mode, logits_to_keep=3)
+    assert sorted(seen) == ([("ffn", 3)] if last.kind == "attention" else [("ffn", 3), ("gate", 3)])
+    assert kept.logits.shape == (2, 3, 97)
+    assert rel_err(kept.logits, full.logits[:, -3:]) < 1e-9
+    assert_states_close(kept.state, full.state)
+
+
+def test_logits_to_keep_under_activation_checkpointing_equals_the_full_pass():
+    model = tiny_model(num_layers=2).train()
+    model.model.gradient_checkpointing = True
+    model.model.checkpoint_segment = 8
+    ids = torch.randint(0, 97, (2, 21))
+    full = model(ids, mode="chunkwise")
+    kept = model(ids, mode="chunkwise", logits_to_keep=2)
+    assert kept.logits.shape == (2, 2, 97)
+    assert rel_err(kept.logits, full.logits[:, -2:]) < 1e-9
+    kept.logits.sum().backward()
+    assert all(p.grad is not None for p in model.model.layers[0].parameters())
+
+
 @pytest.mark.parametrize("variant", ["hybrid", "yoco"])
 def test_greedy_generation_matches_full_pass(variant):
     model = tiny_model(**VARIANTS[variant])

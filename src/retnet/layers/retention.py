@@ -79,9 +79,12 @@ class MultiScaleRetention(nn.Module):
         use_cache: bool = False,
         row_scale: torch.Tensor | None = None,
         backend: str = "auto",
+        keep_last: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``mode`` (the math form) and ``backend`` go to :func:`retnet.ops.retention` as they are.
-        ``row_scale`` (``[B, T, H]``, optional) multiplies each head's output before the head norm."""
+        ``row_scale`` (``[B, T, H]``, optional) multiplies each head's output before the head norm.
+        ``keep_last = n > 0``: only the last ``n`` outputs are needed; the state still covers every step, the head
+        norm, gate and output projection run on those ``n`` only, and the output is ``[B, n, hidden_size]``."""
         B, T, _ = x.shape
         H = self.num_heads
         q = apply_rotary(self.q_proj(x).view(B, T, H, self.key_dim), sin, cos)
@@ -99,6 +102,9 @@ class MultiScaleRetention(nn.Module):
             output_final_state=use_cache,
             attention_mask=attention_mask,
         )
+        if 0 < keep_last < T:
+            o, x, T = o[:, -keep_last:], x[:, -keep_last:], keep_last
+            row_scale = None if row_scale is None else row_scale[:, -keep_last:]
         if row_scale is not None:
             o = o * row_scale[..., None].to(o.dtype)
         gate = self.g_proj(x)

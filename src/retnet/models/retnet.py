@@ -93,7 +93,11 @@ class RetNetBlock(nn.Module):
         q_start: int = 0,
         row_scale=None,
         backend: str = "auto",
+        keep_last: int = 0,
     ):
+        """``keep_last = n > 0``: only the last ``n`` positions of the output are needed (a prefill's last block):
+        the state still covers every position, the FFN (and a retention mixer's gate and output projection) run on
+        those ``n`` only, and the block returns ``[B, n, d]``."""
         if self.kind == "cross":
             if shared is None:
                 raise ValueError("a cross-attention block needs the shared KV cache")
@@ -112,9 +116,13 @@ class RetNetBlock(nn.Module):
             extra = {"row_scale": row_scale} if row_scale is not None else {}  # torchscale's decay normalisation
             if self.kind != "attention":
                 extra["backend"] = backend  # retention's backend (docs/retention.md, "Dispatch")
+                extra["keep_last"] = keep_last
             h, new_state = self.mixer(
                 norm(x), sin, cos, state=state, attention_mask=attention_mask, mode=mode, use_cache=use_cache, **extra
             )
+        if 0 < keep_last < x.shape[1]:
+            x = x[:, -keep_last:]
+            h = h[:, -keep_last:]  # attention mixers return every position; retention ones only these
         x = x + self.dropout(h)
         x = x + self.dropout(self.ffn(self.final_layer_norm(x)))
         return x, new_state
@@ -217,16 +225,17 @@ class RetNetModel(nn.Module):
         log_decay = self.layers[0].retention.decay(positions)  # fixed decay [H], on the positions' device
         return decay_weight_sum(log_decay, positions + 1).rsqrt()
 
-    def _block(self, layer: RetNetBlock, x: torch.Tensor, sin, cos, **kwargs):
+    def _block(self, layer: RetNetBlock, x: torch.Tensor, sin, cos, keep_last: int = 0, **kwargs):
         """One block, under activation checkpointing when enabled for a training forward with gradients."""
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return layer(x, sin, cos, **kwargs)
+            return layer(x, sin, cos, keep_last=keep_last, **kwargs)
         run = self._gradient_checkpointing_func or partial(checkpoint, use_reentrant=False)
         segment = self.checkpoint_segment
         # Segments draw other dropout masks than one whole pass would: with dropout, whole blocks.
         if layer.kind in ("retention", "gated") and 0 < segment < x.shape[1] and not self.config.dropout:
-            return _checkpoint_segments(run, layer, x, sin, cos, segment, **kwargs)
-        return run(partial(layer.__call__, **kwargs), x, sin, cos)
+            y, state = _checkpoint_segments(run, layer, x, sin, cos, segment, **kwargs)
+            return (y[:, -keep_last:] if keep_last else y), state
+        return run(partial(layer.__call__, keep_last=keep_last, **kwargs), x, sin, cos)
 
     def forward(
         self,
@@ -242,9 +251,10 @@ class RetNetModel(nn.Module):
     ) -> tuple[torch.Tensor, RetNetState | None]:
         """Hidden states ``[B, T, d]`` and the new state. ``mode`` is the math form of every layer and
         ``backend`` the retention layers' implementation (:func:`retnet.ops.retention`).
-        ``logits_to_keep = n > 0`` promises that only the last ``n`` positions are needed: YOCO then runs its
-        cross-decoder on those alone (prefill skips the cross-decoder beyond filling the shared cache) and
-        returns ``[B, n, d]``; other stacks return all."""
+        ``logits_to_keep = n > 0`` promises that only the last ``n`` positions are needed, and ``[B, n, d]`` is
+        returned: the last block computes its FFN (and a retention block its gate and output projection) on those
+        alone, and YOCO runs its cross-decoder on them alone (prefill skips the cross-decoder beyond filling the
+        shared cache). The state covers every position either way."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embed_scale != 1.0:
             x = x * self.config.embed_scale
@@ -261,6 +271,8 @@ class RetNetModel(nn.Module):
         new_layers = []
         kinds = self.config.layer_kinds
         n_self = self.config.num_self_layers
+        # Only the last block's output reaches the logits (YOCO's self-decoder output also fills the shared cache).
+        keep_last = logits_to_keep if 0 < logits_to_keep < T and self.shared_kv is None else 0
         for i in range(n_self):
             layer_state = state.layers[i] if state is not None else None
             x, s = self._block(
@@ -274,6 +286,7 @@ class RetNetModel(nn.Module):
                 use_cache=use_cache,
                 row_scale=row_scale,
                 backend=backend,
+                keep_last=keep_last if i == n_self - 1 else 0,
             )
             new_layers.append(s)
         shared = None
