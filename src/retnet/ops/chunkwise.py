@@ -6,10 +6,10 @@ Per chunk, with ``b`` the inclusive cumulative log decay inside the chunk and ``
 A short last chunk is zero-padded (zero log decay, zero keys), which changes neither outputs nor state.
 
 The chunks are processed in segments of a few MiB per tensor: intra-chunk terms are batched over a
-segment's chunks, only the cheap state hand-off loops over chunks (in place). Segments bound every temporary;
-all of them live in one buffer per call (:class:`_Work`) that every segment reuses, written with ``out=``
-and in-place ops, so a call allocates its outputs and one block instead of a churn of per-segment tensors
-(docs/benchmarks/retention.md).
+segment's chunks; the state's terms loop over the chunks on one state updated in place (it stays in cache).
+Segments bound every temporary; all of them live in one buffer per call (:class:`_Work`) that every segment
+reuses, written with ``out=`` and in-place ops, so a call allocates its outputs and one block instead of a
+churn of per-segment tensors (docs/benchmarks/retention.md).
 
 For gradients, :class:`ChunkwiseRetention` saves only ``q, k, v``, the log decay and the state at each
 segment's start; the backward walks the segments in reverse with a running state gradient and recomputes
@@ -158,6 +158,17 @@ class _Segment:
             state = updates[:, :, i].addcmul_(self.chunk_decay[:, :, i], state)  # the state after chunk i
         return starts, state.clone()
 
+    def carry(self, state: torch.Tensor, vc: torch.Tensor, oc: torch.Tensor) -> None:
+        """Chunk by chunk: adds the state's term ``(Q * exp(b)) S`` to the chunk's outputs ``oc`` and advances
+        ``state`` (``[B, H, Dk, Dv]``, updated in place) past the chunk. One state stays in cache throughout,
+        where :meth:`states` writes out every chunk's entering state (which the backward needs)."""
+        B, H, n, C, Dv = vc.shape
+        S = state.view(B * H, *state.shape[-2:])
+        for i in range(n):
+            oc[:, :, i].view(B * H, C, Dv).baddbmm_(self.q_start[:, :, i].view(B * H, C, -1), S)
+            S.mul_(self.chunk_decay[:, :, i].reshape(B * H, 1, 1))
+            S.baddbmm_(self.k_end[:, :, i].view(B * H, C, -1).transpose(1, 2), vc[:, :, i].view(B * H, C, Dv))
+
 
 def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
     """Outputs ``[B, T, H, Dv]`` and the final state; appends each segment's entering state to ``saved``."""
@@ -166,12 +177,12 @@ def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
     for start, stop in plan.segments():
         if saved is not None:
             saved.append(state)
+        state = state.clone(memory_format=torch.contiguous_format)  # advanced in place: the caller's and the saved stay
         qc, kc, vc = (plan.chunked(work, name, x, start, stop) for name, x in (("q", q), ("k", k), ("v", v)))
         seg = _Segment(plan, work, qc, kc, plan.log_decay(g, start, stop))
-        prev, state = seg.states(work, state, vc)
         scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", (*qc.shape[:-1], plan.C)))
         oc = torch.matmul(scores.mul_(seg.decay), vc, out=work.get("dv", vc.shape))
-        oc += torch.matmul(seg.q_start, prev, out=work.get("tv", vc.shape))
+        seg.carry(state, vc, oc)
         plan.unchunk_into(o, oc, start, stop)
     return o, state
 
