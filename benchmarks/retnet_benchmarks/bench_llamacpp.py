@@ -39,7 +39,7 @@ from retnet_benchmarks.baseline import (
 )
 from retnet_benchmarks.harness import Case, run_cases
 from retnet_benchmarks.measure import TimeBudget, median_time, time_steps
-from retnet_benchmarks.options import positive_ints, positive_ints_or_none
+from retnet_benchmarks.options import positive_int, positive_ints, positive_ints_or_none
 from retnet_benchmarks.report import DEFAULT_OUT_DIR, write_report
 
 LLAMACPP_ENGINES = {"llamacpp-f32": "f32", "llamacpp-q8_0": "q8_0"}
@@ -72,7 +72,9 @@ def _retnet_engine(engine: str, config: dict[str, Any], seed: int) -> tuple[Call
 
     def prefill(ids: torch.Tensor) -> None:
         with torch.no_grad():
-            holder["state"] = net.model(ids, state=holder["state"], use_cache=True, mode="chunkwise")[1]
+            # As the generation engine prefills: the last position's logits only (llama.cpp's default too).
+            out = net(ids, state=holder["state"], use_cache=True, mode="chunkwise", logits_to_keep=1)
+            holder["state"] = out.state
 
     def decode(token: torch.Tensor) -> None:
         holder["state"] = step(token, holder["state"])[1]
@@ -220,11 +222,13 @@ def paired_case(
     ggufs: dict[str, str],
     llama: dict[str, bool] | None = None,
     seed: int = 0,
+    prefill_rounds: int = 1,
 ) -> dict[str, Any]:
-    """Every engine in one worker process, timed interleaved at ``context``: the prefill of ``context`` ids from
-    empty one ``prefill_block`` per engine in turn, then ``warmup`` steps each, then ``steps`` rounds of two
-    decode steps per engine in turn, the second one timed. Returns ``{"engines": {engine: figures}}`` (step:
-    the median over the rounds)."""
+    """Every engine in one worker process, timed interleaved at ``context``: ``prefill_rounds`` prefills of
+    ``context`` ids from empty, one ``prefill_block`` per engine in turn, each round starting the turn at the next
+    engine (so that no engine always follows the same one); then ``warmup`` steps each, then ``steps`` rounds of
+    two decode steps per engine in turn, the second one timed. Returns ``{"engines": {engine: figures}}`` (step
+    and prefill: the medians over the rounds)."""
     torch.set_num_threads(threads)
     vocab = retnet_config["vocab_size"]
     gen = torch.Generator().manual_seed(seed)
@@ -238,12 +242,17 @@ def paired_case(
         decode(warm[:, :1])
         info["reset"]()
     ids = torch.randint(0, vocab, (1, context), generator=gen)
-    prefill_s = dict.fromkeys(engines, 0.0)
-    for start in range(0, context, prefill_block):
-        for engine, (prefill, _, _) in built.items():
-            t0 = time.perf_counter()
-            prefill(ids[:, start : start + prefill_block])
-            prefill_s[engine] += time.perf_counter() - t0
+    prefill_s: dict[str, list[float]] = {e: [] for e in engines}
+    for r in range(prefill_rounds):
+        order = engines[r % len(engines) :] + engines[: r % len(engines)]
+        for engine in order:
+            built[engine][2]["reset"]()
+            prefill_s[engine].append(0.0)
+        for start in range(0, context, prefill_block):
+            for engine in order:
+                t0 = time.perf_counter()
+                built[engine][0](ids[:, start : start + prefill_block])
+                prefill_s[engine][-1] += time.perf_counter() - t0
     # Each round, each engine takes two steps in turn, the second timed: the first brings the engine's caches
     # back to where a run of its own steps keeps them (timing the first step after another engine's would time
     # a cold cache, which costs the engines unequally).
@@ -261,11 +270,13 @@ def paired_case(
     out = {}
     for engine in engines:
         step_s = median_time(step_times[engine])
+        prefill_median = median_time(prefill_s[engine])
         out[engine] = {
             "step_ms": step_s * 1e3,
             "tokens_per_s": 1.0 / step_s,
-            "prefill_tokens_per_s": context / prefill_s[engine],
-            "prefill_s": prefill_s[engine],
+            "prefill_tokens_per_s": context / prefill_median,
+            "prefill_s": prefill_median,
+            "prefill_round_tokens_per_s": [context / t for t in prefill_s[engine]],
             "step_times_ms": [t * 1e3 for t in step_times[engine]],
         }
     return {"engines": out}
@@ -410,7 +421,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args,
                 "retnet_benchmarks.bench_llamacpp:paired_case",
                 [
-                    Case({"context": c}, {"engines": args.engines, "context": c, "ggufs": ggufs, **common})
+                    Case(
+                        {"context": c},
+                        {
+                            "engines": args.engines,
+                            "context": c,
+                            "ggufs": ggufs,
+                            "prefill_rounds": args.prefill_rounds,
+                            **common,
+                        },
+                    )
                     for c in args.contexts
                 ],
                 progress=lambda row: "\n".join(_progress(r) for r in row["rows"]),
@@ -461,7 +481,8 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   cache in llama.cpp's default type, f16). The converter only recognises byte-level
   BPE tokenizers it has a hash for, so the Llama gets a SentencePiece vocabulary, for which the converter writes
   the `default` pre-tokenizer; ids go in directly, so the tokenizer takes no part in the timings.
-- RetNet: every engine prefills chunkwise (`model.model(..., mode="chunkwise")`) and decodes through
+- RetNet: every engine prefills chunkwise as the generation engine does (`model(ids, state=..., use_cache=True,
+  mode="chunkwise", logits_to_keep=1)`: the last position's logits, as llama.cpp computes) and decodes through
   `retnet.models.make_decode_step(model, in_place=True)`, the step `retnet generate`/`chat`/`serve` run:
   `retnet-f32` eager, `retnet-compiled` with `compile=True` (torch.compile, inductor), `retnet-int8` eager on
   the model from `retnet.models.quantize_int8(model)` (PyTorch's per-channel int8 linear layers;
@@ -475,9 +496,10 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   seconds; `prefill_tail_tokens_per_s`: the rate over the last blocks covering 1024 tokens (the rate at that
   depth). Contexts are built by real prefill only, never filled synthetically. These are the `own process`
   rows (and the chart).
-- `interleaved` rows: at each of --contexts, one more process holds every engine and times them in turn: the
-  prefill of the context from empty, one {args.prefill_block}-token block per engine in turn, then
-  {args.warmup} warm-up steps each and {args.steps} rounds of two steps per engine in turn, the second timed
+- `interleaved` rows: at each of --contexts, one more process holds every engine and times them in turn:
+  {args.prefill_rounds} prefill(s) of the context from empty, one {args.prefill_block}-token block per engine in
+  turn, each round's turn starting at the next engine (the median round; all in `prefill_round_tokens_per_s`),
+  then {args.warmup} warm-up steps each and {args.steps} rounds of two steps per engine in turn, the second timed
   (the first brings the engine's caches back to where its own run of steps keeps them; medians). This machine is
   shared and its speed drifts by tens of percent within minutes, so the own-process rows of two engines can
   see different machines; the summary's ratios come from the interleaved rows when there are any
@@ -522,6 +544,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="threads for every engine")
     p.add_argument("--prefill-block", type=int, default=512, help="prefill block (llama.cpp n_batch/n_ubatch)")
+    p.add_argument(
+        "--prefill-rounds",
+        type=positive_int,
+        default=3,
+        help="interleaved prefills from empty per context (median reported; each round starts at the next engine)",
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

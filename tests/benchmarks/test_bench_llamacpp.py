@@ -24,7 +24,7 @@ def _main(monkeypatch, argv):
 
 def test_retnet_engines_smoke(tmp_path, monkeypatch):
     argv = ["bench", "llamacpp", "--tiny", "--in-process", "--engines", *b.RETNET_ENGINES, "--contexts", "16,48"]
-    argv += ["--long-contexts", "96", "--prefill-block", "16", "--warmup", "1", "--steps", "2"]
+    argv += ["--long-contexts", "96", "--prefill-block", "16", "--warmup", "1", "--steps", "2", "--prefill-rounds", "2"]
     assert _main(monkeypatch, [*argv, "--out-dir", str(tmp_path), "--note", "toy run"]) == 0
     data = json.loads((tmp_path / "llamacpp.json").read_text())
     assert data["command"].startswith("retnet bench llamacpp") and "processor" in data["machine"]
@@ -39,6 +39,8 @@ def test_retnet_engines_smoke(tmp_path, monkeypatch):
     for r in paired:
         assert "error" not in r and r["step_ms"] > 0 and len(r["step_times_ms"]) == 2
         assert r["prefill_tokens_per_s"] == pytest.approx(r["context"] / r["prefill_s"])
+        assert len(r["prefill_round_tokens_per_s"]) == 2
+        assert r["prefill_tokens_per_s"] == pytest.approx(min(r["prefill_round_tokens_per_s"]))  # upper middle time
     assert data["summary"]["ratios_from"] == "interleaved"
     # the long context is retnet-f32's only
     assert [r["context"] for r in rows if r["engine"] == "retnet-f32"] == [16, 48, 96]
@@ -121,6 +123,25 @@ def test_summary_takes_the_ratios_from_the_interleaved_rows():
     assert s["int8_prefill_speedup_vs_llamacpp_f32_at_1024"] == pytest.approx(600 / 250)
     assert s["retnet_f32_prefill_rate_at_8192_over_1024 (goal >= 0.9, flat)"] == pytest.approx(380 / 400)
     assert b.summarize(rows[:3])["ratios_from"] == "own process"
+
+
+def test_interleaved_prefill_rounds_start_at_the_next_engine_and_each_starts_from_empty(monkeypatch):
+    calls = []
+
+    def fake_engine(engine, *args):
+        prefill = lambda ids: calls.append((engine, "prefill", ids.shape[1]))  # noqa: E731
+        decode = lambda token: calls.append((engine, "step"))  # noqa: E731
+        return prefill, decode, {"reset": lambda: calls.append((engine, "reset"))}
+
+    monkeypatch.setattr(b, "_engine", fake_engine)
+    out = b.paired_case(["a", "b", "c"], {"vocab_size": 7}, 4, 2, 0, 1, 1, {}, prefill_rounds=3)
+    prefills = [c for c in calls if c[1] != "step"][6:]  # after each engine's warm-up block and reset
+    assert prefills == [
+        *[(e, "reset") for e in "abc"], *[(e, "prefill", 2) for e in "abcabc"],
+        *[(e, "reset") for e in "bca"], *[(e, "prefill", 2) for e in "bcabca"],
+        *[(e, "reset") for e in "cab"], *[(e, "prefill", 2) for e in "cabcab"],
+    ]  # fmt: skip
+    assert all(len(r["prefill_round_tokens_per_s"]) == 3 for r in out["engines"].values())
 
 
 def test_cases_run_every_engine_at_a_context_before_the_next_context():
