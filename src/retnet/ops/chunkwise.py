@@ -92,13 +92,12 @@ class _Work:
     backward ask for the same size, so the backward's buffer refills the forward's freed block: this keeps
     the heap from fragmenting (and on the CPU from faulting fresh pages per segment)."""
 
-    # Slots by last-two-dims kind: "k" [C, Dk], "v" [C, Dv], "s" [Dk, Dv], "c" [C, C] per chunk. The forward
-    # writes its outputs into the backward's "dv"/"tv" slots; the backward's temporary for dq/dk reuses
-    # "q_start" once the state gradients are done.
+    # Slots by last-two-dims kind: "k" [C, Dk], "v" [C, Dv], "c" [C, C] per chunk (no per-chunk state: the
+    # state's terms run chunk by chunk on one state). The forward writes its outputs into the backward's "dv"
+    # slot; the backward's scaled rows go to "tv", its temporary for the log-decay gradient reuses "q_start".
     SLOTS = {
         "k": ("q", "k", "k_end", "q_start", "dq", "dk"),
         "v": ("v", "do", "dv", "tv"),
-        "s": ("updates", "starts", "d_next"),
         "c": ("scores", "d_scores"),
     }
 
@@ -107,7 +106,6 @@ class _Work:
         per_chunk = {
             "k": plan.C * like.shape[-1],
             "v": plan.C * plan.Dv,
-            "s": like.shape[-1] * plan.Dv,
             "c": plan.C * plan.C,
         }
         self.offsets: dict[str, tuple[int, int]] = {}
@@ -130,7 +128,8 @@ class _Work:
 
 
 class _Segment:
-    """One segment's recomputable quantities: cumulative decays, intra-chunk decay matrix, state updates."""
+    """One segment's recomputable quantities (cumulative decays, intra-chunk decay matrix, decayed keys and
+    queries) and the state's terms, chunk by chunk."""
 
     def __init__(self, plan: _Plan, work: _Work, qc, kc, gc) -> None:
         self.b = torch.cumsum(gc, dim=-1)  # [B|1, H, n, C]
@@ -147,27 +146,41 @@ class _Segment:
         B, H, n = qc.shape[:3]
         self.chunk_decay = torch.exp(self.b_total).expand(B, H, n)[..., None, None]  # [B, H, n, 1, 1]
 
-    def states(self, work: _Work, state: torch.Tensor, vc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """States entering each chunk ``[B, H, n, Dk, Dv]`` (a ``work`` buffer) and the state after the
-        segment (a new tensor)."""
-        shape = (*vc.shape[:3], self.k_end.shape[-1], vc.shape[-1])
-        updates = torch.matmul(self.k_end.transpose(-1, -2), vc, out=work.get("updates", shape))
-        starts = work.get("starts", shape)
-        for i in range(shape[2]):
-            starts[:, :, i].copy_(state)
-            state = updates[:, :, i].addcmul_(self.chunk_decay[:, :, i], state)  # the state after chunk i
-        return starts, state.clone()
-
     def carry(self, state: torch.Tensor, vc: torch.Tensor, oc: torch.Tensor) -> None:
         """Chunk by chunk: adds the state's term ``(Q * exp(b)) S`` to the chunk's outputs ``oc`` and advances
-        ``state`` (``[B, H, Dk, Dv]``, updated in place) past the chunk. One state stays in cache throughout,
-        where :meth:`states` writes out every chunk's entering state (which the backward needs)."""
+        ``state`` (``[B, H, Dk, Dv]``, updated in place) past the chunk. One state stays in cache throughout
+        instead of every chunk's entering state being written out and read back."""
         B, H, n, C, Dv = vc.shape
         S = state.view(B * H, *state.shape[-2:])
         for i in range(n):
             oc[:, :, i].view(B * H, C, Dv).baddbmm_(self.q_start[:, :, i].view(B * H, C, -1), S)
             S.mul_(self.chunk_decay[:, :, i].reshape(B * H, 1, 1))
             S.baddbmm_(self.k_end[:, :, i].view(B * H, C, -1).transpose(1, 2), vc[:, :, i].view(B * H, C, Dv))
+
+    def carry_back(self, state, d_state, vc, doc, dqc, dkc, dvc, scratch) -> torch.Tensor:
+        """The state's terms of the gradients, chunk by chunk on one state and one state gradient (each stays in
+        cache). A forward sweep from the segment's entering ``state`` (not modified) adds ``(dO S^T) * exp(b)`` to
+        ``dqc``; a reverse sweep from ``d_state``, the gradient of the state leaving the segment, adds
+        ``(V dS^T) * exp(b_C - b)`` to ``dkc`` and ``(K * exp(b_C - b)) dS`` to ``dvc``, with ``dS`` the gradient of
+        the state leaving each chunk. ``scratch``: a ``vc``-shaped buffer. Returns the gradient of the state
+        entering the segment."""
+        B, H, n, C, Dv = vc.shape
+        Dk = self.k_end.shape[-1]
+        BH = B * H
+        rows = torch.mul(doc, self.from_start, out=scratch)  # (dO S^T) * exp(b) = (dO * exp(b)) S^T, row by row
+        S = state.clone(memory_format=torch.contiguous_format).view(BH, Dk, Dv)
+        for i in range(n):
+            dqc[:, :, i].view(BH, C, Dk).baddbmm_(rows[:, :, i].view(BH, C, Dv), S.transpose(1, 2))
+            S.mul_(self.chunk_decay[:, :, i].reshape(BH, 1, 1))
+            S.baddbmm_(self.k_end[:, :, i].view(BH, C, Dk).transpose(1, 2), vc[:, :, i].view(BH, C, Dv))
+        rows = torch.mul(vc, self.to_end, out=scratch)
+        dS = d_state.clone(memory_format=torch.contiguous_format).view(BH, Dk, Dv)
+        for i in reversed(range(n)):
+            dkc[:, :, i].view(BH, C, Dk).baddbmm_(rows[:, :, i].view(BH, C, Dv), dS.transpose(1, 2))
+            dvc[:, :, i].view(BH, C, Dv).baddbmm_(self.k_end[:, :, i].view(BH, C, Dk), dS)
+            dS.mul_(self.chunk_decay[:, :, i].reshape(BH, 1, 1))  # each chunk's outputs -> the state entering it
+            dS.baddbmm_(self.q_start[:, :, i].view(BH, C, Dk).transpose(1, 2), doc[:, :, i].view(BH, C, Dv))
+        return dS.view(B, H, Dk, Dv)
 
 
 def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
@@ -198,28 +211,18 @@ def _backward(q, k, v, g, starts, do, d_state, plan: _Plan):
             plan.chunked(work, name, x, start, stop) for name, x in (("q", q), ("k", k), ("v", v), ("do", do))
         )
         seg = _Segment(plan, work, qc, kc, plan.log_decay(g, start, stop))
-        prev, _ = seg.states(work, state, vc)
-        # Gradient of the state leaving each chunk, from the segment's end backwards.
-        d_prev = torch.matmul(seg.q_start.transpose(-1, -2), doc, out=work.get("updates", prev.shape))
-        d_next = work.get("d_next", prev.shape)
-        for i in reversed(range(prev.shape[2])):
-            d_next[:, :, i].copy_(d_state)
-            d_state = d_prev[:, :, i].addcmul_(seg.chunk_decay[:, :, i], d_state)  # each chunk's outputs -> its state
-        d_state = d_state.clone()
         cc = (*qc.shape[:-1], plan.C)
         scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", cc)).mul_(seg.decay)
         d_scores = torch.matmul(doc, vc.transpose(-1, -2), out=work.get("d_scores", cc)).mul_(seg.decay)
-        tk = work.get("q_start", qc.shape)  # seg.q_start is not needed after d_prev
         dqc = torch.matmul(d_scores, kc, out=work.get("dq", qc.shape))
-        dqc += torch.matmul(doc, prev.transpose(-1, -2), out=tk).mul_(seg.from_start)
         dkc = torch.matmul(d_scores.transpose(-1, -2), qc, out=work.get("dk", kc.shape))
-        dkc += torch.matmul(vc, d_next.transpose(-1, -2), out=tk).mul_(seg.to_end)
         dvc = torch.matmul(scores.transpose(-1, -2), doc, out=work.get("dv", vc.shape))
-        dvc += torch.matmul(seg.k_end, d_next, out=work.get("tv", vc.shape))
+        d_state = seg.carry_back(state, d_state, vc, doc, dqc, dkc, dvc, work.get("tv", vc.shape))
         plan.unchunk_into(dq, dqc, start, stop)
         plan.unchunk_into(dk, dkc, start, stop)
         plan.unchunk_into(dv, dvc, start, stop)
         # Each query row scales with exp(cum_n), each key row with exp(-cum_m) (docs/retention.md).
+        tk = work.get("q_start", qc.shape)  # seg.q_start is not needed after carry_back
         d_cum = torch.mul(qc, dqc, out=tk).sum(-1) - torch.mul(kc, dkc, out=tk).sum(-1)
         plan.unchunk_into(dcum[..., None], d_cum[..., None], start, stop)
     return dq, dk, dv, dcum, d_state
