@@ -146,16 +146,27 @@ class _Segment:
         B, H, n = qc.shape[:3]
         self.chunk_decay = torch.exp(self.b_total).expand(B, H, n)[..., None, None]  # [B, H, n, 1, 1]
 
+    @staticmethod
+    def _chunk(x: torch.Tensor, i: int) -> torch.Tensor:
+        """Chunk ``i`` of ``[B, H, n, C, D]`` chunks as a ``[B * H, C, D]`` view (batch and head as one batch; a
+        view, never a copy, since the in-place products write through it)."""
+        return x[:, :, i].view(-1, *x.shape[-2:])
+
+    def _decay_and_add(self, S: torch.Tensor, i: int, left: torch.Tensor, right: torch.Tensor) -> None:
+        """``S = exp(b_C) S + left_i^T right_i`` in place for chunk ``i`` (``S``: ``[B * H, Dk, Dv]``): the state
+        advancing past the chunk (``K * exp(b_C - b)``, ``V``), or its gradient going back over it (``Q * exp(b)``,
+        ``dO``)."""
+        S.mul_(self.chunk_decay[:, :, i].reshape(S.shape[0], 1, 1))
+        S.baddbmm_(self._chunk(left, i).transpose(1, 2), self._chunk(right, i))
+
     def carry(self, state: torch.Tensor, vc: torch.Tensor, oc: torch.Tensor) -> None:
         """Chunk by chunk: adds the state's term ``(Q * exp(b)) S`` to the chunk's outputs ``oc`` and advances
-        ``state`` (``[B, H, Dk, Dv]``, updated in place) past the chunk. One state stays in cache throughout
-        instead of every chunk's entering state being written out and read back."""
-        B, H, n, C, Dv = vc.shape
-        S = state.view(B * H, *state.shape[-2:])
-        for i in range(n):
-            oc[:, :, i].view(B * H, C, Dv).baddbmm_(self.q_start[:, :, i].view(B * H, C, -1), S)
-            S.mul_(self.chunk_decay[:, :, i].reshape(B * H, 1, 1))
-            S.baddbmm_(self.k_end[:, :, i].view(B * H, C, -1).transpose(1, 2), vc[:, :, i].view(B * H, C, Dv))
+        ``state`` (``[B, H, Dk, Dv]``, contiguous, updated in place) past the chunk. One state stays in cache
+        throughout instead of every chunk's entering state being written out and read back."""
+        S = state.view(-1, *state.shape[-2:])
+        for i in range(vc.shape[2]):
+            self._chunk(oc, i).baddbmm_(self._chunk(self.q_start, i), S)
+            self._decay_and_add(S, i, self.k_end, vc)
 
     def carry_back(self, state, d_state, vc, doc, dqc, dkc, dvc, scratch) -> torch.Tensor:
         """The state's terms of the gradients, chunk by chunk on one state and one state gradient (each stays in
@@ -164,23 +175,19 @@ class _Segment:
         ``(V dS^T) * exp(b_C - b)`` to ``dkc`` and ``(K * exp(b_C - b)) dS`` to ``dvc``, with ``dS`` the gradient of
         the state leaving each chunk. ``scratch``: a ``vc``-shaped buffer. Returns the gradient of the state
         entering the segment."""
-        B, H, n, C, Dv = vc.shape
-        Dk = self.k_end.shape[-1]
-        BH = B * H
+        n = vc.shape[2]
         rows = torch.mul(doc, self.from_start, out=scratch)  # (dO S^T) * exp(b) = (dO * exp(b)) S^T, row by row
-        S = state.clone(memory_format=torch.contiguous_format).view(BH, Dk, Dv)
+        S = state.clone(memory_format=torch.contiguous_format).view(-1, *state.shape[-2:])
         for i in range(n):
-            dqc[:, :, i].view(BH, C, Dk).baddbmm_(rows[:, :, i].view(BH, C, Dv), S.transpose(1, 2))
-            S.mul_(self.chunk_decay[:, :, i].reshape(BH, 1, 1))
-            S.baddbmm_(self.k_end[:, :, i].view(BH, C, Dk).transpose(1, 2), vc[:, :, i].view(BH, C, Dv))
+            self._chunk(dqc, i).baddbmm_(self._chunk(rows, i), S.transpose(1, 2))
+            self._decay_and_add(S, i, self.k_end, vc)
         rows = torch.mul(vc, self.to_end, out=scratch)
-        dS = d_state.clone(memory_format=torch.contiguous_format).view(BH, Dk, Dv)
+        dS = d_state.clone(memory_format=torch.contiguous_format).view(-1, *d_state.shape[-2:])
         for i in reversed(range(n)):
-            dkc[:, :, i].view(BH, C, Dk).baddbmm_(rows[:, :, i].view(BH, C, Dv), dS.transpose(1, 2))
-            dvc[:, :, i].view(BH, C, Dv).baddbmm_(self.k_end[:, :, i].view(BH, C, Dk), dS)
-            dS.mul_(self.chunk_decay[:, :, i].reshape(BH, 1, 1))  # each chunk's outputs -> the state entering it
-            dS.baddbmm_(self.q_start[:, :, i].view(BH, C, Dk).transpose(1, 2), doc[:, :, i].view(BH, C, Dv))
-        return dS.view(B, H, Dk, Dv)
+            self._chunk(dkc, i).baddbmm_(self._chunk(rows, i), dS.transpose(1, 2))
+            self._chunk(dvc, i).baddbmm_(self._chunk(self.k_end, i), dS)
+            self._decay_and_add(dS, i, self.q_start, doc)  # each chunk's outputs -> the state entering it
+        return dS.view(d_state.shape)
 
 
 def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
@@ -190,7 +197,8 @@ def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
     for start, stop in plan.segments():
         if saved is not None:
             saved.append(state)
-        state = state.clone(memory_format=torch.contiguous_format)  # advanced in place: the caller's and the saved stay
+        if saved is not None or start == 0:  # advanced in place below: the caller's and the saved states stay
+            state = state.clone(memory_format=torch.contiguous_format)
         qc, kc, vc = (plan.chunked(work, name, x, start, stop) for name, x in (("q", q), ("k", k), ("v", v)))
         seg = _Segment(plan, work, qc, kc, plan.log_decay(g, start, stop))
         scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", (*qc.shape[:-1], plan.C)))
