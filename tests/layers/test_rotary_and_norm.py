@@ -47,3 +47,20 @@ def test_head_norm_is_scale_invariant_per_head():
     for kind in ("rms", "group", "layer"):
         norm = HeadNorm(3, 8, kind, eps=0.0).double()
         assert torch.allclose(norm(o * scale), norm(o), atol=1e-12)
+
+
+def test_complex_rotation_equals_the_pairwise_formula():
+    """``apply_rotary``'s complex product (float32/float64) equals ``x cos + rotate_every_two(x) sin`` times the
+    scale, for contiguous and strided inputs; other dtypes take the formula itself."""
+    gen = torch.Generator().manual_seed(0)
+    rot = RetNetRotary(8)
+    sin, cos = rot(torch.arange(5)[None].expand(2, 5), torch.float64)
+    x = torch.randn(2, 5, 3, 8, generator=gen, dtype=torch.float64)
+    strided = torch.randn(2, 5, 8, 3, generator=gen, dtype=torch.float64).transpose(-1, -2)  # pairs not adjacent
+    for inp in (x, strided, x[:, 1:]):
+        s, c = sin[:, -inp.shape[1] :], cos[:, -inp.shape[1] :]
+        want = (inp * c[:, :, None] + rotate_every_two(inp) * s[:, :, None]) * 0.25
+        torch.testing.assert_close(apply_rotary(inp, s, c, 0.25), want, rtol=1e-14, atol=1e-14)
+    half = apply_rotary(x.half(), sin.half(), cos.half(), 0.5)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), apply_rotary(x, sin, cos, 0.5), rtol=1e-2, atol=1e-2)

@@ -133,3 +133,26 @@ def test_keeps_inputs_only():
     wo = torch.randn(8, 32, requires_grad=True)
     assert _saved_bytes(lambda g, y, w: gated_linear(g, y, w, heads=2, eps=1e-6), [gate, flat, wo]) == 64 * 2 * 4
     assert _saved_bytes(lambda g, y, w: _plain_gated(g, y, w, 2, 1e-6), [gate, flat, wo]) >= 3 * flat.nbytes
+
+
+@settings(max_examples=25, deadline=None)
+@given(dims, st.integers(1, 5), st.sampled_from([None, 0.0, 1e-6]), st.booleans(), st.integers(0, 2**16))
+def test_inference_paths_equal_plain_math_and_leave_inputs(shape, out, eps, affine, seed):
+    """Without gradients ``gated_linear`` forms its product in place in the swish's output and ``rms_norm``
+    scales one copy: the same values as the plain expressions, and the callers' tensors unchanged."""
+    B, T, H, D = shape
+    gen = torch.Generator().manual_seed(seed)
+    gate = torch.randn(B, T, H * D, generator=gen, dtype=torch.float64) * 3
+    y = torch.randn(B, T, H * D, generator=gen, dtype=torch.float64)
+    if eps == 0.0:
+        y[:, 0] = 0
+    w = torch.randn(out, H * D, generator=gen, dtype=torch.float64)
+    norm_w = torch.randn(H * D, generator=gen, dtype=torch.float64) if affine else None
+    before = [t.clone() for t in (gate, y, w)]
+    with torch.no_grad():
+        got = gated_linear(gate, y, w, heads=H, eps=eps)
+        normed = rms_norm(y, norm_w, eps if eps is not None else 1e-6)
+    torch.testing.assert_close(got, _plain_gated(gate, y, w, H, eps), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(normed, _plain_rms(y, norm_w, eps if eps is not None else 1e-6), rtol=1e-12, atol=1e-12)
+    for t, b in zip((gate, y, w), before):
+        assert torch.equal(t, b)

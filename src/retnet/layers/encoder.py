@@ -21,7 +21,7 @@ class BidirectionalRetention(MultiScaleRetention):
         B, T, _ = x.shape
         H = self.num_heads
         q = apply_rotary(self.q_proj(x).view(B, T, H, self.key_dim), sin, cos)
-        k = apply_rotary(self.k_proj(x).view(B, T, H, self.key_dim) * self.key_dim**-0.5, sin, cos)
+        k = apply_rotary(self.k_proj(x).view(B, T, H, self.key_dim), sin, cos, self.key_dim**-0.5)
         v = self.v_proj(x).view(B, T, H, self.head_dim)
         o = bidirectional_retention(
             q, k, v, self.decay(x), mode=mode, chunk_size=self.chunk_size, attention_mask=attention_mask

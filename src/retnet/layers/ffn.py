@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retnet.ops.lean import gated_linear, lean_applies
+from retnet.ops.lean import fusable, gated_linear
 
 
 def plain_linear(module: nn.Module) -> bool:
@@ -32,6 +32,6 @@ class GatedFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.fc1(x), self.gate(x)
         if plain_linear(self.fc2) and self.act is F.silu and not (self.training and self.dropout.p):
-            if lean_applies(a, b, self.fc2.weight):  # keeps fc1's and gate's outputs, not their product
+            if fusable(a, b, self.fc2.weight):  # training keeps fc1's and gate's outputs only, not their product
                 return gated_linear(a, b, self.fc2.weight)
         return self.fc2(self.dropout(self.act(a) * b))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from retnet.ops.lean import inv_rms as _inv_rms
-from retnet.ops.lean import rms_norm
+from retnet.ops.lean import mean_square, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -45,7 +45,7 @@ class HeadNorm(nn.Module):
     def forward(self, o: torch.Tensor) -> torch.Tensor:
         of = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
         if self.kind == "rms":
-            y = of * _inv_rms(of.pow(2).mean(-1, keepdim=True), self.eps)
+            y = of * _inv_rms(mean_square(of), self.eps)
         else:
             mean = of.mean(-1, keepdim=True)
             var = (of - mean).pow(2).mean(-1, keepdim=True)

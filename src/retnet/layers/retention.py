@@ -14,7 +14,7 @@ from retnet.layers.ffn import plain_linear
 from retnet.layers.norm import HeadNorm
 from retnet.layers.rotary import apply_rotary
 from retnet.ops import official_log_decay, paper_log_decay, retention
-from retnet.ops.lean import gated_linear, lean_applies
+from retnet.ops.lean import fusable, gated_linear
 
 DECAY_SCHEDULES = {"official": official_log_decay, "paper": paper_log_decay}
 
@@ -88,7 +88,7 @@ class MultiScaleRetention(nn.Module):
         B, T, _ = x.shape
         H = self.num_heads
         q = apply_rotary(self.q_proj(x).view(B, T, H, self.key_dim), sin, cos)
-        k = apply_rotary(self.k_proj(x).view(B, T, H, self.key_dim) * self.key_dim**-0.5, sin, cos)
+        k = apply_rotary(self.k_proj(x).view(B, T, H, self.key_dim), sin, cos, self.key_dim**-0.5)
         v = self.v_proj(x).view(B, T, H, self.head_dim)
         o, new_state = retention(
             q,
@@ -108,8 +108,9 @@ class MultiScaleRetention(nn.Module):
         if row_scale is not None:
             o = o * row_scale[..., None].to(o.dtype)
         gate = self.g_proj(x)
-        if self.head_norm.kind == "rms" and plain_linear(self.out_proj) and lean_applies(o, gate, self.out_proj.weight):
-            # Head norm, swish gate and output projection as one node that keeps o and the gate only.
+        if self.head_norm.kind == "rms" and plain_linear(self.out_proj) and fusable(o, gate, self.out_proj.weight):
+            # Head norm, swish gate and output projection in one function: in training one node that keeps o and
+            # the gate only, in inference one full-size temporary.
             o = o.reshape(B, T, H * self.head_dim)
             return gated_linear(gate, o, self.out_proj.weight, heads=H, eps=self.head_norm.eps), new_state
         o = self.head_norm(o).reshape(B, T, H * self.head_dim)

@@ -51,7 +51,30 @@ class RetNetRotary(nn.Module):
         return torch.sin(phase).to(dtype), torch.cos(phase).to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotates ``x: [B, T, H, Dk]`` by ``sin, cos: [B, T, Dk]``; the result has the dtype of ``sin``."""
+def rotation(sin: torch.Tensor, cos: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Each pair's rotation as one complex factor ``scale * (cos + i sin)``: ``[..., Dk / 2]`` from ``sin, cos:
+    [..., Dk]`` (float32 gives complex64, float64 complex128)."""
+    turn = torch.complex(cos[..., ::2], sin[..., ::2])
+    return turn if scale == 1.0 else turn * scale
+
+
+def rotate_pairs(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """``x: [..., Dk]`` rotated pair by pair as one complex product with ``turn`` (:func:`rotation`, broadcast
+    against ``[..., Dk / 2]``); ``x`` has ``turn``'s real dtype."""
+    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
+        x = x.contiguous()  # a complex view needs whole pairs, adjacent in memory
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * turn).flatten(-2)
+
+
+def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Rotates ``x: [B, T, H, Dk]`` by ``sin, cos: [B, T, Dk]`` and multiplies it by ``scale``; the result has
+    the dtype of ``sin``. Float32/float64: one complex product per element pair (no rotated copy of ``x``),
+    except under ``torch.compile``, whose inductor fuses the real formula and leaves complex products to
+    separate ATen calls."""
     x = x.to(sin.dtype)
+    if sin.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        return rotate_pairs(x, rotation(sin, cos, scale)[:, :, None])
+    if scale != 1.0:
+        x = x * scale
     return x * cos[:, :, None] + rotate_every_two(x) * sin[:, :, None]

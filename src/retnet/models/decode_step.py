@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retnet.layers.ffn import GatedFFN, plain_linear
-from retnet.layers.rotary import rotate_every_two
+from retnet.layers.rotary import rotate_every_two, rotate_pairs, rotation
 from retnet.models.quantize import fuse_int8_linears
 from retnet.models.state import RetNetState
 from retnet.ops import retention
@@ -136,11 +136,8 @@ def _ffn(ffn: nn.Module, x: torch.Tensor, linear: LinearFn, fused: nn.Module | N
 
 
 def _rotate(x: torch.Tensor, turn: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """``x`` viewed as ``[B, H, Dk]`` rotated pair by pair: one complex product with ``turn = cos + i sin``
-    (``[B, 1, Dk / 2]``, the pairs' shared angle, any scale folded in)."""
-    B, H, Dk = shape
-    pairs = torch.view_as_complex(x.reshape(B, H, Dk // 2, 2))
-    return torch.view_as_real(pairs * turn).view(B, H, Dk)
+    """``x`` viewed as ``[B, H, Dk]`` rotated pair by pair by ``turn`` (``[B, 1, Dk / 2]``, any scale folded in)."""
+    return rotate_pairs(x.reshape(shape), turn)
 
 
 class SideBySide:
@@ -527,7 +524,7 @@ class DecodeStep:
         turns = None
         # (complex factors in eager steps only: inductor leaves complex products to separate ATen calls)
         if sin.dtype in (torch.float32, torch.float64) and self._key_dim is not None and not self.compiled:
-            turn = torch.complex(cos_h[..., ::2], sin_h[..., ::2])  # each pair's angle, once
+            turn = rotation(sin_h, cos_h)  # each pair's angle, once
             turns = (turn, turn * self._key_dim**-0.5)
         big = self.pack_min_batch is not None and x.shape[0] >= self.pack_min_batch and PackedLinears.applies(x)
         linear: LinearFn = self.packed if big else _call

@@ -18,6 +18,11 @@ import torch
 import torch.nn.functional as F
 
 
+def mean_square(x: torch.Tensor) -> torch.Tensor:
+    """``mean(x^2)`` over the last dim, ``[..., 1]``: one reduction, no squared copy of ``x``."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square().div(x.shape[-1])
+
+
 def inv_rms(mean_square: torch.Tensor, eps: float) -> torch.Tensor:
     """``1 / sqrt(mean_square + eps)``; with ``eps == 0`` an all-zero vector (a padded step) maps to 0, not NaN."""
     if eps > 0:
@@ -39,7 +44,7 @@ def _rms_backward_(y_hat: torch.Tensor, inv: torch.Tensor, d_hat: torch.Tensor) 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps: float):
-        inv = inv_rms(x.pow(2).mean(-1, keepdim=True), eps)
+        inv = inv_rms(mean_square(x), eps)
         ctx.save_for_backward(x, inv, weight)
         y = x * inv
         return y * weight if weight is not None else y
@@ -64,22 +69,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     if lean_applies(x, weight):
         return _RMSNorm.apply(x, weight, eps)
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    y = xf * inv_rms(xf.pow(2).mean(-1, keepdim=True), eps)
-    if weight is not None:
-        y = y * weight.to(y.dtype)
-    return y.to(x.dtype)
+    inv = inv_rms(mean_square(xf), eps)
+    if weight is None:
+        return (xf * inv).to(x.dtype)
+    return torch.mul(xf, weight.to(xf.dtype)).mul_(inv).to(x.dtype)
+
+
+def fusable(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether these functions' own computation applies: float32/float64 tensors of one dtype, no autocast."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return False
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # meta tensors have no autocast
+        return False
+    return all(t is None or t.dtype == x.dtype for t in others)
+
+
+def _records_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def lean_applies(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """Whether the hand-written backward applies: gradients recorded, float32/float64 of one dtype, no autocast."""
-    if not torch.is_grad_enabled() or x.dtype not in (torch.float32, torch.float64):
-        return False
-    if torch.is_autocast_enabled(x.device.type):
-        return False
-    present = [t for t in others if t is not None]
-    if any(t.dtype != x.dtype for t in present):
-        return False
-    return x.requires_grad or any(t.requires_grad for t in present)
+    return _records_grad(x, *others) and fusable(x, *others)
 
 
 class _GatedLinear(torch.autograd.Function):
@@ -124,7 +135,7 @@ class _GatedLinear(torch.autograd.Function):
 def _head_norm(y: torch.Tensor, heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head RMS norm of ``y: [..., heads * D]`` and the per-head factors ``[..., heads, 1]``."""
     yh = y.unflatten(-1, (heads, -1))
-    inv = inv_rms(yh.pow(2).mean(-1, keepdim=True), eps)
+    inv = inv_rms(mean_square(yh), eps)
     return (yh * inv).flatten(-2), inv
 
 
@@ -135,8 +146,14 @@ def gated_linear(
 
     ``n`` is the identity for ``eps=None``, else an RMS norm without affine over each of ``heads`` equal
     groups of ``y``'s last dim. Through :class:`_GatedLinear` for float32/float64 inputs of one dtype that
-    record gradients, outside autocast; otherwise plainly (same math)."""
+    record gradients, outside autocast; without gradients the product is formed in place in the swish's
+    output (one full-size temporary: the inference path); otherwise plainly (same math)."""
     if lean_applies(gate, y, weight):
         return _GatedLinear.apply(gate, y, weight, heads, eps)
+    if fusable(gate, y, weight) and not _records_grad(gate, y, weight):
+        h = F.silu(gate).mul_(y)
+        if eps is not None:
+            h.unflatten(-1, (heads, -1)).mul_(inv_rms(mean_square(y.unflatten(-1, (heads, -1))), eps))
+        return F.linear(h, weight)
     y_hat = y if eps is None else _head_norm(y, heads, eps)[0]
     return F.linear(F.silu(gate) * y_hat, weight)
