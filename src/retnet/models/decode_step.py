@@ -135,11 +135,6 @@ def _ffn(ffn: nn.Module, x: torch.Tensor, linear: LinearFn, fused: nn.Module | N
     return linear(ffn.fc2, ffn.act(a) * b)
 
 
-def _rotate(x: torch.Tensor, turn: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """``x`` viewed as ``[B, H, Dk]`` rotated pair by pair by ``turn`` (``[B, 1, Dk / 2]``, any scale folded in)."""
-    return rotate_pairs(x.reshape(shape), turn)
-
-
 class SideBySide:
     """Bias-free float linears that read the same input, applied as one product.
 
@@ -265,7 +260,7 @@ def _retention_step(
         q, k, v, g = linear(mix.q_proj, h), linear(mix.k_proj, h), linear(mix.v_proj, h), None
     v = v.reshape(B, H, Dv)
     if turns is not None and q.dtype == cd:
-        q, k = _rotate(q, turns[0], (B, H, Dk)), _rotate(k, turns[1], (B, H, Dk))
+        q, k = rotate_pairs(q.reshape(B, H, Dk), turns[0]), rotate_pairs(k.reshape(B, H, Dk), turns[1])
     else:
         q = q.reshape(B, H, Dk).to(cd)
         k = (k.reshape(B, H, Dk) * Dk**-0.5).to(cd)

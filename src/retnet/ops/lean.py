@@ -79,7 +79,8 @@ def fusable(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """Whether these functions' own computation applies: float32/float64 tensors of one dtype, no autocast."""
     if x.dtype not in (torch.float32, torch.float64):
         return False
-    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # meta tensors have no autocast
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         return False
     return all(t is None or t.dtype == x.dtype for t in others)
 
@@ -132,11 +133,15 @@ class _GatedLinear(torch.autograd.Function):
         return d_gate, d_y, d_weight, None, None
 
 
+def _head_factors(y: torch.Tensor, heads: int, eps: float) -> torch.Tensor:
+    """The per-head RMS norm factors ``[..., heads, 1]`` of ``y: [..., heads * D]``."""
+    return inv_rms(mean_square(y.unflatten(-1, (heads, -1))), eps)
+
+
 def _head_norm(y: torch.Tensor, heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head RMS norm of ``y: [..., heads * D]`` and the per-head factors ``[..., heads, 1]``."""
-    yh = y.unflatten(-1, (heads, -1))
-    inv = inv_rms(mean_square(yh), eps)
-    return (yh * inv).flatten(-2), inv
+    inv = _head_factors(y, heads, eps)
+    return (y.unflatten(-1, (heads, -1)) * inv).flatten(-2), inv
 
 
 def gated_linear(
@@ -153,7 +158,7 @@ def gated_linear(
     if fusable(gate, y, weight) and not _records_grad(gate, y, weight):
         h = F.silu(gate).mul_(y)
         if eps is not None:
-            h.unflatten(-1, (heads, -1)).mul_(inv_rms(mean_square(y.unflatten(-1, (heads, -1))), eps))
+            h.unflatten(-1, (heads, -1)).mul_(_head_factors(y, heads, eps))
         return F.linear(h, weight)
     y_hat = y if eps is None else _head_norm(y, heads, eps)[0]
     return F.linear(F.silu(gate) * y_hat, weight)
