@@ -242,16 +242,18 @@ def paired_case(
         decode(warm[:, :1])
         info["reset"]()
     ids = torch.randint(0, vocab, (1, context), generator=gen)
+    prefill_of = {e: prefill for e, (prefill, _, _) in built.items()}
+    reset_of = {e: info["reset"] for e, (_, _, info) in built.items()}
     prefill_s: dict[str, list[float]] = {e: [] for e in engines}
     for r in range(prefill_rounds):
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
         for engine in order:
-            built[engine][2]["reset"]()
+            reset_of[engine]()
             prefill_s[engine].append(0.0)
         for start in range(0, context, prefill_block):
             for engine in order:
                 t0 = time.perf_counter()
-                built[engine][0](ids[:, start : start + prefill_block])
+                prefill_of[engine](ids[:, start : start + prefill_block])
                 prefill_s[engine][-1] += time.perf_counter() - t0
     # Each round, each engine takes two steps in turn, the second timed: the first brings the engine's caches
     # back to where a run of its own steps keeps them (timing the first step after another engine's would time
