@@ -298,14 +298,15 @@ def _retention_step(
         decay = decay.view(-1, H, 1, 1) if decay.dim() > 1 else decay.view(1, H, 1, 1)
         if for_inductor:
             # In the form inductor compiles best: o from the old state, q (gamma S + k^T v) = gamma (q S) +
-            # (q . k) v, and a loop that writes gamma S + k^T v over the state (in place when asked). One row:
-            # q S as a BLAS one-row product per head, which inductor leaves a library call that streams the
-            # head's state; as a sum over the key dimension inductor fuses it with the update into a kernel
-            # that cannot also write the state, so it writes a buffer and copies it back later (the one-row
-            # step of the ~98M model measured ~5% slower; written as o = q S_new, ~4% slower again).
+            # (q . k) v, and a loop that writes gamma S + k^T v over the state (in place when asked). One row
+            # with BLAS products: q S as a one-row product per head, which inductor leaves a library call that
+            # streams the head's state; as a sum over the key dimension inductor fuses it with the update into
+            # a kernel that cannot also write the state, so it writes a buffer and copies it back later (the
+            # one-row step of the ~98M model measured ~5% slower; written as o = q S_new, ~4% slower again).
+            # Row products (where the BLAS reads slower than inductor's loops) keep the sum.
             qs, ks, vs = q.to(sd), k.to(sd), v.to(sd)
             qk = (qs * ks).sum(-1, keepdim=True)
-            if B == 1:
+            if B == 1 and linear is not _row_products:
                 qS = torch.cat([torch.mm(qs[0, head, None], state[0, head]) for head in range(H)])[None]
             else:
                 qS = (qs[..., :, None] * state).sum(-2)
