@@ -163,14 +163,15 @@ LAST_BLOCK_CASES = {
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("padded", [False, True])
 def test_logits_to_keep_runs_the_last_block_on_the_kept_positions(case, mode, padded):
-    """The last block's FFN (and a retention block's gate projection) sees only the kept positions; logits and
-    state equal the full pass's, from a state too (a prompt's second chunk) and with left padding."""
+    """The last block's FFN (and a retention block's query and gate projections) sees only the kept positions;
+    logits and state equal the full pass's, from a state too (a prompt's second chunk) and with left padding."""
     model = tiny_model(**LAST_BLOCK_CASES[case])
     last = model.model.layers[-1]
     seen = []
     last.ffn.register_forward_hook(lambda m, i, o: seen.append(("ffn", i[0].shape[1])))
     if last.kind != "attention":
         last.retention.g_proj.register_forward_hook(lambda m, i, o: seen.append(("gate", i[0].shape[1])))
+        last.retention.q_proj.register_forward_hook(lambda m, i, o: seen.append(("query", i[0].shape[1])))
     ids = torch.randint(0, 97, (2, 21))
     mask = torch.ones_like(ids)
     if padded:
@@ -179,7 +180,7 @@ def test_logits_to_keep_runs_the_last_block_on_the_kept_positions(case, mode, pa
     full = model(ids[:, 9:], attention_mask=mask[:, 9:], state=head.state, use_cache=True, mode=mode)
     seen.clear()
     kept = model(ids[:, 9:], attention_mask=mask[:, 9:], state=head.state, use_cache=True, mode=mode, logits_to_keep=3)
-    assert sorted(seen) == ([("ffn", 3)] if last.kind == "attention" else [("ffn", 3), ("gate", 3)])
+    assert sorted(seen) == ([("ffn", 3)] if last.kind == "attention" else [("ffn", 3), ("gate", 3), ("query", 3)])
     assert kept.logits.shape == (2, 3, 97)
     assert rel_err(kept.logits, full.logits[:, -3:]) < 1e-9
     assert_states_close(kept.state, full.state)

@@ -50,3 +50,11 @@ def test_segment_size_targets_a_few_mib():
     assert segment_chunks(64, 32, 64, 256, 256, 4, torch.device("cpu")) == 1  # never below one chunk
     # Accelerators: larger segments, still bounded (no per-chunk tensor of the whole sequence in backward).
     assert segment_chunks(1, 8, 64, 64, 128, 4, torch.device("meta")) * 64 * 8 * 128 * 4 == DEVICE_SEGMENT_BYTES
+
+
+def test_forward_only_segments_count_the_forwards_own_temporaries():
+    """Without a backward to follow, a segment holds only the decayed queries and keys ``[B, n*C, H, Dk]``."""
+    cpu = torch.device("cpu")
+    n = segment_chunks(1, 3, 64, 256, 432, 4, cpu, forward_only=True)
+    assert n == CPU_SEGMENT_BYTES // (3 * 64 * 256 * 4)  # 10 chunks: a 512-token prefill block is one segment
+    assert n > segment_chunks(1, 3, 64, 256, 432, 4, cpu)

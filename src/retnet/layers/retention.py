@@ -13,7 +13,7 @@ from torch import nn
 from retnet.layers.ffn import plain_linear
 from retnet.layers.norm import HeadNorm
 from retnet.layers.rotary import apply_rotary
-from retnet.ops import official_log_decay, paper_log_decay, retention
+from retnet.ops import official_log_decay, paper_log_decay, retention, retention_state
 from retnet.ops.lean import fusable, gated_linear
 
 DECAY_SCHEDULES = {"official": official_log_decay, "paper": paper_log_decay}
@@ -83,18 +83,36 @@ class MultiScaleRetention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``mode`` (the math form) and ``backend`` go to :func:`retnet.ops.retention` as they are.
         ``row_scale`` (``[B, T, H]``, optional) multiplies each head's output before the head norm.
-        ``keep_last = n > 0``: only the last ``n`` outputs are needed; the state still covers every step, the head
-        norm, gate and output projection run on those ``n`` only, and the output is ``[B, n, hidden_size]``."""
+        ``keep_last = n > 0``: only the last ``n`` outputs are needed; the state still covers every step (the steps
+        before those ``n`` through :func:`retnet.ops.retention_state`: no queries, no outputs), the query and output
+        projections, head norm and gate run on those ``n`` only, and the output is ``[B, n, hidden_size]``."""
         B, T, _ = x.shape
         H = self.num_heads
-        q = apply_rotary(self.q_proj(x).view(B, T, H, self.key_dim), sin, cos)
         k = apply_rotary(self.k_proj(x).view(B, T, H, self.key_dim), sin, cos, self.key_dim**-0.5)
         v = self.v_proj(x).view(B, T, H, self.head_dim)
+        decay = self.decay(x)
+        if 0 < keep_last < T:
+            # The steps before the last keep_last only advance the state: no queries, no outputs for them.
+            skip, T = T - keep_last, keep_last
+            head_mask = None if attention_mask is None else attention_mask[:, :skip]
+            gated = decay.dim() == 3
+            state = retention_state(
+                k[:, :skip],
+                v[:, :skip],
+                decay[:, :skip] if gated else decay,
+                initial_state=state,
+                attention_mask=head_mask,
+            )
+            x, sin, cos, k, v = (t[:, skip:] for t in (x, sin, cos, k, v))
+            decay = decay[:, skip:] if gated else decay
+            attention_mask = None if attention_mask is None else attention_mask[:, skip:]
+            row_scale = None if row_scale is None else row_scale[:, skip:]
+        q = apply_rotary(self.q_proj(x).view(B, T, H, self.key_dim), sin, cos)
         o, new_state = retention(
             q,
             k,
             v,
-            self.decay(x),
+            decay,
             mode=mode,
             backend=backend,
             chunk_size=self.chunk_size,
@@ -102,9 +120,6 @@ class MultiScaleRetention(nn.Module):
             output_final_state=use_cache,
             attention_mask=attention_mask,
         )
-        if 0 < keep_last < T:
-            o, x, T = o[:, -keep_last:], x[:, -keep_last:], keep_last
-            row_scale = None if row_scale is None else row_scale[:, -keep_last:]
         if row_scale is not None:
             o = o * row_scale[..., None].to(o.dtype)
         gate = self.g_proj(x)

@@ -3,13 +3,17 @@
 Per chunk, with ``b`` the inclusive cumulative log decay inside the chunk and ``b_C`` its total:
 ``O = (Q K^T * exp(b_j - b_i)[i <= j]) V + (Q * exp(b)) S_prev`` and
 ``S_next = exp(b_C) S_prev + (K * exp(b_C - b))^T V``.
-A short last chunk is zero-padded (zero log decay, zero keys), which changes neither outputs nor state.
+A short last chunk is its own smaller product in the forward and zero-padded (zero log decay, zero keys) in the
+backward, which changes neither outputs nor state.
 
 The chunks are processed in segments of a few MiB per tensor: intra-chunk terms are batched over a
 segment's chunks; the state's terms loop over the chunks on one state updated in place (it stays in cache).
+The forward reads the inputs and writes the outputs in their ``[B, T, H, D]`` layout (a head's chunk rows are
+a matrix with a row stride); the backward works on copies in chunk layout ``[B, H, n, C, D]``.
 Segments bound every temporary; all of them live in one buffer per call (:class:`_Work`) that every segment
 reuses, written with ``out=`` and in-place ops, so a call allocates its outputs and one block instead of a
-churn of per-segment tensors (docs/benchmarks/retention.md).
+churn of per-segment tensors (docs/benchmarks/retention.md). :func:`chunkwise_state` is the state update alone
+(no queries, no outputs), one product per head and segment.
 
 For gradients, :class:`ChunkwiseRetention` saves only ``q, k, v``, the log decay and the state at each
 segment's start; the backward walks the segments in reverse with a running state gradient and recomputes
@@ -27,23 +31,36 @@ CPU_SEGMENT_BYTES = 2 * 2**20
 DEVICE_SEGMENT_BYTES = 64 * 2**20
 
 
-def segment_chunks(B: int, H: int, C: int, Dk: int, Dv: int, itemsize: int, device: torch.device) -> int:
-    """Chunks per segment: keeps ``[B, H, n*C, max(C, Dk, Dv)]`` near the device's target size."""
+def segment_chunks(
+    B: int, H: int, C: int, Dk: int, Dv: int, itemsize: int, device: torch.device, forward_only: bool = False
+) -> int:
+    """Chunks per segment: keeps ``[B, H, n*C, max(C, Dk, Dv)]`` (the backward's chunk-layout tensors) near the
+    device's target size; ``forward_only`` (no backward will follow): the forward's own temporaries, the decayed
+    queries and keys ``[B, n*C, H, Dk]``."""
     target = CPU_SEGMENT_BYTES if device.type == "cpu" else DEVICE_SEGMENT_BYTES
-    per_chunk = B * H * C * max(C, Dk, Dv) * itemsize
+    per_chunk = B * H * C * (Dk if forward_only else max(C, Dk, Dv)) * itemsize
     return max(1, target // per_chunk)
 
 
 class _Plan:
     """Chunk length, segment length and the fixed-decay constants shared by forward and backward."""
 
-    def __init__(self, q: torch.Tensor, v: torch.Tensor, g: torch.Tensor, chunk_size: int, per_segment: int | None):
+    def __init__(
+        self,
+        q: torch.Tensor,
+        v: torch.Tensor,
+        g: torch.Tensor,
+        chunk_size: int,
+        per_segment: int | None,
+        forward_only: bool = False,
+    ):
         B, T, H, Dk = q.shape
         self.B, self.T, self.H, self.Dv = B, T, H, v.shape[-1]
         self.C = C = min(chunk_size, T)
         self.N = -(-T // C)
+        self.forward_only = forward_only
         if per_segment == -1:
-            per_segment = segment_chunks(B, H, C, Dk, self.Dv, q.element_size(), q.device)
+            per_segment = segment_chunks(B, H, C, Dk, self.Dv, q.element_size(), q.device, forward_only)
         self.S = self.N if per_segment is None else max(1, min(per_segment, self.N))
         idx = torch.arange(C, device=q.device)
         self.causal = idx[:, None] >= idx[None, :]
@@ -93,15 +110,18 @@ class _Work:
     the heap from fragmenting (and on the CPU from faulting fresh pages per segment)."""
 
     # Slots by last-two-dims kind: "k" [C, Dk], "v" [C, Dv], "c" [C, C] per chunk (no per-chunk state: the
-    # state's terms run chunk by chunk on one state). The forward writes its outputs into the backward's "dv"
-    # slot; the backward's scaled rows go to "tv", its temporary for the log-decay gradient reuses "q_start".
+    # state's terms run chunk by chunk on one state). The forward uses "q_start", "k_end" and "scores" (alone when
+    # no backward follows); the backward's scaled rows go to "tv", its temporary for the log-decay gradient
+    # reuses "q_start".
     SLOTS = {
         "k": ("q", "k", "k_end", "q_start", "dq", "dk"),
         "v": ("v", "do", "dv", "tv"),
         "c": ("scores", "d_scores"),
     }
+    FORWARD_SLOTS = ("k_end", "q_start", "scores")
 
-    def __init__(self, plan: _Plan, like: torch.Tensor) -> None:
+    def __init__(self, plan: _Plan, like: torch.Tensor, only: tuple[str, ...] | None = None) -> None:
+        """``only``: allocate just these slots (default: every one)."""
         chunks = plan.B * plan.H * plan.S
         per_chunk = {
             "k": plan.C * like.shape[-1],
@@ -111,7 +131,7 @@ class _Work:
         self.offsets: dict[str, tuple[int, int]] = {}
         total = 0
         for kind, names in self.SLOTS.items():
-            for name in names:
+            for name in names if only is None else [n for n in names if n in only]:
                 self.offsets[name] = (total, chunks * per_chunk[kind])
                 total += chunks * per_chunk[kind]
         self.buffer = like.new_empty(total)
@@ -127,11 +147,12 @@ class _Work:
         return self.buffer[start : start + numel].view(shape)
 
 
-class _Segment:
-    """One segment's recomputable quantities (cumulative decays, intra-chunk decay matrix, decayed keys and
-    queries) and the state's terms, chunk by chunk."""
+class _Decays:
+    """One segment's decay factors (from its per-step log decays ``gc``: ``[B|1, H, n, C]``, padded steps 0): the
+    cumulative decays ``b``, the intra-chunk decay matrix, each row's factor from the chunk's start and to its end,
+    and each chunk's total decay."""
 
-    def __init__(self, plan: _Plan, work: _Work, qc, kc, gc) -> None:
+    def __init__(self, plan: _Plan, gc: torch.Tensor) -> None:
         self.b = torch.cumsum(gc, dim=-1)  # [B|1, H, n, C]
         self.b_total = self.b[..., -1]  # [B|1, H, n]
         if plan.decay_fixed is not None:
@@ -141,6 +162,21 @@ class _Segment:
             self.decay = torch.exp(torch.where(plan.causal, diff, float("-inf")))  # [B, H, n, C, C]
         self.to_end = torch.exp(self.b_total[..., None] - self.b)[..., None]  # [B|1, H, n, C, 1]
         self.from_start = torch.exp(self.b)[..., None]
+
+    @staticmethod
+    def per_step(factor: torch.Tensor, steps: int) -> torch.Tensor:
+        """A ``[B|1, H, n, C, 1]`` per-row factor as ``[B|1, steps, H, 1]``: one value per time step, to scale a
+        ``[B, steps, H, D]`` slice of the inputs in their own layout."""
+        B, H, n, C, _ = factor.shape
+        return factor.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, 1)[:, :steps]
+
+
+class _Segment(_Decays):
+    """The backward's view of one segment: its decays, the keys and queries decayed in chunk layout, and the
+    state's terms chunk by chunk."""
+
+    def __init__(self, plan: _Plan, work: _Work, qc, kc, gc) -> None:
+        super().__init__(plan, gc)
         self.k_end = torch.mul(kc, self.to_end, out=work.get("k_end", kc.shape))  # keys decayed to chunk end
         self.q_start = torch.mul(qc, self.from_start, out=work.get("q_start", qc.shape))  # from chunk start
         B, H, n = qc.shape[:3]
@@ -158,15 +194,6 @@ class _Segment:
         ``dO``)."""
         S.mul_(self.chunk_decay[:, :, i].reshape(S.shape[0], 1, 1))
         S.baddbmm_(self._chunk(left, i).transpose(1, 2), self._chunk(right, i))
-
-    def carry(self, state: torch.Tensor, vc: torch.Tensor, oc: torch.Tensor) -> None:
-        """Chunk by chunk: adds the state's term ``(Q * exp(b)) S`` to the chunk's outputs ``oc`` and advances
-        ``state`` (``[B, H, Dk, Dv]``, contiguous, updated in place) past the chunk. One state stays in cache
-        throughout instead of every chunk's entering state being written out and read back."""
-        S = state.view(-1, *state.shape[-2:])
-        for i in range(vc.shape[2]):
-            self._chunk(oc, i).baddbmm_(self._chunk(self.q_start, i), S)
-            self._decay_and_add(S, i, self.k_end, vc)
 
     def carry_back(self, state, d_state, vc, doc, dqc, dkc, dvc, scratch) -> torch.Tensor:
         """The state's terms of the gradients, chunk by chunk on one state and one state gradient (each stays in
@@ -190,21 +217,84 @@ class _Segment:
         return dS.view(d_state.shape)
 
 
-def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None):
-    """Outputs ``[B, T, H, Dv]`` and the final state; appends each segment's entering state to ``saved``."""
-    work = _Work(plan, q)  # before the output: the backward's buffer then reuses this block
-    o = q.new_empty(plan.B, plan.T, plan.H, plan.Dv)
+def _intra_chunk(q, k, v, dec: _Decays, o, scores_buffer: torch.Tensor, C: int) -> None:
+    """``o = (Q K^T * decay) V`` chunk by chunk for ``q, k: [B, L, H, Dk]``, ``v``, ``o: [B, L, H, Dv]`` (one
+    segment in the callers' layout: the products read and write each head's chunk rows as matrices with a row
+    stride). Whole chunks are batched per batch row and head; a short last chunk is one product of its own."""
+    B, L, H, _ = q.shape
+    whole, short = divmod(L, C)
+    for b in range(B):
+        for h in range(H):
+            decay = dec.decay[b if dec.decay.shape[0] > 1 else 0, h]  # [1 | n, C, C]
+            if whole:
+                rows = slice(0, whole * C)
+                qh, kh, vh, oh = (x[b, rows, h].unflatten(0, (whole, C)) for x in (q, k, v, o))
+                scores = torch.bmm(qh, kh.transpose(1, 2), out=scores_buffer[: whole * C * C].view(whole, C, C))
+                torch.bmm(scores.mul_(decay[:whole]), vh, out=oh)
+            if short:
+                rows = slice(whole * C, L)
+                qh, kh, vh, oh = (x[b, rows, h] for x in (q, k, v, o))
+                scores = torch.mm(qh, kh.T, out=scores_buffer[: short * short].view(short, short))
+                last = decay[min(whole, decay.shape[0] - 1), :short, :short]
+                torch.mm(scores.mul_(last), vh, out=oh)
+
+
+def _decay_values(totals: torch.Tensor):
+    """Decay factors to index as ``[b][h]...``: Python floats from a CPU tensor (a product's ``beta``); the tensor
+    itself on an accelerator (reading values back would wait for the device) or when it records gradients."""
+    return totals.tolist() if totals.device.type == "cpu" and not totals.requires_grad else totals
+
+
+def _decay_and_add_(S: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, decay) -> None:
+    """``S = decay S + keys^T values`` in place (``S: [Dk, Dv]``, ``keys: [L, Dk]``, ``values: [L, Dv]``, row-strided
+    views welcome). A float decay is the product's ``beta`` (one pass over ``S``), a tensor one ``mul_`` first."""
+    if isinstance(decay, float):
+        S.addmm_(keys.T, values, beta=decay)
+    else:
+        S.mul_(decay)
+        S.addmm_(keys.T, values)
+
+
+def _carry(state: torch.Tensor, q_start, k_end, v, dec: _Decays, o, C: int) -> None:
+    """Chunk by chunk: adds the state's term ``(Q * exp(b)) S`` to the outputs ``o`` and advances ``state``
+    (``[B, H, Dk, Dv]``, contiguous, updated in place) past the chunk, ``S = exp(b_C) S + K_end^T V``. One state
+    stays in cache throughout instead of every chunk's entering state being written out and read back."""
+    B, L, H, _ = q_start.shape
+    totals = _decay_values(torch.exp(dec.b_total))  # [B|1, H, n]
+    per_batch = dec.b_total.shape[0] > 1
+    heads = [(b if per_batch else 0, h) for b in range(B) for h in range(H)]
+    views = [
+        (o[b, :, h], q_start[b, :, h], k_end[b, :, h], v[b, :, h], state[b, h]) for b in range(B) for h in range(H)
+    ]
+    for i, start in enumerate(range(0, L, C)):
+        rows = slice(start, min(start + C, L))
+        for (bt, h), (oh, qh, kh, vh, S) in zip(heads, views):
+            oh[rows].addmm_(qh[rows], S)
+            _decay_and_add_(S, kh[rows], vh[rows], totals[bt][h][i])
+
+
+def _forward(q, k, v, g, state, plan: _Plan, saved: list[torch.Tensor] | None, owned: bool = False):
+    """Outputs ``[B, T, H, Dv]`` and the final state; appends each segment's entering state to ``saved``.
+    ``owned``: ``state`` is this call's own (fresh zeros), advanced in place without a copy when nothing is saved.
+
+    Works on the inputs in their ``[B, T, H, D]`` layout: every product reads a head's chunk rows as a matrix
+    with a row stride, so nothing is copied into chunk layout and back (docs/retention.md, "Chunkwise form")."""
+    # Allocated before the output: with a backward to follow, its buffer (the same size) then reuses this block.
+    work = _Work(plan, q, _Work.FORWARD_SLOTS if plan.forward_only else None)
+    B, H, Dk = plan.B, plan.H, q.shape[-1]
+    o = q.new_empty(B, plan.T, H, plan.Dv)
     for start, stop in plan.segments():
         if saved is not None:
             saved.append(state)
-        if saved is not None or start == 0:  # advanced in place below: the caller's and the saved states stay
+        if saved is not None or (start == 0 and not owned):  # advanced in place: the caller's and saved ones stay
             state = state.clone(memory_format=torch.contiguous_format)
-        qc, kc, vc = (plan.chunked(work, name, x, start, stop) for name, x in (("q", q), ("k", k), ("v", v)))
-        seg = _Segment(plan, work, qc, kc, plan.log_decay(g, start, stop))
-        scores = torch.matmul(qc, kc.transpose(-1, -2), out=work.get("scores", (*qc.shape[:-1], plan.C)))
-        oc = torch.matmul(scores.mul_(seg.decay), vc, out=work.get("dv", vc.shape))
-        seg.carry(state, vc, oc)
-        plan.unchunk_into(o, oc, start, stop)
+        L = stop - start
+        dec = _Decays(plan, plan.log_decay(g, start, stop))
+        qs, ks, vs, os_ = q[:, start:stop], k[:, start:stop], v[:, start:stop], o[:, start:stop]
+        q_start = torch.mul(qs, dec.per_step(dec.from_start, L), out=work.get("q_start", (B, L, H, Dk)))
+        k_end = torch.mul(ks, dec.per_step(dec.to_end, L), out=work.get("k_end", (B, L, H, Dk)))
+        _intra_chunk(qs, ks, vs, dec, os_, work.get("scores", (plan.S * plan.C * plan.C,)), plan.C)
+        _carry(state, q_start, k_end, vs, dec, os_, plan.C)
     return o, state
 
 
@@ -234,6 +324,37 @@ def _backward(q, k, v, g, starts, do, d_state, plan: _Plan):
         d_cum = torch.mul(qc, dqc, out=tk).sum(-1) - torch.mul(kc, dkc, out=tk).sum(-1)
         plan.unchunk_into(dcum[..., None], d_cum[..., None], start, stop)
     return dq, dk, dv, dcum, d_state
+
+
+def chunkwise_state(
+    k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None
+) -> torch.Tensor:
+    """The state after ``k, v: [B, T, H, D]`` from ``initial_state`` (``[B, H, Dk, Dv]``, not modified; None:
+    zeros), no outputs:
+    ``S = exp(b_T) S_0 + (K * exp(b_T - b))^T V`` over segments of a few MiB, one product per batch row and head per
+    segment (the chunkwise update with one chunk per segment: no query needs the states in between).
+    ``g``: ``[H]`` or ``[B, T, H]`` log decays; the cumulative sums run in float64."""
+    B, T, H, Dk = k.shape
+    if initial_state is None:
+        state = k.new_zeros(B, H, Dk, v.shape[-1])
+    else:
+        state = initial_state.clone(memory_format=torch.contiguous_format)
+    target = CPU_SEGMENT_BYTES if k.device.type == "cpu" else DEVICE_SEGMENT_BYTES
+    step = max(1, target // (B * H * Dk * k.element_size()))
+    for start in range(0, T, step):
+        stop = min(start + step, T)
+        if g.dim() == 1:
+            steps = torch.arange(1, stop - start + 1, dtype=torch.float64, device=g.device)
+            b = (steps[:, None] * g.double())[None]  # [1, L, H]: exact multiples, no running sum
+        else:
+            b = torch.cumsum(g[:, start:stop].double(), dim=1)  # [B, L, H]
+        k_end = k[:, start:stop] * torch.exp(b[:, -1:] - b).to(k.dtype)[..., None]
+        totals = _decay_values(torch.exp(b[:, -1]).to(k.dtype))  # [B|1, H]
+        per_batch = b.shape[0] > 1
+        for bi in range(B):
+            for h in range(H):
+                _decay_and_add_(state[bi, h], k_end[bi, :, h], v[bi, start:stop, h], totals[bi if per_batch else 0][h])
+    return state
 
 
 class ChunkwiseRetention(torch.autograd.Function):
@@ -291,7 +412,8 @@ def chunkwise_retention(
     if needs_grad:
         o, final = ChunkwiseRetention.apply(q, k, v, g, initial_state, chunk_size, chunks_per_segment)
     else:
-        plan = _Plan(q, v, g, chunk_size, chunks_per_segment)
-        state = initial_state if initial_state is not None else q.new_zeros(plan.B, plan.H, q.shape[-1], plan.Dv)
-        o, final = _forward(q, k, v, g, state, plan, None)
+        plan = _Plan(q, v, g, chunk_size, chunks_per_segment, forward_only=True)
+        owned = initial_state is None
+        state = q.new_zeros(plan.B, plan.H, q.shape[-1], plan.Dv) if owned else initial_state
+        o, final = _forward(q, k, v, g, state, plan, None, owned)
     return o, (final if output_final_state else None)

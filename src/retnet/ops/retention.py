@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from retnet.ops.chunkwise import chunkwise_retention
+from retnet.ops.chunkwise import chunkwise_retention, chunkwise_state
 from retnet.ops.dispatch import (
     PARALLEL_MAX_LEN,
     choose,
@@ -23,7 +23,7 @@ from retnet.ops.parallel import parallel_retention
 from retnet.ops.recurrent import recurrent_retention
 from retnet.ops.validation import validate_retention_args
 
-__all__ = ["retention", "pick_mode", "PARALLEL_MAX_LEN"]
+__all__ = ["retention", "retention_state", "pick_mode", "PARALLEL_MAX_LEN"]
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -111,7 +111,6 @@ def _torch_retention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The PyTorch forms: inputs cast to the compute dtype, padding applied, then one of the three forms."""
     out_dtype = v.dtype
-    T = q.shape[1]
     cd = _compute_dtype(q, k, v, *(t for t in (initial_state,) if t is not None))
     with torch.autocast(device_type=q.device.type, enabled=False):
         q_, k_, v_ = q.to(cd), k.to(cd), v.to(cd)
@@ -121,13 +120,8 @@ def _torch_retention(
         state = initial_state.to(cd) if initial_state is not None else None
         mask = None
         if attention_mask is not None:
-            # where, not multiplication: whatever a padded step holds (even NaN or inf) must not leak.
             mask = attention_mask.bool()
-            keep = mask[:, :, None, None]
-            k_, v_, q_ = (torch.where(keep, x, 0.0) for x in (k_, v_, q_))
-            if g.dim() == 1:
-                g = g.expand(q.shape[0], T, -1)
-            g = torch.where(mask[:, :, None], g, 0.0)
+            (q_, k_, v_), g = _without_padding(mask, g, q_, k_, v_)
 
         if form == "parallel":
             o, final = parallel_retention(q_, k_, v_, g, state, output_final_state)
@@ -138,3 +132,44 @@ def _torch_retention(
         if mask is not None:
             o = torch.where(mask[:, :, None, None], o, 0.0)
     return o.to(out_dtype), final
+
+
+def _without_padding(mask: torch.Tensor, g: torch.Tensor, *xs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``[B, T, H, D]`` tensors zeroed at padded steps (``mask`` False) and the log decay ``[B, T, H]`` with zeros
+    there (a padded step neither adds to nor decays the state). ``where``, not multiplication: whatever a padded
+    step holds (even NaN or inf) must not leak."""
+    keep = mask[:, :, None, None]
+    if g.dim() == 1:
+        g = g.expand(*mask.shape, -1)
+    return [torch.where(keep, x, 0.0) for x in xs], torch.where(mask[:, :, None], g, 0.0)
+
+
+def retention_state(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """The final state of :func:`retention` over ``k, v`` without its outputs: what a prefill needs for the steps
+    whose outputs nobody reads (all but the last of a prompt). No query enters it, so it costs one matrix product
+    per batch row and head per segment instead of the chunkwise form's two per chunk, and the queries of those
+    steps need not be computed at all.
+
+    Args as in :func:`retention` (``k: [B, T, H, Dk]``, ``v: [B, T, H, Dv]``, ``log_decay: [H]`` or ``[B, T, H]``,
+    ``initial_state``, ``attention_mask``). Returns ``[B, H, Dk, Dv]`` in float32 (float64 for float64 inputs),
+    equal to ``retention(q, k, v, log_decay, output_final_state=True, ...)[1]`` for any ``q``. PyTorch on every
+    device (one product per head and segment already runs at the device's matrix speed).
+    """
+    if not isinstance(k, torch.Tensor) or k.dim() != 4:
+        raise ValueError(f"k must be a tensor of shape [B, T, H, Dk], got {getattr(k, 'shape', type(k).__name__)}")
+    # k stands in for the queries: the checks of q then apply to k
+    validate_retention_args(k, k, v, log_decay, "auto", 1, None, initial_state, attention_mask, "torch", check_values)
+    cd = _compute_dtype(k, v, *(t for t in (initial_state,) if t is not None))
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        k_, v_, g = k.to(cd), v.to(cd), log_decay.to(cd)
+        if attention_mask is not None:
+            (k_, v_), g = _without_padding(attention_mask.bool(), g, k_, v_)
+        return chunkwise_state(k_, v_, g, initial_state.to(cd) if initial_state is not None else None)
