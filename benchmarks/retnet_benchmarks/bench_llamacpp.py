@@ -142,6 +142,14 @@ def _llamacpp_engine(gguf: str, n_ctx: int, block: int, threads: int, llama: dic
     return (lambda ids: llm.eval(ids[0].tolist())), (lambda token: llm.eval(token[0].tolist())), info
 
 
+def block_of(engine: str, prefill_block: int, retnet_prefill_block: int | None) -> int:
+    """Tokens per prefill call of ``engine``: llama.cpp's ``n_batch = n_ubatch = prefill_block``; RetNet's calls
+    of ``retnet_prefill_block`` tokens (default the same)."""
+    if engine in LLAMACPP_ENGINES or retnet_prefill_block is None:
+        return prefill_block
+    return retnet_prefill_block
+
+
 def _feed(decode: Callable, tokens: Iterator[torch.Tensor]) -> None:
     decode(next(tokens))
 
@@ -168,17 +176,19 @@ def engine_case(
     llama: dict[str, bool] | None = None,
     seed: int = 0,
     tail: int = 1024,
+    retnet_prefill_block: int | None = None,
 ) -> dict[str, Any]:
     """One (engine, context) in a worker process: prefill ``context`` random ids from empty, then time steps."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    n_ctx = context + warmup + steps + prefill_block
+    block = block_of(engine, prefill_block, retnet_prefill_block)
+    n_ctx = context + warmup + steps + block
     prefill, decode, info = _engine(engine, retnet_config, gguf, n_ctx, prefill_block, threads, llama or {}, seed)
     info["load_s"] = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(seed)
     vocab = retnet_config["vocab_size"]
     # warm-up: one block and one step, then start again from an empty context
-    prefill(torch.randint(0, vocab, (1, min(prefill_block, context)), generator=gen))
+    prefill(torch.randint(0, vocab, (1, min(block, context)), generator=gen))
     t0 = time.perf_counter()
     decode(torch.randint(0, vocab, (1, 1), generator=gen))
     info["first_step_s"] = time.perf_counter() - t0
@@ -187,8 +197,8 @@ def engine_case(
         info["compile_s"] = compile_s()
     ids = torch.randint(0, vocab, (1, context), generator=gen)
     block_tokens, block_seconds = [], []
-    for start in range(0, context, prefill_block):
-        chunk = ids[:, start : start + prefill_block]
+    for start in range(0, context, block):
+        chunk = ids[:, start : start + block]
         t0 = time.perf_counter()
         prefill(chunk)
         block_seconds.append(time.perf_counter() - t0)
@@ -223,22 +233,26 @@ def paired_case(
     llama: dict[str, bool] | None = None,
     seed: int = 0,
     prefill_rounds: int = 1,
+    retnet_prefill_block: int | None = None,
 ) -> dict[str, Any]:
     """Every engine in one worker process, timed interleaved at ``context``: ``prefill_rounds`` prefills of
     ``context`` ids from empty, one ``prefill_block`` per engine in turn, each round starting the turn at the next
     engine (so that no engine always follows the same one); then ``warmup`` steps each, then ``steps`` rounds of
     two decode steps per engine in turn, the second one timed. Returns ``{"engines": {engine: figures}}`` (step
-    and prefill: the medians over the rounds)."""
+    and prefill: the medians over the rounds). With ``retnet_prefill_block`` the turns cover the larger of the two
+    blocks, each engine prefilling it in calls of its own block."""
     torch.set_num_threads(threads)
     vocab = retnet_config["vocab_size"]
     gen = torch.Generator().manual_seed(seed)
-    n_ctx = context + warmup + 2 * steps + prefill_block
+    blocks = {e: block_of(e, prefill_block, retnet_prefill_block) for e in engines}
+    turn = max(blocks.values())
+    n_ctx = context + warmup + 2 * steps + turn
     built = {
         e: _engine(e, retnet_config, ggufs.get(e), n_ctx, prefill_block, threads, llama or {}, seed) for e in engines
     }
-    warm = torch.randint(0, vocab, (1, min(prefill_block, context)), generator=gen)
-    for prefill, decode, info in built.values():  # warm-up (the compiled engine compiles here)
-        prefill(warm)
+    warm = torch.randint(0, vocab, (1, min(turn, context)), generator=gen)
+    for engine, (prefill, decode, info) in built.items():  # warm-up (the compiled engine compiles here)
+        prefill(warm[:, : blocks[engine]])
         decode(warm[:, :1])
         info["reset"]()
     ids = torch.randint(0, vocab, (1, context), generator=gen)
@@ -250,10 +264,12 @@ def paired_case(
         for engine in order:
             reset_of[engine]()
             prefill_s[engine].append(0.0)
-        for start in range(0, context, prefill_block):
+        for start in range(0, context, turn):
             for engine in order:
+                stop, block = min(start + turn, context), blocks[engine]
                 t0 = time.perf_counter()
-                prefill_of[engine](ids[:, start : start + prefill_block])
+                for at in range(start, stop, block):
+                    prefill_of[engine](ids[:, at : min(at + block, stop)])
                 prefill_s[engine][-1] += time.perf_counter() - t0
     # Each round, each engine takes two steps in turn, the second timed: the first brings the engine's caches
     # back to where a run of its own steps keeps them (timing the first step after another engine's would time
@@ -401,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ggufs = _prepare_ggufs(args, lcfg, work_dir)
         common = dict(retnet_config=retnet_kwargs, prefill_block=args.prefill_block, warmup=args.warmup)
+        common["retnet_prefill_block"] = args.retnet_prefill_block
         llama = {"flash_attn": args.llama_flash_attn == "on", "repack": args.llama_repack == "on"}
         common |= dict(steps=args.steps, threads=args.threads, llama=llama)
         common["seed"] = args.seed
@@ -470,6 +487,11 @@ def _progress(row: dict[str, Any]) -> str:
 
 
 def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
+    retnet_block = args.retnet_prefill_block or args.prefill_block
+    retnet_blocks = (
+        f"llama.cpp; RetNet in calls of {retnet_block}" if retnet_block != args.prefill_block else "both engines"
+    )
+    turn = max(args.prefill_block, retnet_block)
     text = f"""
 - Models (random weights, seed {args.seed}): RetNet d={rcfg.hidden_size}, {rcfg.num_layers} layers,
   {rcfg.num_heads} heads, d_v=ffn={rcfg.value_dim}, vocab {rcfg.vocab_size}, {rcfg.num_parameters():,} parameters;
@@ -493,19 +515,19 @@ def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
   `load_s`), outside the timed steps; `first_step_s` is the warm-up's first step.
 - Batch 1, {args.threads} thread(s) for both (`n_threads` = `n_threads_batch` = torch threads). Each (engine,
   context) runs in a fresh process: one warm-up block and step, then a prefill of `context` random token ids
-  from empty in blocks of {args.prefill_block}, then the median of {args.steps} single-token steps after
-  {args.warmup} warm-up steps at that context (logits included). `prefill_tokens_per_s`: context / prefill
-  seconds; `prefill_tail_tokens_per_s`: the rate over the last blocks covering 1024 tokens (the rate at that
-  depth). Contexts are built by real prefill only, never filled synthetically. These are the `own process`
+  from empty in blocks of {args.prefill_block} ({retnet_blocks}), then the median of {args.steps} single-token
+  steps after {args.warmup} warm-up steps at that context (logits included). `prefill_tokens_per_s`: context /
+  prefill seconds; `prefill_tail_tokens_per_s`: the rate over the last blocks covering 1024 tokens (the rate at
+  that depth). Contexts are built by real prefill only, never filled synthetically. These are the `own process`
   rows (and the chart).
 - `interleaved` rows: at each of --contexts, one more process holds every engine and times them in turn:
-  {args.prefill_rounds} prefill(s) of the context from empty, one {args.prefill_block}-token block per engine in
-  turn, each round's turn starting at the next engine (the median round; all in `prefill_round_tokens_per_s`),
-  then {args.warmup} warm-up steps each and {args.steps} rounds of two steps per engine in turn, the second timed
-  (the first brings the engine's caches back to where its own run of steps keeps them; medians). This machine is
-  shared and its speed drifts by tens of percent within minutes, so the own-process rows of two engines can
-  see different machines; the summary's ratios come from the interleaved rows when there are any
-  (`ratios_from`), the prefill's flatness from the own-process ones.
+  {args.prefill_rounds} prefill(s) of the context from empty, one {turn}-token block per engine in turn (each in
+  calls of its own block), each round's turn starting at the next engine (the median round; all in
+  `prefill_round_tokens_per_s`), then {args.warmup} warm-up steps each and {args.steps} rounds of two steps per
+  engine in turn, the second timed (the first brings the engine's caches back to where its own run of steps
+  keeps them; medians). This machine is shared and its speed drifts by tens of percent within minutes, so the
+  own-process rows of two engines can see different machines; the summary's ratios come from the interleaved
+  rows when there are any (`ratios_from`), the prefill's flatness from the own-process ones.
 - Goals (issue 15): float32 faster than llama.cpp f32 at every context from 1K; int8 within 1.2x of Q8_0 at 1K
   and faster from 4K; prefill >= 1.5x llama.cpp's at 1K and flat to 128K.
 """
@@ -546,6 +568,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="threads for every engine")
     p.add_argument("--prefill-block", type=int, default=512, help="prefill block (llama.cpp n_batch/n_ubatch)")
+    p.add_argument(
+        "--retnet-prefill-block",
+        type=positive_int,
+        default=None,
+        help="RetNet's prefill calls in tokens (default: --prefill-block; `retnet generate` calls up to 2048)",
+    )
     p.add_argument(
         "--prefill-rounds",
         type=positive_int,

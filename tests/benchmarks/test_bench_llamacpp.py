@@ -144,6 +144,24 @@ def test_interleaved_prefill_rounds_start_at_the_next_engine_and_each_starts_fro
     assert all(len(r["prefill_round_tokens_per_s"]) == 3 for r in out["engines"].values())
 
 
+def test_retnet_prefill_block_sets_retnets_calls_and_the_turns_cover_the_larger_block(monkeypatch):
+    calls = []
+
+    def fake_engine(engine, *args):
+        prefill = lambda ids: calls.append((engine, ids.shape[1]))  # noqa: E731
+        return prefill, lambda token: None, {"reset": lambda: None}
+
+    monkeypatch.setattr(b, "_engine", fake_engine)
+    b.paired_case(["llamacpp-f32", "retnet-f32"], {"vocab_size": 7}, 10, 2, 0, 1, 1, {}, retnet_prefill_block=4)
+    prefills = calls[2:]  # after each engine's warm-up block
+    assert prefills == [
+        *[("llamacpp-f32", 2)] * 2, ("retnet-f32", 4),
+        *[("llamacpp-f32", 2)] * 2, ("retnet-f32", 4),
+        ("llamacpp-f32", 2), ("retnet-f32", 2),
+    ]  # fmt: skip
+    assert b.block_of("llamacpp-q8_0", 512, 1024) == 512 and b.block_of("retnet-int8", 512, None) == 512
+
+
 def test_cases_run_every_engine_at_a_context_before_the_next_context():
     assert b.engine_contexts("retnet-f32", [8192, 1024], [131072]) == [1024, 8192, 131072]
     assert b.engine_contexts("llamacpp-f32", [8192, 1024], [131072]) == [1024, 8192]
