@@ -487,7 +487,7 @@ def _progress(row: dict[str, Any]) -> str:
 
 
 def notes(args: argparse.Namespace, rcfg: Any, lcfg: Any) -> str:
-    retnet_block = args.retnet_prefill_block or args.prefill_block
+    retnet_block = block_of(RETNET_ENGINES[0], args.prefill_block, args.retnet_prefill_block)
     retnet_blocks = (
         f"llama.cpp; RetNet in calls of {retnet_block}" if retnet_block != args.prefill_block else "both engines"
     )
